@@ -1,0 +1,53 @@
+"""The analytic bound: the least slot time any scheduler needs for a workload's load.
+
+For each model, b* is the largest batch with E(b*) <= SLO - Dresp - Dctrl - Ddata*b*: the
+biggest batch that can still meet the SLO if it starts the moment its plan arrives. E(b*)/b*
+is then the cheapest slot time per request. No scheduler can serve the bench rates on fewer
+slot-seconds per second than sum(rate * cost); that is our physical limit.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from load.workload import LoadedWorkload
+from shard.core.config import CoreConfig
+from shard.core.latency import LatencyModel
+
+
+class ModelBound(msgspec.Struct, frozen=True):
+    name: str
+    batch_size: int  # b*, 0 when even a batch of 1 misses the SLO
+    cost_s_per_request: float
+    bench_rps: float
+
+
+class Bound(msgspec.Struct, frozen=True):
+    models: list[ModelBound]
+    bound_scale: float  # slots / sum(rate * cost) over the bench rates
+    demand_slots_at_scale_1: float  # sum(rate * cost)
+
+    def needed_slots(self, scale: float) -> float:
+        return scale * self.demand_slots_at_scale_1
+
+
+def best_batch(latency: LatencyModel, slo_ns: int, config: CoreConfig) -> int:
+    best = 0
+    for b in range(1, latency.batch_size_max + 1):
+        if latency.exec_ns[b] <= slo_ns - config.resp_ns - config.ctrl_ns - config.data_ns * b:
+            best = b
+    return best
+
+
+def analytic_bound(loaded: LoadedWorkload, slots: int, config: CoreConfig | None = None) -> Bound:
+    config = config or CoreConfig()
+    models: list[ModelBound] = []
+    demand = 0.0
+    for model in loaded.workload.models:
+        latency = LatencyModel(loaded.profiles[model.name])
+        b = best_batch(latency, int(model.slo_ms * 1e6), config)
+        cost = latency.exec_ns[b] / b / 1e9 if b else float("inf")
+        models.append(ModelBound(model.name, b, cost, model.bench_mean_rps))
+        demand += model.bench_mean_rps * cost
+    scale = slots / demand if demand > 0 else float("inf")
+    return Bound(models=models, bound_scale=scale, demand_slots_at_scale_1=demand)

@@ -1,0 +1,59 @@
+"""Validated configuration handed to the core: latency constants and policy switches.
+
+Reference §1.2 and §6 give the defaults. Everything is in integer nanoseconds; workloads and
+wire messages are converted at the edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+from schemas.profile import ModelProfile
+
+NonNegativeNs = Annotated[int, Meta(ge=0)]
+PositiveNs = Annotated[int, Meta(gt=0)]
+
+
+class SchedulableCondition(enum.Enum):
+    """When a candidate becomes due (reference §1.8)."""
+
+    IMMEDIATELY = "immediately"
+    TARGET_BATCH_SIZE = "target_batch_size"
+    TARGET_QUEUING_DELAY = "target_queuing_delay"
+    FRONTRUN = "frontrun"
+    LATEST = "latest"
+
+
+class DropPolicy(enum.Enum):
+    """What the batch policy drops (reference §1.6)."""
+
+    DROP_TIMEOUT = "drop_timeout"
+    WINDOW_DROP = "window_drop"
+    WINDOW_FCFS = "window_fcfs"
+
+
+class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Latency constants and switches shared by the Symphony-family policies."""
+
+    ctrl_ns: NonNegativeNs = 100_000  # Dctrl: plan message to the agent
+    data_ns: NonNegativeNs = 50_000  # Ddata: per request input transfer
+    resp_ns: NonNegativeNs = 2_000_000  # Dresp: result back to the client; deadline margin
+    timer_jitter_ns: NonNegativeNs = 100_000  # J: only in latest/frontrun (reference §1.2)
+    rate_bin_ns: PositiveNs = 50_000_000  # RPS meter bin (reference §1.4)
+    rate_window_bins: Annotated[int, Meta(ge=1)] = 100
+    schedulable: SchedulableCondition = SchedulableCondition.FRONTRUN
+    drop: DropPolicy = DropPolicy.WINDOW_DROP
+    queue_len_max: Annotated[int, Meta(ge=1)] = 100_000  # per model; beyond it: overloaded
+
+
+class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """A model as the core sees it: name, default SLO and the profile it plans with."""
+
+    name: str
+    slo_ns: PositiveNs
+    profile: ModelProfile
+    rate_hint_rps: float = 0.0  # only planners that need a prior (nexus-warm) read it

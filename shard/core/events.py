@@ -1,0 +1,46 @@
+"""Events the core consumes. The caller supplies `now_ns` alongside each one."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class RequestArrived(msgspec.Struct, frozen=True, gc=False):
+    """A request was received now. `slo_ns` 0 means the model's default SLO."""
+
+    request_id: int
+    model: str
+    slo_ns: int = 0
+
+
+class WakeUp(msgspec.Struct, frozen=True, gc=False):
+    """The time the core asked to be woken has come."""
+
+
+class BatchCompleted(msgspec.Struct, frozen=True, gc=False):
+    """An agent finished a plan; times are the shard's view (receipt-corrected)."""
+
+    slot_id: int
+    plan_id: int
+    started_at_ns: int
+    finished_at_ns: int
+
+
+class SlotAdded(msgspec.Struct, frozen=True, gc=False):
+    slot_id: int
+
+
+class SlotRemoved(msgspec.Struct, frozen=True, gc=False):
+    """The slot is gone. Plans already sent to it are the shell's to answer."""
+
+    slot_id: int
+
+
+class Shutdown(msgspec.Struct, frozen=True, gc=False):
+    """Stop: every request still held leaves through a drop with reason SHUTDOWN."""
+
+
+WAKE_UP = WakeUp()
+SHUTDOWN = Shutdown()
+
+Event = RequestArrived | WakeUp | BatchCompleted | SlotAdded | SlotRemoved | Shutdown

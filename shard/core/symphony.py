@@ -1,0 +1,355 @@
+"""Symphony: deferred batch scheduling with a schedulable window per model (reference §1).
+
+Idea. Each model keeps ONE candidate batch `(batch_size, exec_at, invalid_after)` planned from
+its EDF queue by the incremental batch policy. Under the default Frontrun condition the batch is
+held back until waiting for one more request would no longer be safe (`exec_at`), and it stays
+valid until `invalid_after`, the last start that still meets the head deadline: that interval is
+the schedulable window. A matcher grants the earliest-free slot to a candidate when its send
+time comes, if the slot is free by `exec_at`; otherwise the candidate waits, and a single slot
+timer offers the earliest-free slot to the least-slack waiting candidate shortly before the slot
+frees. On a grant the model re-plans against that slot's free time and dispatches.
+
+This module owns the event handling and timers; the pieces it calls are pure helpers:
+`batching.BatchQueue`, `rate_meter.RateMeter`, `target_batch`, `matcher.Matcher`.
+Deliberate departures from the prototype: P3 (one slot timer on the current rank-0 slot),
+P4 (an empty grant frees the slot at max(now, free_at)), and lazily sealed rate bins.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from itertools import count
+
+from shard.core.actions import DispatchBatch, DropReason, DropRequests, Step
+from shard.core.batching import BatchQueue
+from shard.core.config import CoreConfig, DropPolicy, ModelConfig, SchedulableCondition
+from shard.core.events import (
+    BatchCompleted,
+    RequestArrived,
+    Shutdown,
+    SlotAdded,
+    SlotRemoved,
+    WakeUp,
+)
+from shard.core.latency import NEVER_BEFORE_NS, NEVER_NS, LatencyModel
+from shard.core.matcher import Matcher
+from shard.core.rate_meter import RateMeter
+from shard.core.target_batch import estimate_target_batch_size, max_batch_with_full_budget
+from shard.core.timers import TimerQueue
+
+SLOT_TIMER = ("slot-timer",)  # timer key; model timers are keyed by model name
+
+
+class ModelState:
+    """Everything the policy holds for one model; candidate fields mirror reference §1.7."""
+
+    __slots__ = (
+        "batch_size",
+        "budget_ns",
+        "drop_at_ns",
+        "exec_at_ns",
+        "initial_target",
+        "inval_at_ns",
+        "invalid_after_ns",
+        "last_exec_at_ns",
+        "latency",
+        "meter",
+        "name",
+        "queue",
+        "send_at_ns",
+        "slo_ns",
+        "target",
+        "target_queuing_delay_ns",
+        "target_rate_rps",
+    )
+
+    def __init__(self, model: ModelConfig, config: CoreConfig, now_ns: int) -> None:
+        self.name = model.name
+        self.slo_ns = model.slo_ns
+        self.latency = LatencyModel(model.profile)
+        self.queue = BatchQueue(self.latency, config.drop, config.ctrl_ns, config.data_ns)
+        self.meter = RateMeter(config.rate_bin_ns, config.rate_window_bins, now_ns)
+        self.budget_ns = model.slo_ns - config.ctrl_ns - config.resp_ns  # T in reference §1.5
+        self.initial_target = max_batch_with_full_budget(self.latency, model.slo_ns // 2)
+        self.target = self.initial_target
+        self.target_rate_rps = -1.0
+        self.target_queuing_delay_ns = model.slo_ns // 2
+        self.batch_size = 0
+        self.exec_at_ns = NEVER_NS
+        self.invalid_after_ns = NEVER_BEFORE_NS
+        self.send_at_ns = NEVER_NS
+        self.drop_at_ns = NEVER_NS
+        self.inval_at_ns = NEVER_NS
+        self.last_exec_at_ns = NEVER_BEFORE_NS
+
+
+class SymphonyPolicy:
+    """The faithful Symphony policy; `eager` is this class with Immediately + DropTimeout."""
+
+    def __init__(
+        self,
+        models: list[ModelConfig],
+        config: CoreConfig | None = None,
+        *,
+        name: str = "symphony",
+        now_ns: int = 0,
+    ) -> None:
+        self.name = name
+        self.config = config = config or CoreConfig()
+        self.deadline_margin_ns = None if config.drop is DropPolicy.WINDOW_FCFS else config.resp_ns
+        self._models: dict[str, ModelState] = {m.name: ModelState(m, config, now_ns) for m in models}
+        self._matcher = Matcher()
+        self._timers = TimerQueue()
+        self._inflight: dict[int, deque[tuple[int, int, int]]] = {}  # slot -> (plan, exec, finish)
+        self._plan_ids = count(1)
+        self._actions: list = []
+        self._ctrl_ns = config.ctrl_ns
+        self._data_ns = config.data_ns
+        self._resp_ns = config.resp_ns
+        self._jitter_ns = config.timer_jitter_ns
+        self._schedulable = config.schedulable
+        self._drop_timeout = config.drop is DropPolicy.DROP_TIMEOUT
+        self._queue_len_max = config.queue_len_max
+
+    # ---- the step contract --------------------------------------------------------------
+    def handle(self, event, now_ns: int) -> Step:  # noqa: ANN001 - Event union
+        self._actions = []
+        match event:
+            case RequestArrived():
+                self._on_arrival(event, now_ns)
+            case WakeUp():
+                pass
+            case BatchCompleted():
+                self._on_completed(event)
+            case SlotAdded():
+                self._on_slot_added(event.slot_id, now_ns)
+            case SlotRemoved():
+                self._on_slot_removed(event.slot_id, now_ns)
+            case Shutdown():
+                self._on_shutdown()
+            case _:
+                raise TypeError(f"unknown event {event!r}")
+        self._run_due_timers(now_ns)
+        return Step(self._actions, self._timers.next_at())
+
+    # ---- event arms ---------------------------------------------------------------------
+    def _on_arrival(self, event: RequestArrived, now_ns: int) -> None:
+        model = self._models.get(event.model)
+        if model is None:
+            self._actions.append(DropRequests(event.model, [event.request_id], DropReason.UNKNOWN_MODEL))
+            return
+        if len(model.queue) >= self._queue_len_max:
+            self._actions.append(DropRequests(model.name, [event.request_id], DropReason.OVERLOADED))
+            return
+        slo_ns = event.slo_ns or model.slo_ns
+        model.meter.hit(now_ns)
+        model.queue.push(now_ns + slo_ns - self._resp_ns, event.request_id)  # reference §1.2
+        self._update_candidate(model, now_ns, NEVER_BEFORE_NS)
+        self._setup_active_plan(model, now_ns)
+
+    def _on_completed(self, event: BatchCompleted) -> None:
+        """Correct the slot's free time from a measured completion (architecture principle 4)."""
+        inflight = self._inflight.get(event.slot_id)
+        if not inflight:
+            return
+        remaining = [plan for plan in inflight if plan[0] != event.plan_id]
+        if len(remaining) == len(inflight):
+            return
+        inflight.clear()
+        inflight.extend(remaining)
+        free_at = self._matcher.free_at_ns.get(event.slot_id)
+        if free_at is None or free_at >= NEVER_NS:
+            return
+        corrected = event.finished_at_ns
+        for _plan_id, exec_at, finish_at in remaining:
+            corrected = max(exec_at, corrected) + (finish_at - exec_at)
+        if corrected != free_at:
+            self._matcher.set_free_at(event.slot_id, corrected)
+            self._arm_slot_timer(event.finished_at_ns)
+
+    def _on_slot_added(self, slot_id: int, now_ns: int) -> None:
+        if slot_id in self._matcher.free_at_ns:
+            return
+        self._matcher.set_free_at(slot_id, now_ns)
+        self._inflight[slot_id] = deque()
+        self._arm_slot_timer(now_ns)
+
+    def _on_slot_removed(self, slot_id: int, now_ns: int) -> None:
+        self._matcher.remove_slot(slot_id)
+        self._inflight.pop(slot_id, None)
+        self._arm_slot_timer(now_ns)
+
+    def _on_shutdown(self) -> None:
+        for model in self._models.values():
+            held = model.queue.pop_all()
+            if held:
+                self._actions.append(DropRequests(model.name, held, DropReason.SHUTDOWN))
+            self._matcher.unpark(model.name)
+            model.batch_size = 0
+            model.send_at_ns = model.drop_at_ns = model.inval_at_ns = NEVER_NS
+            self._timers.cancel(model.name)
+        self._timers.cancel(SLOT_TIMER)
+
+    # ---- timers -------------------------------------------------------------------------
+    def _run_due_timers(self, now_ns: int) -> None:
+        timers = self._timers
+        while (key := timers.pop_due(now_ns)) is not None:
+            if key is SLOT_TIMER:
+                self._on_slot_timer(now_ns)
+            else:
+                self._on_model_timer(self._models[key], now_ns)
+
+    def _on_model_timer(self, model: ModelState, now_ns: int) -> None:
+        if model.drop_at_ns <= now_ns or model.inval_at_ns <= now_ns:
+            # Reference §1.8: the drop timer (at D) and the invalidate timer (last send time)
+            # both re-plan, which drops what can no longer be served.
+            if model.batch_size > 0:
+                self._update_candidate(model, now_ns, NEVER_BEFORE_NS)
+                self._setup_active_plan(model, now_ns)
+            else:
+                model.drop_at_ns = model.inval_at_ns = NEVER_NS
+        if model.send_at_ns <= now_ns:
+            self._on_plan_timer(model, now_ns)
+        self._arm_model(model)
+
+    def _arm_model(self, model: ModelState) -> None:
+        self._timers.arm(model.name, min(model.send_at_ns, model.drop_at_ns, model.inval_at_ns))
+
+    def _arm_slot_timer(self, now_ns: int) -> None:
+        due = self._matcher.slot_timer_at_ns()
+        if due is None:
+            self._timers.cancel(SLOT_TIMER)
+        else:
+            self._timers.arm(SLOT_TIMER, max(due[0], now_ns))
+
+    # ---- candidates (reference §1.8) ----------------------------------------------------
+    def _target(self, model: ModelState, now_ns: int) -> int:
+        """Reference §1.5; recomputed only when the rate estimate changes."""
+        if self._drop_timeout:
+            return 1
+        meter = model.meter
+        if now_ns >= meter.next_seal_ns:
+            meter.advance(now_ns)
+        if not meter.samples:
+            return model.initial_target
+        rate = meter.mean_rps
+        if rate != model.target_rate_rps:
+            model.target_rate_rps = rate
+            model.target = estimate_target_batch_size(model.latency, model.budget_ns, self._data_ns, rate)
+            model.target_queuing_delay_ns = int(model.target * 1e9 / rate) if rate > 0 else NEVER_NS
+        return model.target
+
+    def _update_candidate(self, model: ModelState, now_ns: int, gpu_free_at_ns: int) -> None:
+        target = self._target(model, now_ns)
+        queue = model.queue
+        queue.update(now_ns, gpu_free_at_ns, target)
+        batch_size = queue.batch_size
+        model.batch_size = batch_size
+        if batch_size > 0:
+            deadline = queue.deadline_ns
+            exec_ns = model.latency.exec_ns
+            send_latency = self._ctrl_ns + self._data_ns * batch_size
+            earliest = now_ns + send_latency
+            latest = deadline - self._jitter_ns - exec_ns[batch_size]
+            condition = self._condition(model, deadline, batch_size, target, earliest, latest)
+            exec_at = max(earliest, gpu_free_at_ns, min(condition, latest))
+            model.exec_at_ns = exec_at
+            model.invalid_after_ns = deadline - exec_ns[batch_size]
+            # Re-planning at this same instant would change nothing, so these fire no earlier
+            # than the next nanosecond (a discrete clock must advance, like the reference's).
+            model.drop_at_ns = max(deadline, now_ns + 1)
+            model.inval_at_ns = max(model.invalid_after_ns - send_latency, now_ns + 1)
+        else:
+            model.exec_at_ns = NEVER_NS
+            model.invalid_after_ns = NEVER_BEFORE_NS
+            model.drop_at_ns = model.inval_at_ns = NEVER_NS
+        if queue.count_drops():
+            self._actions.append(DropRequests(model.name, queue.pop_drops(), DropReason.DEADLINE))
+
+    def _condition(
+        self, model: ModelState, deadline: int, batch_size: int, target: int, earliest: int, latest: int
+    ) -> int:
+        schedulable = self._schedulable
+        if schedulable is SchedulableCondition.FRONTRUN:
+            return self._frontrun(model, deadline, batch_size)
+        if schedulable is SchedulableCondition.IMMEDIATELY:
+            return earliest
+        if schedulable is SchedulableCondition.LATEST:
+            return latest
+        if schedulable is SchedulableCondition.TARGET_BATCH_SIZE:
+            return earliest if batch_size >= target else self._frontrun(model, deadline, batch_size)
+        # TARGET_QUEUING_DELAY: a Nexus-like duty cycle.
+        return model.last_exec_at_ns + model.target_queuing_delay_ns
+
+    def _frontrun(self, model: ModelState, deadline: int, batch_size: int) -> int:
+        """The last start at which a batch one request larger would still meet the deadline."""
+        return deadline - self._jitter_ns - model.latency.exec_ns[batch_size + 1] - self._data_ns
+
+    # ---- matching (reference §1.10) -----------------------------------------------------
+    def _setup_active_plan(self, model: ModelState, now_ns: int) -> None:
+        if model.batch_size > 0:
+            model.send_at_ns = max(model.exec_at_ns - self._ctrl_ns - self._data_ns * model.batch_size, now_ns)
+        else:
+            model.send_at_ns = NEVER_NS
+        if self._matcher.is_waiting(model.name):
+            self._matcher.unpark(model.name)
+            self._arm_slot_timer(now_ns)
+        self._arm_model(model)
+
+    def _on_plan_timer(self, model: ModelState, now_ns: int) -> None:
+        """Model-initiated matching: grant the earliest-free slot if it is free by exec_at."""
+        model.send_at_ns = NEVER_NS
+        if model.batch_size == 0:
+            return
+        send_latency = self._ctrl_ns + self._data_ns * model.batch_size
+        if now_ns + send_latency > model.invalid_after_ns:
+            return  # too late; the invalidate or drop timer re-plans (P2)
+        earliest = self._matcher.earliest_slot()
+        if earliest is not None and earliest[1] <= model.exec_at_ns:
+            self._grant(model, earliest[0], now_ns)
+            return
+        self._matcher.park(model.name, model.invalid_after_ns, send_latency)
+        self._arm_slot_timer(now_ns)
+
+    def _on_slot_timer(self, now_ns: int) -> None:
+        """Slot-initiated matching: purge plans this slot cannot serve, grant the least-slack."""
+        matcher = self._matcher
+        earliest = matcher.earliest_slot()
+        if earliest is not None:
+            slot_id, free_at = earliest
+            while (urgent := matcher.most_urgent()) is not None and free_at > urgent[1]:
+                matcher.unpark(urgent[0])  # infeasible on any slot; the model re-plans (P2)
+            if urgent is not None:
+                self._grant(self._models[urgent[0]], slot_id, now_ns)
+        self._arm_slot_timer(now_ns)
+
+    def _grant(self, model: ModelState, slot_id: int, now_ns: int) -> None:
+        """Re-plan against this slot's free time, dispatch what is feasible, re-plan the rest."""
+        matcher = self._matcher
+        assert slot_id in matcher.free_at_ns, "granting a slot that does not exist"
+        free_at = matcher.free_at_ns[slot_id]
+        assert free_at < NEVER_NS, "a reserved slot was granted again"
+        matcher.unpark(model.name)
+        self._update_candidate(model, now_ns, free_at)
+        batch = model.queue.pop_inputs()
+        if batch:
+            exec_at = model.exec_at_ns
+            assert exec_at >= free_at
+            finish_at = exec_at + model.latency.exec_ns[len(batch)]
+            plan_id = next(self._plan_ids)
+            self._actions.append(DispatchBatch(plan_id, slot_id, model.name, batch, exec_at, finish_at))
+            self._inflight[slot_id].append((plan_id, exec_at, finish_at))
+            model.last_exec_at_ns = exec_at
+        else:
+            finish_at = max(now_ns, free_at)  # P4: an empty grant must not move free_at back
+        matcher.set_free_at(slot_id, finish_at)
+        self._update_candidate(model, now_ns, NEVER_BEFORE_NS)
+        self._setup_active_plan(model, now_ns)
+        self._arm_slot_timer(now_ns)
+
+    # ---- introspection for the shell's metrics (read-only) ------------------------------
+    def model_stats(self) -> dict[str, tuple[int, int, float]]:
+        """model -> (pending requests, target batch size, rate estimate)."""
+        return {
+            name: (len(m.queue), m.target, m.meter.mean_rps) for name, m in self._models.items()
+        }
