@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
-
 import msgspec
 
 
@@ -46,7 +44,7 @@ class PreemptBatch(msgspec.Struct, frozen=True, gc=False):
 Action = DispatchBatch | DropRequests | PreemptBatch
 
 
-class Step(NamedTuple):
+class Step(msgspec.Struct, frozen=True, gc=False):
     """What one `handle()` call decided, and when the core wants to be woken next."""
 
     actions: list[Action]

@@ -25,6 +25,7 @@ class BatchQueue:
 
     __slots__ = (
         "batch_size",
+        "count",
         "ctrl_ns",
         "data_ns",
         "deadline_ns",
@@ -51,15 +52,17 @@ class BatchQueue:
         self.batch_size = 0
         self.deadline_ns = NEVER_NS
         self.last_update_ns = -(1 << 62)
+        self.count = 0  # requests held in all three sets
 
     def __len__(self) -> int:
-        return len(self.prefix) + len(self.suffix) + len(self.timeout)
+        return self.count
 
     def push(self, deadline_ns: int, request_id: int) -> None:
         """Add an arrival. Arrivals usually come in deadline order; a request with a shorter
         per-request SLO is placed in order, in prefix if it is older than prefix's newest, so
         the invariant "every prefix deadline <= every suffix deadline" holds."""
         entry = (deadline_ns, request_id)
+        self.count += 1
         suffix = self.suffix
         if (not suffix or suffix[-1] < entry) and (not self.prefix or self.prefix[-1] < entry):
             suffix.append(entry)
@@ -73,38 +76,40 @@ class BatchQueue:
         self.last_update_ns = now_ns
         exec_ns = self.exec_ns
         batch_size_max = self.latency.batch_size_max
-        out_of_range_ns = exec_ns[batch_size_max + 1]
-        start_base_ns = now_ns + self.ctrl_ns
+        base_ns = now_ns + self.ctrl_ns
         data_ns = self.data_ns
         suffix, prefix = self.suffix, self.prefix
         held_late = len(self.timeout) if self.fcfs else 0
 
         # (1) shrink the window: suffix = the newest requests that fit in ONE batch together.
-        while suffix:
-            size = held_late + len(suffix)
-            start = start_base_ns + data_ns * size
+        # finish(b) = max(now + Dctrl + Ddata*b, gpu_free_at) + E(b); beyond the profiled
+        # range E is 3600 s, so such a window never fits.
+        size = held_late + len(suffix)
+        while size > held_late:
+            start = base_ns + data_ns * size
             if start < gpu_free_at_ns:
                 start = gpu_free_at_ns
-            finish = start + (exec_ns[size] if size <= batch_size_max else out_of_range_ns)
-            if suffix[0][0] >= finish:
+            if size <= batch_size_max and suffix[0][0] >= start + exec_ns[size]:
                 break
             prefix.append(suffix.popleft())
+            size -= 1
 
         # (2) batch size.
-        batch_size = min(target, held_late + len(suffix))
+        batch_size = target if target < size else size
         self.batch_size = batch_size
         if batch_size == 0:
             self.deadline_ns = NEVER_NS  # prefix is not examined here (P7, kept as in the reference)
             return
 
         # (3) older requests must be feasible at this batch size, else they time out.
-        start = start_base_ns + data_ns * batch_size
-        if start < gpu_free_at_ns:
-            start = gpu_free_at_ns
-        finish = start + (exec_ns[batch_size] if batch_size <= batch_size_max else out_of_range_ns)
-        timeout = self.timeout
-        while prefix and prefix[0][0] < finish:
-            timeout.append(prefix.popleft())
+        if prefix:
+            start = base_ns + data_ns * batch_size
+            if start < gpu_free_at_ns:
+                start = gpu_free_at_ns
+            finish = start + (exec_ns[batch_size] if batch_size <= batch_size_max else exec_ns[-1])
+            timeout = self.timeout
+            while prefix and prefix[0][0] < finish:
+                timeout.append(prefix.popleft())
 
         # (4) the batch deadline is the earliest deadline the batch will contain.
         if batch_size <= held_late:
@@ -115,23 +120,27 @@ class BatchQueue:
 
         # (5) free lunch: grow while the head deadline still holds. finish(b) is monotone in b
         # (monotone profile), so a binary search finds what the reference's linear scan finds.
-        total = held_late + len(prefix) + len(suffix)
-        high = min(total, batch_size_max)
-        if batch_size < high and deadline >= self._finish(now_ns, gpu_free_at_ns, batch_size + 1):
-            low = batch_size + 1  # known feasible
-            while low < high:
-                mid = (low + high + 1) >> 1
-                if deadline >= self._finish(now_ns, gpu_free_at_ns, mid):
-                    low = mid
-                else:
-                    high = mid - 1
-            self.batch_size = low
-
-    def _finish(self, now_ns: int, gpu_free_at_ns: int, batch_size: int) -> int:
-        start = now_ns + self.ctrl_ns + self.data_ns * batch_size
+        high = len(prefix) + size  # every request held
+        if high > batch_size_max:
+            high = batch_size_max
+        if batch_size >= high:
+            return
+        low = batch_size + 1
+        start = base_ns + data_ns * low
         if start < gpu_free_at_ns:
             start = gpu_free_at_ns
-        return start + self.latency.exec(batch_size)
+        if deadline < start + exec_ns[low]:
+            return
+        while low < high:  # invariant: low is feasible
+            mid = (low + high + 1) >> 1
+            start = base_ns + data_ns * mid
+            if start < gpu_free_at_ns:
+                start = gpu_free_at_ns
+            if deadline >= start + exec_ns[mid]:
+                low = mid
+            else:
+                high = mid - 1
+        self.batch_size = low
 
     def pop_inputs(self) -> list[int]:
         """Take up to batch_size requests: timeout (FCFS only), then prefix, then suffix."""
@@ -141,6 +150,7 @@ class BatchQueue:
         for source in sources:
             while source and len(taken) < wanted:
                 taken.append(source.popleft()[1])
+        self.count -= len(taken)
         self.batch_size = 0
         self.deadline_ns = NEVER_NS
         return taken
@@ -154,6 +164,7 @@ class BatchQueue:
             return []
         dropped = [entry[1] for entry in self.timeout]
         self.timeout.clear()
+        self.count -= len(dropped)
         return dropped
 
     def pop_all(self) -> list[int]:
@@ -162,6 +173,7 @@ class BatchQueue:
         self.timeout.clear()
         self.prefix.clear()
         self.suffix.clear()
+        self.count = 0
         self.batch_size = 0
         self.deadline_ns = NEVER_NS
         return held

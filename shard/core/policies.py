@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import msgspec
 
+from shard.core.baselines.nexus import NexusPolicy
+from shard.core.baselines.shepherd import ShepherdPolicy
+from shard.core.baselines.triton import TritonPolicy
 from shard.core.config import CoreConfig, DropPolicy, ModelConfig, SchedulableCondition
 from shard.core.policy import Policy
 from shard.core.symphony import SymphonyPolicy
@@ -25,10 +29,44 @@ def _eager(models: list[ModelConfig], config: CoreConfig) -> Policy:
     return SymphonyPolicy(models, eager, name="eager")
 
 
+def _triton(models: list[ModelConfig], config: CoreConfig) -> Policy:
+    return TritonPolicy(models, config)
+
+
+def _clockwork(models: list[ModelConfig], config: CoreConfig) -> Policy:
+    """Largest SLO-feasible batch when a slot frees, no preemption: Shepherd with lambda = inf
+    (reference §4.3; our inference, not the authors'), dropping expired heads."""
+    return ShepherdPolicy(models, name="clockwork", preempt_lambda=math.inf, fixed=True,
+                          queue_len_max=config.queue_len_max)
+
+
+def _shepherd(models: list[ModelConfig], config: CoreConfig) -> Policy:
+    return ShepherdPolicy(models, name="shepherd", queue_len_max=config.queue_len_max)
+
+
+def _shepherd_fixed(models: list[ModelConfig], config: CoreConfig) -> Policy:
+    return ShepherdPolicy(models, name="shepherd-fixed", fixed=True, queue_len_max=config.queue_len_max)
+
+
+def _nexus(models: list[ModelConfig], config: CoreConfig) -> Policy:
+    return NexusPolicy(models, name="nexus")
+
+
+def _nexus_warm(models: list[ModelConfig], config: CoreConfig) -> Policy:
+    return NexusPolicy(models, name="nexus-warm", warm=True)
+
+
 POLICIES: dict[str, PolicyFactory] = {
     "symphony": _symphony,
     "eager": _eager,
+    "triton": _triton,
+    "clockwork": _clockwork,
+    "shepherd": _shepherd,
+    "shepherd-fixed": _shepherd_fixed,
+    "nexus": _nexus,
+    "nexus-warm": _nexus_warm,
 }
+BASELINES = ["eager", "triton", "clockwork", "shepherd", "shepherd-fixed", "nexus", "nexus-warm"]
 
 DEFAULT_POLICY = "symphony"
 

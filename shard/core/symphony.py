@@ -35,12 +35,16 @@ from shard.core.latency import NEVER_BEFORE_NS, NEVER_NS, LatencyModel
 from shard.core.matcher import Matcher
 from shard.core.rate_meter import RateMeter
 from shard.core.target_batch import estimate_target_batch_size, max_batch_with_full_budget
-from shard.core.timers import TimerQueue
-
-SLOT_TIMER = ("slot-timer",)  # timer key; model timers are keyed by model name
+from shard.core.timers import TimerOwner, TimerQueue
 
 
-class ModelState:
+class SlotTimer(TimerOwner):
+    """The single slot timer (P3 fixed): always on the current rank-0 slot."""
+
+    __slots__ = ()
+
+
+class ModelState(TimerOwner):
     """Everything the policy holds for one model; candidate fields mirror reference §1.7."""
 
     __slots__ = (
@@ -48,6 +52,7 @@ class ModelState:
         "budget_ns",
         "drop_at_ns",
         "exec_at_ns",
+        "exec_ns",
         "initial_target",
         "inval_at_ns",
         "invalid_after_ns",
@@ -55,6 +60,7 @@ class ModelState:
         "latency",
         "meter",
         "name",
+        "parked",
         "queue",
         "send_at_ns",
         "slo_ns",
@@ -64,9 +70,11 @@ class ModelState:
     )
 
     def __init__(self, model: ModelConfig, config: CoreConfig, now_ns: int) -> None:
+        super().__init__()
         self.name = model.name
         self.slo_ns = model.slo_ns
         self.latency = LatencyModel(model.profile)
+        self.exec_ns = self.latency.exec_ns
         self.queue = BatchQueue(self.latency, config.drop, config.ctrl_ns, config.data_ns)
         self.meter = RateMeter(config.rate_bin_ns, config.rate_window_bins, now_ns)
         self.budget_ns = model.slo_ns - config.ctrl_ns - config.resp_ns  # T in reference §1.5
@@ -81,10 +89,32 @@ class ModelState:
         self.drop_at_ns = NEVER_NS
         self.inval_at_ns = NEVER_NS
         self.last_exec_at_ns = NEVER_BEFORE_NS
+        self.parked = False  # a waiting plan in the matcher's rankings
 
 
 class SymphonyPolicy:
     """The faithful Symphony policy; `eager` is this class with Immediately + DropTimeout."""
+
+    __slots__ = (
+        "_actions",
+        "_ctrl_ns",
+        "_data_ns",
+        "_drop_timeout",
+        "_frontrun_mode",
+        "_inflight",
+        "_jitter_ns",
+        "_matcher",
+        "_models",
+        "_plan_ids",
+        "_queue_len_max",
+        "_resp_ns",
+        "_schedulable",
+        "_slot_timer",
+        "_timers",
+        "config",
+        "deadline_margin_ns",
+        "name",
+    )
 
     def __init__(
         self,
@@ -100,6 +130,7 @@ class SymphonyPolicy:
         self._models: dict[str, ModelState] = {m.name: ModelState(m, config, now_ns) for m in models}
         self._matcher = Matcher()
         self._timers = TimerQueue()
+        self._slot_timer = SlotTimer()
         self._inflight: dict[int, deque[tuple[int, int, int]]] = {}  # slot -> (plan, exec, finish)
         self._plan_ids = count(1)
         self._actions: list = []
@@ -108,15 +139,21 @@ class SymphonyPolicy:
         self._resp_ns = config.resp_ns
         self._jitter_ns = config.timer_jitter_ns
         self._schedulable = config.schedulable
+        self._frontrun_mode = config.schedulable is SchedulableCondition.FRONTRUN
         self._drop_timeout = config.drop is DropPolicy.DROP_TIMEOUT
         self._queue_len_max = config.queue_len_max
 
     # ---- the step contract --------------------------------------------------------------
     def handle(self, event, now_ns: int) -> Step:  # noqa: ANN001 - Event union
         self._actions = []
+        if event.__class__ is RequestArrived:  # the hot path, ahead of the match below
+            self._on_arrival(event, now_ns)
+            wake_at = self._timers.next_at()
+            if wake_at is not None and wake_at <= now_ns:
+                self._run_due_timers(now_ns)
+                wake_at = self._timers.next_at()
+            return Step(self._actions, wake_at)
         match event:
-            case RequestArrived():
-                self._on_arrival(event, now_ns)
             case WakeUp():
                 pass
             case BatchCompleted():
@@ -138,12 +175,16 @@ class SymphonyPolicy:
         if model is None:
             self._actions.append(DropRequests(event.model, [event.request_id], DropReason.UNKNOWN_MODEL))
             return
-        if len(model.queue) >= self._queue_len_max:
+        queue = model.queue
+        if queue.count >= self._queue_len_max:
             self._actions.append(DropRequests(model.name, [event.request_id], DropReason.OVERLOADED))
             return
-        slo_ns = event.slo_ns or model.slo_ns
-        model.meter.hit(now_ns)
-        model.queue.push(now_ns + slo_ns - self._resp_ns, event.request_id)  # reference §1.2
+        meter = model.meter
+        if now_ns >= meter.next_seal_ns:
+            meter.advance(now_ns)
+        meter.counter += 1
+        # Reference §1.2: the scheduler plans against recv + SLO - Dresp.
+        queue.push(now_ns + (event.slo_ns or model.slo_ns) - self._resp_ns, event.request_id)
         self._update_candidate(model, now_ns, NEVER_BEFORE_NS)
         self._setup_active_plan(model, now_ns)
 
@@ -184,20 +225,21 @@ class SymphonyPolicy:
             held = model.queue.pop_all()
             if held:
                 self._actions.append(DropRequests(model.name, held, DropReason.SHUTDOWN))
-            self._matcher.unpark(model.name)
+            if model.parked:
+                self._unpark(model)
             model.batch_size = 0
             model.send_at_ns = model.drop_at_ns = model.inval_at_ns = NEVER_NS
-            self._timers.cancel(model.name)
-        self._timers.cancel(SLOT_TIMER)
+            self._timers.cancel(model)
+        self._timers.cancel(self._slot_timer)
 
     # ---- timers -------------------------------------------------------------------------
     def _run_due_timers(self, now_ns: int) -> None:
         timers = self._timers
-        while (key := timers.pop_due(now_ns)) is not None:
-            if key is SLOT_TIMER:
+        while (owner := timers.pop_due(now_ns)) is not None:
+            if owner is self._slot_timer:
                 self._on_slot_timer(now_ns)
             else:
-                self._on_model_timer(self._models[key], now_ns)
+                self._on_model_timer(owner, now_ns)
 
     def _on_model_timer(self, model: ModelState, now_ns: int) -> None:
         if model.drop_at_ns <= now_ns or model.inval_at_ns <= now_ns:
@@ -213,14 +255,20 @@ class SymphonyPolicy:
         self._arm_model(model)
 
     def _arm_model(self, model: ModelState) -> None:
-        self._timers.arm(model.name, min(model.send_at_ns, model.drop_at_ns, model.inval_at_ns))
+        at = model.send_at_ns
+        if model.drop_at_ns < at:
+            at = model.drop_at_ns
+        if model.inval_at_ns < at:
+            at = model.inval_at_ns
+        if at != model.timer_at_ns:
+            self._timers.arm(model, at)
 
     def _arm_slot_timer(self, now_ns: int) -> None:
         due = self._matcher.slot_timer_at_ns()
         if due is None:
-            self._timers.cancel(SLOT_TIMER)
+            self._timers.cancel(self._slot_timer)
         else:
-            self._timers.arm(SLOT_TIMER, max(due[0], now_ns))
+            self._timers.arm(self._slot_timer, max(due[0], now_ns))
 
     # ---- candidates (reference §1.8) ----------------------------------------------------
     def _target(self, model: ModelState, now_ns: int) -> int:
@@ -240,30 +288,46 @@ class SymphonyPolicy:
         return model.target
 
     def _update_candidate(self, model: ModelState, now_ns: int, gpu_free_at_ns: int) -> None:
-        target = self._target(model, now_ns)
+        meter = model.meter
+        if self._drop_timeout:
+            target = 1
+        elif now_ns < meter.next_seal_ns and meter.mean_rps == model.target_rate_rps:
+            target = model.target  # the rate estimate has not changed: reuse the target
+        else:
+            target = self._target(model, now_ns)
         queue = model.queue
         queue.update(now_ns, gpu_free_at_ns, target)
         batch_size = queue.batch_size
         model.batch_size = batch_size
         if batch_size > 0:
             deadline = queue.deadline_ns
-            exec_ns = model.latency.exec_ns
-            send_latency = self._ctrl_ns + self._data_ns * batch_size
+            exec_ns = model.exec_ns
+            data_ns = self._data_ns
+            send_latency = self._ctrl_ns + data_ns * batch_size
             earliest = now_ns + send_latency
-            latest = deadline - self._jitter_ns - exec_ns[batch_size]
-            condition = self._condition(model, deadline, batch_size, target, earliest, latest)
-            exec_at = max(earliest, gpu_free_at_ns, min(condition, latest))
+            invalid_after = deadline - exec_ns[batch_size]
+            latest = invalid_after - self._jitter_ns
+            if self._frontrun_mode:
+                condition = deadline - self._jitter_ns - exec_ns[batch_size + 1] - data_ns
+            else:
+                condition = self._condition(model, deadline, batch_size, target, earliest, latest)
+            exec_at = condition if condition < latest else latest
+            if exec_at < earliest:
+                exec_at = earliest
+            if exec_at < gpu_free_at_ns:
+                exec_at = gpu_free_at_ns
             model.exec_at_ns = exec_at
-            model.invalid_after_ns = deadline - exec_ns[batch_size]
+            model.invalid_after_ns = invalid_after
             # Re-planning at this same instant would change nothing, so these fire no earlier
             # than the next nanosecond (a discrete clock must advance, like the reference's).
-            model.drop_at_ns = max(deadline, now_ns + 1)
-            model.inval_at_ns = max(model.invalid_after_ns - send_latency, now_ns + 1)
+            model.drop_at_ns = deadline if deadline > now_ns else now_ns + 1
+            inval_at = invalid_after - send_latency
+            model.inval_at_ns = inval_at if inval_at > now_ns else now_ns + 1
         else:
             model.exec_at_ns = NEVER_NS
             model.invalid_after_ns = NEVER_BEFORE_NS
             model.drop_at_ns = model.inval_at_ns = NEVER_NS
-        if queue.count_drops():
+        if queue.timeout and not queue.fcfs:
             self._actions.append(DropRequests(model.name, queue.pop_drops(), DropReason.DEADLINE))
 
     def _condition(
@@ -288,13 +352,29 @@ class SymphonyPolicy:
     # ---- matching (reference §1.10) -----------------------------------------------------
     def _setup_active_plan(self, model: ModelState, now_ns: int) -> None:
         if model.batch_size > 0:
-            model.send_at_ns = max(model.exec_at_ns - self._ctrl_ns - self._data_ns * model.batch_size, now_ns)
+            send_at = model.exec_at_ns - self._ctrl_ns - self._data_ns * model.batch_size
+            model.send_at_ns = send_at if send_at > now_ns else now_ns
         else:
             model.send_at_ns = NEVER_NS
-        if self._matcher.is_waiting(model.name):
-            self._matcher.unpark(model.name)
+        if model.parked:
+            self._unpark(model)
             self._arm_slot_timer(now_ns)
-        self._arm_model(model)
+        # Arm the model's one timer at the earliest of its send, drop and invalidate times.
+        at = model.send_at_ns
+        if model.drop_at_ns < at:
+            at = model.drop_at_ns
+        if model.inval_at_ns < at:
+            at = model.inval_at_ns
+        if at != model.timer_at_ns:
+            self._timers.arm(model, at)
+
+    def _park(self, model: ModelState, send_latency_ns: int) -> None:
+        model.parked = True
+        self._matcher.park(model.name, model.invalid_after_ns, send_latency_ns)
+
+    def _unpark(self, model: ModelState) -> None:
+        model.parked = False
+        self._matcher.unpark(model.name)
 
     def _on_plan_timer(self, model: ModelState, now_ns: int) -> None:
         """Model-initiated matching: grant the earliest-free slot if it is free by exec_at."""
@@ -308,7 +388,7 @@ class SymphonyPolicy:
         if earliest is not None and earliest[1] <= model.exec_at_ns:
             self._grant(model, earliest[0], now_ns)
             return
-        self._matcher.park(model.name, model.invalid_after_ns, send_latency)
+        self._park(model, send_latency)
         self._arm_slot_timer(now_ns)
 
     def _on_slot_timer(self, now_ns: int) -> None:
@@ -318,7 +398,7 @@ class SymphonyPolicy:
         if earliest is not None:
             slot_id, free_at = earliest
             while (urgent := matcher.most_urgent()) is not None and free_at > urgent[1]:
-                matcher.unpark(urgent[0])  # infeasible on any slot; the model re-plans (P2)
+                self._unpark(self._models[urgent[0]])  # infeasible on any slot; re-planned later (P2)
             if urgent is not None:
                 self._grant(self._models[urgent[0]], slot_id, now_ns)
         self._arm_slot_timer(now_ns)
@@ -329,7 +409,8 @@ class SymphonyPolicy:
         assert slot_id in matcher.free_at_ns, "granting a slot that does not exist"
         free_at = matcher.free_at_ns[slot_id]
         assert free_at < NEVER_NS, "a reserved slot was granted again"
-        matcher.unpark(model.name)
+        if model.parked:
+            self._unpark(model)
         self._update_candidate(model, now_ns, free_at)
         batch = model.queue.pop_inputs()
         if batch:

@@ -1,72 +1,73 @@
-"""Keyed one-shot timers for pure policies: arm, re-arm, cancel, pop what is due.
+"""One-shot timers for pure policies: arm, re-arm, cancel, pop what is due.
 
-A heap with lazy deletion: re-arming pushes a new entry and the old one is skipped when it
-surfaces. Ties fire in arming order, so runs are deterministic.
+Each timer owner (a model's state, the slot timer) carries its own `timer_at_ns`/`timer_seq`,
+so re-arming is one heap push and no dict lookup; a superseded heap entry is skipped when it
+surfaces (lazy deletion). Ties fire in arming order, so runs are deterministic.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable
-from itertools import count
 
 from shard.core.latency import NEVER_NS
 
 NEVER_HORIZON_NS = NEVER_NS >> 1  # anything at or past this is "never"
 
 
-class TimerQueue:
-    __slots__ = ("_armed", "_heap", "_seq")
+class TimerOwner:
+    """Mixin state for anything that owns one timer."""
+
+    __slots__ = ("timer_at_ns", "timer_seq")
 
     def __init__(self) -> None:
-        self._heap: list[tuple[int, int, Hashable]] = []
-        self._armed: dict[Hashable, tuple[int, int]] = {}
-        self._seq = count()
+        self.timer_at_ns = NEVER_NS
+        self.timer_seq = -1
 
-    def arm(self, key: Hashable, at_ns: int) -> None:
-        """Set `key` to fire at `at_ns`, replacing any earlier setting; never-times cancel."""
+
+class TimerQueue:
+    __slots__ = ("_heap", "_seq")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, TimerOwner]] = []
+        self._seq = 0
+
+    def arm(self, owner: TimerOwner, at_ns: int) -> None:
+        """Set the owner's timer to `at_ns`, replacing any earlier setting; never-times cancel."""
         if at_ns >= NEVER_HORIZON_NS:
-            self._armed.pop(key, None)
+            owner.timer_seq = -1
+            owner.timer_at_ns = NEVER_NS
             return
-        current = self._armed.get(key)
-        if current is not None and current[0] == at_ns:
+        if owner.timer_at_ns == at_ns and owner.timer_seq >= 0:
             return
-        seq = next(self._seq)
-        self._armed[key] = (at_ns, seq)
-        heapq.heappush(self._heap, (at_ns, seq, key))
-        if len(self._heap) > 4 * len(self._armed) + 1024:
-            self._compact()
+        self._seq += 1
+        owner.timer_at_ns = at_ns
+        owner.timer_seq = self._seq
+        heapq.heappush(self._heap, (at_ns, self._seq, owner))
 
-    def cancel(self, key: Hashable) -> None:
-        self._armed.pop(key, None)
+    def cancel(self, owner: TimerOwner) -> None:
+        owner.timer_seq = -1
+        owner.timer_at_ns = NEVER_NS
 
-    def armed_at(self, key: Hashable) -> int | None:
-        current = self._armed.get(key)
-        return None if current is None else current[0]
-
-    def pop_due(self, now_ns: int) -> Hashable | None:
-        """The next key due at or before now (and disarm it), or None."""
+    def pop_due(self, now_ns: int) -> TimerOwner | None:
+        """The next owner due at or before now (its timer disarmed), or None."""
         heap = self._heap
-        armed = self._armed
         while heap and heap[0][0] <= now_ns:
-            _at, seq, key = heapq.heappop(heap)
-            current = armed.get(key)
-            if current is not None and current[1] == seq:
-                del armed[key]
-                return key
+            _at, seq, owner = heapq.heappop(heap)
+            if owner.timer_seq == seq:
+                owner.timer_seq = -1
+                owner.timer_at_ns = NEVER_NS
+                return owner
         return None
 
     def next_at(self) -> int | None:
         heap = self._heap
-        armed = self._armed
         while heap:
-            at, seq, key = heap[0]
-            current = armed.get(key)
-            if current is not None and current[1] == seq:
+            at, seq, owner = heap[0]
+            if owner.timer_seq == seq:
                 return at
             heapq.heappop(heap)
         return None
 
-    def _compact(self) -> None:
-        self._heap = [(at, seq, key) for key, (at, seq) in self._armed.items()]
-        heapq.heapify(self._heap)
+    def has_due(self, now_ns: int) -> bool:
+        heap = self._heap
+        return bool(heap) and heap[0][0] <= now_ns

@@ -1,0 +1,1 @@
+"""Baseline policies under the same `handle()` contract as Symphony (reference §4)."""
