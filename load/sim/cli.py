@@ -1,0 +1,231 @@
+"""`symphony sim ...`: run, capacity, min-slots, compare, fuzz. Human tables by default,
+`--json` for machines. Progress of long searches goes to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import msgspec
+
+from load.bound import analytic_bound
+from load.sim.kernel import SimOptions
+from load.sim.report import SimReport
+from load.sim.search import CapacityResult, MinSlotsResult, capacity, min_slots, run_report
+from load.workload import load_workload
+from shard.core.policies import DEFAULT_POLICY, POLICIES
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    sim = subparsers.add_parser("sim", help="simulate policies on workloads in virtual time")
+    commands = sim.add_subparsers(dest="sim_command", required=True)
+
+    def common(p: argparse.ArgumentParser, *, policy: bool = True) -> None:
+        p.add_argument("workload", help="a workload TOML file or a built-in name (example, many-model, bursty)")
+        if policy:
+            p.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICIES))
+        p.add_argument("--slots", type=int, default=None, help="slots (default: the workload's)")
+        p.add_argument("--seed", type=int, default=None, help="seed (default: the workload's)")
+        p.add_argument("--noise", type=float, default=0.0, help="relative std of slot execution time")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    run = commands.add_parser("run", help="one simulation: outcome counts, goodput, batches, busy slots")
+    common(run)
+    run.add_argument("--scale", type=float, default=1.0, help="multiply every rate")
+    run.add_argument("--checks", action="store_true", help="check invariants on every action")
+    run.add_argument("--timing", action="store_true", help="add CPU time (not deterministic)")
+    run.set_defaults(handler=_run)
+
+    cap = commands.add_parser("capacity", help="largest --scale within the bad-rate limit")
+    common(cap)
+    cap.add_argument("--max-bad-rate", type=float, default=0.01)
+    cap.set_defaults(handler=_capacity)
+
+    mins = commands.add_parser("min-slots", help="fewest slots within the bad-rate limit")
+    common(mins)
+    mins.add_argument("--scale", type=float, default=1.0)
+    mins.add_argument("--max-bad-rate", type=float, default=0.01)
+    mins.set_defaults(handler=_min_slots)
+
+    cmp_ = commands.add_parser("compare", help="every policy's capacity and min-slots, ratios to eager")
+    common(cmp_, policy=False)
+    cmp_.add_argument("--policies", default=",".join(POLICIES), help="comma-separated policy names")
+    cmp_.add_argument("--min-slots-scale", type=float, default=None,
+                      help="scale for min-slots (default: where the bound needs 75%% of the slots)")
+    cmp_.add_argument("--max-bad-rate", type=float, default=0.01)
+    cmp_.add_argument("--jobs", type=int, default=2, help="parallel worker processes")
+    cmp_.set_defaults(handler=_compare)
+
+    fuzz = commands.add_parser("fuzz", help="swarm-test a seed: random workload, policy and faults under checkers")
+    fuzz.add_argument("--seed", type=int, required=True)
+    fuzz.add_argument("--count", type=int, default=1, help="seeds seed..seed+count-1")
+    fuzz.set_defaults(handler=_fuzz)
+
+
+def _options(args: argparse.Namespace, **overrides: object) -> SimOptions:
+    values = {"slots": args.slots, "seed": args.seed, "noise": args.noise}
+    values.update(overrides)
+    return SimOptions(**values)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    loaded = load_workload(args.workload)
+    options = _options(args, scale=args.scale, checks=args.checks)
+    report = run_report(loaded, args.policy, options, timing=args.timing)
+    if args.json:
+        print(msgspec.json.encode(report).decode())
+    else:
+        print(format_run(report))
+    return 0
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    loaded = load_workload(args.workload)
+    result = capacity(loaded, args.policy, _options(args), max_bad_rate=args.max_bad_rate, progress=_progress)
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+    else:
+        print(
+            f"{result.policy} on {result.workload} ({result.slots} slots): capacity_scale "
+            f"{result.capacity_scale:.3f} = {result.fraction_of_bound:.3f} of the bound "
+            f"({result.bound_scale:.3f}); goodput {result.goodput_rps:.1f} rps; worst model bad rate "
+            f"{result.worst_model_bad_rate:.2%} (limit {result.max_bad_rate:.2%})"
+        )
+    return 0
+
+
+def _min_slots(args: argparse.Namespace) -> int:
+    loaded = load_workload(args.workload)
+    result = min_slots(
+        loaded, args.policy, _options(args, scale=args.scale), max_bad_rate=args.max_bad_rate, progress=_progress
+    )
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+    else:
+        found = "not met" if result.min_slots is None else str(result.min_slots)
+        print(
+            f"{result.policy} on {result.workload} at scale {result.scale:g}: min_slots {found} "
+            f"(bound {result.bound_slots}, needed_slots {result.needed_slots:.2f})"
+        )
+    return 0
+
+
+class CompareRow(msgspec.Struct, kw_only=True):
+    policy: str
+    capacity: CapacityResult
+    min_slots: MinSlotsResult
+
+
+class Comparison(msgspec.Struct, kw_only=True):
+    workload: str
+    slots: int
+    bound_scale: float
+    min_slots_scale: float
+    rows: list[CompareRow]
+
+
+def _compare_one(workload: str, policy: str, options: SimOptions, scale: float, limit: float) -> CompareRow:
+    loaded = load_workload(workload)
+    cap = capacity(loaded, policy, options, max_bad_rate=limit, progress=_progress)
+    mins = min_slots(
+        loaded, policy, msgspec.structs.replace(options, scale=scale), max_bad_rate=limit, progress=_progress
+    )
+    return CompareRow(policy=policy, capacity=cap, min_slots=mins)
+
+
+def compare(workload: str, policies: list[str], options: SimOptions, *, min_slots_scale: float | None,
+            max_bad_rate: float, jobs: int) -> Comparison:
+    loaded = load_workload(workload)
+    slots = options.slots or loaded.workload.slots
+    bound_scale = analytic_bound(loaded, slots, options.core).bound_scale
+    scale = min_slots_scale if min_slots_scale is not None else 0.75 * bound_scale
+    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(_compare_one, workload, p, options, scale, max_bad_rate) for p in policies]
+        rows = [f.result() for f in futures]
+    return Comparison(workload=loaded.workload.name, slots=slots, bound_scale=bound_scale,
+                      min_slots_scale=scale, rows=rows)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        print(f"unknown policies: {', '.join(unknown)}; choose from {', '.join(POLICIES)}", file=sys.stderr)
+        return 2
+    result = compare(args.workload, policies, _options(args), min_slots_scale=args.min_slots_scale,
+                     max_bad_rate=args.max_bad_rate, jobs=args.jobs)
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+    else:
+        print(format_comparison(result))
+    return 0
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    from load.sim.swarm import run_swarm_seed
+
+    failures = 0
+    for seed in range(args.seed, args.seed + args.count):
+        error = run_swarm_seed(seed)
+        if error:
+            failures += 1
+            print(f"seed {seed}: FAIL {error}\n  replay: symphony sim fuzz --seed {seed}", file=sys.stderr)
+        else:
+            print(f"seed {seed}: ok", file=sys.stderr)
+    return 1 if failures else 0
+
+
+# ---- formatting ---------------------------------------------------------------------------
+def format_run(report: SimReport) -> str:
+    lines = [
+        f"workload {report.workload}  policy {report.policy}  seed {report.seed}  slots {report.slots}  "
+        f"scale {report.scale:g}",
+        f"{'model':<16}{'offered':>9}{'success':>9}{'dropped':>9}{'timeout':>9}{'noreply':>9}"
+        f"{'goodput/s':>11}{'bad rate':>10}{'mean batch':>12}",
+    ]
+    for m in [*report.models, None]:
+        row = m or report.total
+        name = m.name if m else "TOTAL"
+        mean_batch = m.mean_batch_size if m else report.mean_batch_size
+        lines.append(
+            f"{name:<16}{row.offered:>9}{row.success:>9}{row.dropped:>9}{row.timeout:>9}{row.noreply:>9}"
+            f"{row.goodput_rps:>11.1f}{row.bad_rate:>10.2%}{mean_batch:>12.1f}"
+        )
+    lines.append(
+        f"busy_slots {report.busy_slots:.2f} (slot busy fraction {report.slot_busy_fraction:.1%}); "
+        f"needed_slots {report.needed_slots:.2f}; bound_scale {report.bound_scale:.3f}"
+    )
+    if report.timing:
+        lines.append(
+            f"cpu {report.timing['cpu_s']:.2f} s, {report.timing['requests_per_cpu_s']:,.0f} simulated requests per CPU-second"
+        )
+    return "\n".join(lines)
+
+
+def format_comparison(result: Comparison) -> str:
+    eager = next((r for r in result.rows if r.policy == "eager"), None)
+    lines = [
+        f"workload {result.workload}: {result.slots} slots, bound_scale {result.bound_scale:.3f}; "
+        f"min-slots at scale {result.min_slots_scale:.3f}",
+        f"{'policy':<16}{'capacity':>10}{'of bound':>10}{'vs eager':>10}{'goodput/s':>11}"
+        f"{'worst model':>13}{'min slots':>11}{'bound':>7}{'vs eager':>10}",
+    ]
+    for row in result.rows:
+        cap, mins = row.capacity, row.min_slots
+        vs_eager = cap.capacity_scale / eager.capacity.capacity_scale if eager and eager.capacity.capacity_scale else float("nan")
+        slots = "-" if mins.min_slots is None else str(mins.min_slots)
+        slots_vs = (
+            f"{mins.min_slots / eager.min_slots.min_slots:.2f}"
+            if eager and eager.min_slots.min_slots and mins.min_slots
+            else "-"
+        )
+        lines.append(
+            f"{row.policy:<16}{cap.capacity_scale:>10.3f}{cap.fraction_of_bound:>10.3f}{vs_eager:>10.3f}"
+            f"{cap.goodput_rps:>11.1f}{cap.worst_model_bad_rate:>13.2%}{slots:>11}{mins.bound_slots:>7}{slots_vs:>10}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,32 @@
+"""The `symphony` command: one entry point for every role and tool."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from load.sim import cli as sim_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="symphony",
+        description="Deferred batch scheduling for DNN inference (Symphony) on NATS.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    sim_cli.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"symphony: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
