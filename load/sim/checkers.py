@@ -33,7 +33,8 @@ class Checker:
         self.margin_ns = deadline_margin_ns
         self.arrived = bytearray(len(recv_ns))
         self.finished = bytearray(len(recv_ns))
-        self.planned_free_ns: dict[int, int] = {}
+        self.planned_free_ns: dict[int, int] = {}  # slot -> when its last plan ends (known best)
+        self.last_plan: dict[int, int] = {}  # slot -> its last plan
         self.plan_requests: dict[int, list[int]] = {}
         self.plan_interval: dict[int, tuple[int, int, int]] = {}  # plan -> (slot, exec, finish)
 
@@ -64,6 +65,7 @@ class Checker:
                 f"{self.planned_free_ns[slot_id]} (overlapping batches)"
             )
         self.planned_free_ns[slot_id] = finish_at_ns
+        self.last_plan[slot_id] = plan_id
         for rid in request_ids:
             self._leave(rid, f"plan {plan_id}")
             if self.margin_ns is not None:
@@ -75,6 +77,11 @@ class Checker:
                     )
         self.plan_requests[plan_id] = list(request_ids)
         self.plan_interval[plan_id] = (slot_id, exec_at_ns, finish_at_ns)
+
+    def on_completed(self, slot_id: int, plan_id: int, finished_at_ns: int) -> None:
+        """A measured completion replaces the prediction (slots with noise finish early or late)."""
+        if self.last_plan.get(slot_id) == plan_id:
+            self.planned_free_ns[slot_id] = finished_at_ns
 
     def on_drop(self, request_ids: list[int], reason: str) -> None:
         for rid in request_ids:

@@ -31,7 +31,7 @@ OUTCOME_NAMES = ("pending", "success", "timeout", "dropped", "noreply")
 NEVER = 1 << 62
 
 
-class SlotEvent(msgspec.Struct, frozen=True):
+class SimEvent(msgspec.Struct, frozen=True):
     """Fault injection: a slot disappears or (re)appears at `at_s` seconds."""
 
     at_s: float
@@ -46,7 +46,7 @@ class SimOptions(msgspec.Struct, frozen=True, kw_only=True):
     noise: float = 0.0  # relative std of execution time on the fake slots
     checks: bool = False
     core: CoreConfig = CoreConfig()
-    slot_events: list[SlotEvent] = []
+    slot_events: list[SimEvent] = []
 
 
 class Batch(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -224,6 +224,8 @@ def _run(policy, models: list[ModelConfig], slots: int, schedule: Schedule, opti
             plan = plans.pop(plan_id, None)
             if plan is None:
                 continue  # preempted or lost with its slot
+            if checker is not None:
+                checker.on_completed(slot_id, plan_id, now)
             step = handle(BatchCompleted(slot_id, plan_id, plan[2], plan[3]), now)
         elif ts <= tw:
             now, kind, slot_id = slot_changes[change_at]
