@@ -31,6 +31,8 @@ class SimReport(msgspec.Struct, kw_only=True):
     seed: int
     slots: int
     scale: float
+    goodput_rps: float  # success per second over the bench window (the total's, repeated)
+    bad_rate: float
     total: Counts
     models: list[ModelReport]
     mean_batch_size: float
@@ -91,6 +93,8 @@ def summarize(run: SimRun, workload_name: str, bound: Bound, *, timing: bool = F
         seed=schedule.seed,
         slots=run.slots,
         scale=schedule.scale,
+        goodput_rps=total.goodput_rps,
+        bad_rate=total.bad_rate,
         total=total,
         models=models,
         mean_batch_size=float(sizes.mean()) if len(sizes) else 0.0,

@@ -6,6 +6,9 @@ size (WindowDrop), then grow the batch past the target while the head deadline s
 ("free lunch"). Requests only move forward: suffix -> prefix -> timeout, never back, so this
 state is incremental and must not be recomputed from scratch (reference §7.3).
 
+Departure from the reference: P7 is fixed (see `update`), because a live service must answer
+every request even when no further request arrives.
+
 Entries are `(deadline_ns, request_id)` tuples, so tuple order is the reference's
 `(deadline ASC, global_id ASC)` order (§1.3).
 """
@@ -98,7 +101,18 @@ class BatchQueue:
         batch_size = target if target < size else size
         self.batch_size = batch_size
         if batch_size == 0:
-            self.deadline_ns = NEVER_NS  # prefix is not examined here (P7, kept as in the reference)
+            self.deadline_ns = NEVER_NS
+            if prefix and not self.fcfs:
+                # P7 fixed: the reference skips the prefix here, stranding requests until the next
+                # arrival. An emptied suffix means every prefix request misses even alone, so
+                # drop them now; without more arrivals nothing else would ever answer them.
+                start = base_ns + data_ns
+                if start < gpu_free_at_ns:
+                    start = gpu_free_at_ns
+                finish = start + exec_ns[1]
+                timeout = self.timeout
+                while prefix and prefix[0][0] < finish:
+                    timeout.append(prefix.popleft())
             return
 
         # (3) older requests must be feasible at this batch size, else they time out.
