@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test fuzz bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# The main job: every policy on the reference example workload, side by side.
+demo: $(STAMP)
+	$(VENV)/bin/symphony sim compare example
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# More swarm seeds than the tests run: make fuzz SEEDS=10000
+SEEDS ?= 1000
+fuzz: $(STAMP)
+	$(VENV)/bin/symphony sim fuzz --seed 1 --count $(SEEDS)
+
+bench: $(STAMP)
+	$(PY) -m load.bench.scheduling
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
