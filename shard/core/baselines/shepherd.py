@@ -117,16 +117,31 @@ class ShepherdPolicy:
         changed = [model.name]
         while changed:
             name = changed.pop(0)
+            idle_has_nothing = False
             for slot_id, running in list(self._slots.items()):
-                self._offer(slot_id, running, name, changed, now_ns)
+                if running is None:
+                    if idle_has_nothing:
+                        continue  # same queues as the idle slot just tried: no batch either
+                    idle_has_nothing = not self._offer(slot_id, running, name, changed, now_ns)
+                elif self._could_preempt(running, name):
+                    self._offer(slot_id, running, name, changed, now_ns)
 
-    def _offer(self, slot_id: int, running: _Running | None, name: str, changed: list[str], now_ns: int) -> None:
-        """AddQuery's inner step: dispatch to an idle slot, or preempt by the lambda rule."""
+    def _could_preempt(self, running: _Running, name: str) -> bool:
+        """Skip BatchGen on a busy slot when even every queued request could not reach lambda
+        times its batch (the skipped call would only have dropped expired requests earlier)."""
+        most = len(self._models[name].queue) + len(running.entries)
+        if running.model != name:
+            most += len(self._models[running.model].queue)
+        return most >= self._lambda * len(running.entries)
+
+    def _offer(self, slot_id: int, running: _Running | None, name: str, changed: list[str], now_ns: int) -> bool:
+        """AddQuery's inner step: dispatch to an idle slot, or preempt by the lambda rule.
+        Returns whether BatchGen found a batch."""
         old = len(running.entries) if running else 0
         candidates = [name] if running is None or running.model == name else [name, running.model]
         best = self._batch_gen(now_ns, running, candidates)
         if best is None:
-            return
+            return False
         model_name, size = best
         if old == 0:
             self._assign(slot_id, model_name, size, None, now_ns)
@@ -135,6 +150,7 @@ class ShepherdPolicy:
             retrigger = running.model if self._fixed else model_name
             if retrigger != name and retrigger not in changed:
                 changed.append(retrigger)
+        return True
 
     def _on_completed(self, event: BatchCompleted, now_ns: int) -> None:
         running = self._slots.get(event.slot_id)
