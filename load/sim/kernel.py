@@ -94,10 +94,10 @@ def simulate(loaded: LoadedWorkload, policy_name: str, options: SimOptions = Sim
     schedule = build_schedule(workload, scale=options.scale, seed=options.seed)
     models = model_configs(loaded, options.scale)
     policy = make_policy(policy_name, models, options.core)
-    return _run(policy, models, slots, schedule, options)
+    return run_policy(policy, models, slots, schedule, options)
 
 
-def _run(policy, models: list[ModelConfig], slots: int, schedule: Schedule, options: SimOptions) -> SimRun:  # noqa: ANN001, C901, PLR0912, PLR0915 - the hot loop stays in one piece on purpose
+def run_policy(policy, models: list[ModelConfig], slots: int, schedule: Schedule, options: SimOptions) -> SimRun:  # noqa: ANN001, C901, PLR0912, PLR0915 - the hot loop stays in one piece on purpose
     names = [m.name for m in models]
     index_of = {name: i for i, name in enumerate(names)}
     slo_ns = [m.slo_ns for m in models]

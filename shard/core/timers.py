@@ -25,26 +25,36 @@ class TimerOwner:
 
 
 class TimerQueue:
-    __slots__ = ("_heap", "_seq")
+    __slots__ = ("_armed", "_heap", "_seq")
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, int, TimerOwner]] = []
         self._seq = 0
+        self._armed = 0  # owners with a live entry; the rest of the heap is superseded entries
 
     def arm(self, owner: TimerOwner, at_ns: int) -> None:
         """Set the owner's timer to `at_ns`, replacing any earlier setting; never-times cancel."""
         if at_ns >= NEVER_HORIZON_NS:
-            owner.timer_seq = -1
-            owner.timer_at_ns = NEVER_NS
+            self.cancel(owner)
             return
-        if owner.timer_at_ns == at_ns and owner.timer_seq >= 0:
-            return
+        if owner.timer_seq >= 0:
+            if owner.timer_at_ns == at_ns:
+                return
+        else:
+            self._armed += 1
         self._seq += 1
         owner.timer_at_ns = at_ns
         owner.timer_seq = self._seq
-        heapq.heappush(self._heap, (at_ns, self._seq, owner))
+        heap = self._heap
+        heapq.heappush(heap, (at_ns, self._seq, owner))
+        if len(heap) > 8 * self._armed + 256:
+            # Mostly superseded entries: rebuild, so pushes and pops stay O(log live timers).
+            self._heap = [entry for entry in heap if entry[2].timer_seq == entry[1]]
+            heapq.heapify(self._heap)
 
     def cancel(self, owner: TimerOwner) -> None:
+        if owner.timer_seq >= 0:
+            self._armed -= 1
         owner.timer_seq = -1
         owner.timer_at_ns = NEVER_NS
 
@@ -56,6 +66,7 @@ class TimerQueue:
             if owner.timer_seq == seq:
                 owner.timer_seq = -1
                 owner.timer_at_ns = NEVER_NS
+                self._armed -= 1
                 return owner
         return None
 
