@@ -14,6 +14,7 @@ from load.sim.kernel import SimOptions
 from load.sim.report import SimReport
 from load.sim.search import CapacityResult, MinSlotsResult, capacity, min_slots, run_report
 from load.workload import load_workload
+from shard.core.config import CoreConfig
 from shard.core.policies import DEFAULT_POLICY, POLICIES
 
 
@@ -29,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--seed", type=int, default=None, help="seed (default: the workload's)")
         p.add_argument("--noise", type=float, default=0.0, help="relative std of slot execution time")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a core setting, e.g. --set resp_ns=1000000 --set drop=drop_timeout "
+                            "(fields of shard.core.config.CoreConfig)")
 
     run = commands.add_parser("run", help="one simulation: outcome counts, goodput, batches, busy slots")
     common(run)
@@ -63,8 +67,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fuzz.set_defaults(handler=_fuzz)
 
 
+def core_config(settings: list[str]) -> CoreConfig:
+    """CoreConfig from KEY=VALUE strings, validated like a config file."""
+    raw: dict[str, object] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        raw[key.strip()] = _scalar(value.strip())
+    try:
+        return msgspec.convert(raw, CoreConfig, strict=False)
+    except msgspec.ValidationError as error:
+        raise ValueError(f"--set: {error}") from None
+
+
+def _scalar(text: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
 def _options(args: argparse.Namespace, **overrides: object) -> SimOptions:
-    values = {"slots": args.slots, "seed": args.seed, "noise": args.noise}
+    values = {"slots": args.slots, "seed": args.seed, "noise": args.noise, "core": core_config(args.set)}
     values.update(overrides)
     return SimOptions(**values)
 

@@ -33,6 +33,7 @@ class BatchQueue:
         "data_ns",
         "deadline_ns",
         "drop",
+        "drop_beta",
         "exec_ns",
         "fcfs",
         "last_update_ns",
@@ -42,8 +43,11 @@ class BatchQueue:
         "timeout",
     )
 
-    def __init__(self, latency: LatencyModel, drop: DropPolicy, ctrl_ns: int, data_ns: int) -> None:
+    def __init__(
+        self, latency: LatencyModel, drop: DropPolicy, ctrl_ns: int, data_ns: int, drop_beta: float = 1.0
+    ) -> None:
         self.latency = latency
+        self.drop_beta = drop_beta
         self.exec_ns = latency.exec_ns
         self.drop = drop
         self.fcfs = drop is DropPolicy.WINDOW_FCFS
@@ -116,14 +120,22 @@ class BatchQueue:
             return
 
         # (3) older requests must be feasible at this batch size, else they time out.
+        # Symphony+ (drop_beta < 1) tests a smaller batch, beta x that size, and then serves the
+        # surviving older requests with a batch small enough for them (below).
         if prefix:
-            start = base_ns + data_ns * batch_size
+            drop_size = batch_size
+            if self.drop_beta < 1.0:
+                drop_size = max(1, -int(-self.drop_beta * batch_size // 1))
+            start = base_ns + data_ns * drop_size
             if start < gpu_free_at_ns:
                 start = gpu_free_at_ns
-            finish = start + (exec_ns[batch_size] if batch_size <= batch_size_max else exec_ns[-1])
+            finish = start + (exec_ns[drop_size] if drop_size <= batch_size_max else exec_ns[-1])
             timeout = self.timeout
             while prefix and prefix[0][0] < finish:
                 timeout.append(prefix.popleft())
+            if prefix and drop_size < batch_size:
+                batch_size = self._largest_meeting(prefix[0][0], base_ns, gpu_free_at_ns, drop_size, batch_size)
+                self.batch_size = batch_size
 
         # (4) the batch deadline is the earliest deadline the batch will contain.
         if batch_size <= held_late:
@@ -155,6 +167,21 @@ class BatchQueue:
             else:
                 high = mid - 1
         self.batch_size = low
+
+    def _largest_meeting(self, deadline: int, base_ns: int, gpu_free_at_ns: int, low: int, high: int) -> int:
+        """Largest b in [low, high] whose batch finishes by `deadline`; `low` is known to."""
+        exec_ns = self.exec_ns
+        data_ns = self.data_ns
+        while low < high:
+            mid = (low + high + 1) >> 1
+            start = base_ns + data_ns * mid
+            if start < gpu_free_at_ns:
+                start = gpu_free_at_ns
+            if deadline >= start + exec_ns[mid]:
+                low = mid
+            else:
+                high = mid - 1
+        return low
 
     def pop_inputs(self) -> list[int]:
         """Take up to batch_size requests: timeout (FCFS only), then prefix, then suffix."""

@@ -36,7 +36,7 @@ class DropPolicy(enum.Enum):
     WINDOW_FCFS = "window_fcfs"
 
 
-class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
+class CoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Latency constants and switches shared by the Symphony-family policies."""
 
     ctrl_ns: NonNegativeNs = 100_000  # Dctrl: plan message to the agent
@@ -48,6 +48,14 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True):
     schedulable: SchedulableCondition = SchedulableCondition.FRONTRUN
     drop: DropPolicy = DropPolicy.WINDOW_DROP
     queue_len_max: Annotated[int, Meta(ge=1)] = 100_000  # per model; beyond it: overloaded
+    # Symphony+ (symphony-plus). The defaults here switch every mechanism off, which is the
+    # faithful policy; `shard.core.policies.PLUS` holds the tuned values.
+    drop_beta: Annotated[float, Meta(gt=0, le=1)] = 1.0  # WindowDrop tests a batch of beta x target
+    early_dispatch: bool = False  # contention-aware early dispatch
+    early_utilization_min: Annotated[float, Meta(ge=0)] = 0.8  # EWMA slot utilisation above which
+    early_cost_slack: Annotated[float, Meta(ge=0)] = 0.10  # per-request cost within this of target's
+    reserve_horizon_ns: NonNegativeNs = 0  # early batches leave this much room for due plans; 0: off
+    utilization_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.25  # EWMA weight per rate-meter bin
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):

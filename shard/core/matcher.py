@@ -58,6 +58,27 @@ class Matcher:
             heapq.heappop(pool)
         return None
 
+    def count_free_by(self, at_ns: int) -> int:
+        """How many slots are predicted free by `at_ns` (a pruned walk of the pool heap)."""
+        pool = self._pool
+        slot_seq = self._slot_seq
+        count_ = 0
+        stack = [0] if pool else []
+        while stack:
+            i = stack.pop()
+            free_at, neg_seq, slot = pool[i]
+            if free_at > at_ns:
+                continue  # the heap property: nothing below is earlier
+            if slot_seq.get(slot) == -neg_seq:
+                count_ += 1
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(pool):
+                    stack.append(child)
+        return count_
+
+    def waiting_count(self) -> int:
+        return len(self._waiting)
+
     def _compact_pool(self) -> None:
         self._pool = [(self.free_at_ns[s], -q, s) for s, q in self._slot_seq.items()]
         heapq.heapify(self._pool)

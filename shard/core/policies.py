@@ -56,7 +56,31 @@ def _nexus_warm(models: list[ModelConfig], config: CoreConfig) -> Policy:
     return NexusPolicy(models, name="nexus-warm", warm=True)
 
 
+# Symphony+ tuned values (issue 3; sensitivity in BENCHMARKS.md). Tuned on the built-in
+# workloads only.
+PLUS = {
+    "drop_beta": 0.6,
+    "early_dispatch": True,
+    "early_utilization_min": 0.8,
+    "early_cost_slack": 0.10,
+    "reserve_horizon_ns": 3_000_000,
+}
+
+
+def plus_config(config: CoreConfig, **overrides: object) -> CoreConfig:
+    return msgspec.structs.replace(config, **{**PLUS, **overrides})
+
+
+def _symphony_plus(models: list[ModelConfig], config: CoreConfig) -> Policy:
+    """Deferral with a gentler drop rule and contention-aware early dispatch with reservation.
+    Values already changed from the faithful defaults in `config` are kept (tuning sweeps)."""
+    faithful = CoreConfig()
+    chosen = {k: getattr(config, k) for k in PLUS if getattr(config, k) != getattr(faithful, k)}
+    return SymphonyPolicy(models, plus_config(config, **chosen), name="symphony-plus")
+
+
 POLICIES: dict[str, PolicyFactory] = {
+    "symphony-plus": _symphony_plus,
     "symphony": _symphony,
     "eager": _eager,
     "triton": _triton,

@@ -44,6 +44,39 @@ class SlotTimer(TimerOwner):
     __slots__ = ()
 
 
+class UtilizationMeter:
+    """EWMA of the slot time dispatched per rate-meter bin over the slot time available: the
+    shard's recent utilisation, the contention signal of Symphony+ (closed bins are sealed
+    lazily on the same grid as the rate meters)."""
+
+    __slots__ = ("alpha", "bin_end_ns", "bin_ns", "busy_ns", "ewma")
+
+    def __init__(self, bin_ns: int, alpha: float, now_ns: int) -> None:
+        self.bin_ns = bin_ns
+        self.alpha = alpha
+        self.bin_end_ns = now_ns + bin_ns
+        self.busy_ns = 0
+        self.ewma = 0.0
+
+    def _seal(self, now_ns: int, slots: int) -> None:
+        bins = (now_ns - self.bin_end_ns) // self.bin_ns + 1
+        capacity = self.bin_ns * max(slots, 1)
+        self.ewma += self.alpha * (min(self.busy_ns / capacity, 1.0) - self.ewma)
+        self.ewma *= (1.0 - self.alpha) ** min(bins - 1, 64)  # later bins saw no dispatches
+        self.busy_ns = 0
+        self.bin_end_ns += bins * self.bin_ns
+
+    def add(self, now_ns: int, busy_ns: int, slots: int) -> None:
+        if now_ns >= self.bin_end_ns:
+            self._seal(now_ns, slots)
+        self.busy_ns += busy_ns
+
+    def value(self, now_ns: int, slots: int) -> float:
+        if now_ns >= self.bin_end_ns:
+            self._seal(now_ns, slots)
+        return self.ewma
+
+
 class ModelState(TimerOwner):
     """Everything the policy holds for one model; candidate fields mirror reference §1.7."""
 
@@ -75,7 +108,7 @@ class ModelState(TimerOwner):
         self.slo_ns = model.slo_ns
         self.latency = LatencyModel(model.profile)
         self.exec_ns = self.latency.exec_ns
-        self.queue = BatchQueue(self.latency, config.drop, config.ctrl_ns, config.data_ns)
+        self.queue = BatchQueue(self.latency, config.drop, config.ctrl_ns, config.data_ns, config.drop_beta)
         self.meter = RateMeter(config.rate_bin_ns, config.rate_window_bins, now_ns)
         self.budget_ns = model.slo_ns - config.ctrl_ns - config.resp_ns  # T in reference §1.5
         self.initial_target = max_batch_with_full_budget(self.latency, model.slo_ns // 2)
@@ -100,6 +133,7 @@ class SymphonyPolicy:
         "_ctrl_ns",
         "_data_ns",
         "_drop_timeout",
+        "_early",
         "_frontrun_mode",
         "_inflight",
         "_jitter_ns",
@@ -111,6 +145,7 @@ class SymphonyPolicy:
         "_schedulable",
         "_slot_timer",
         "_timers",
+        "_utilization",
         "config",
         "deadline_margin_ns",
         "name",
@@ -142,6 +177,8 @@ class SymphonyPolicy:
         self._frontrun_mode = config.schedulable is SchedulableCondition.FRONTRUN
         self._drop_timeout = config.drop is DropPolicy.DROP_TIMEOUT
         self._queue_len_max = config.queue_len_max
+        self._early = config.early_dispatch and config.schedulable is SchedulableCondition.FRONTRUN
+        self._utilization = UtilizationMeter(config.rate_bin_ns, config.utilization_alpha, now_ns)
 
     # ---- the step contract --------------------------------------------------------------
     def handle(self, event, now_ns: int) -> Step:  # noqa: ANN001 - Event union
@@ -309,6 +346,8 @@ class SymphonyPolicy:
             latest = invalid_after - self._jitter_ns
             if self._frontrun_mode:
                 condition = deadline - self._jitter_ns - exec_ns[batch_size + 1] - data_ns
+                if self._early and condition > earliest and self._dispatch_early(model, batch_size, target, earliest, now_ns):
+                    condition = earliest  # Symphony+: run now on an idle slot instead of waiting
             else:
                 condition = self._condition(model, deadline, batch_size, target, earliest, latest)
             exec_at = condition if condition < latest else latest
@@ -329,6 +368,37 @@ class SymphonyPolicy:
             model.drop_at_ns = model.inval_at_ns = NEVER_NS
         if queue.timeout and not queue.fcfs:
             self._actions.append(DropRequests(model.name, queue.pop_drops(), DropReason.DEADLINE))
+
+    def _dispatch_early(self, model: ModelState, batch_size: int, target: int, earliest: int, now_ns: int) -> bool:
+        """Symphony+ contention-aware early dispatch (issue 3, mechanism 2 with 3).
+
+        Deferral wins when slots are plentiful: waiting builds bigger batches at no cost. Near
+        capacity every wait risks a slot not being free at the last safe moment. So, above a
+        utilisation threshold, a batch whose per-request cost is already close to the target
+        batch's runs now if a slot is free by its earliest start, provided enough slots stay
+        free over a short horizon for the plans that fall due within it (reservation)."""
+        config = self.config
+        if self._utilization.value(now_ns, len(self._matcher)) < config.early_utilization_min:
+            return False
+        exec_ns = model.exec_ns
+        target = min(target, model.latency.batch_size_max)
+        if exec_ns[batch_size] * target > (1.0 + config.early_cost_slack) * exec_ns[target] * batch_size:
+            return False
+        earliest_slot = self._matcher.earliest_slot()
+        if earliest_slot is None or earliest_slot[1] > earliest:
+            return False
+        horizon = config.reserve_horizon_ns
+        if horizon <= 0:
+            return True
+        free = self._matcher.count_free_by(now_ns + horizon)
+        due = self._matcher.waiting_count()
+        for owner in self._timers.owners_due_by(now_ns + horizon):
+            if owner is not model and isinstance(owner, ModelState) and not owner.parked \
+                    and owner.send_at_ns <= now_ns + horizon:
+                due += 1
+                if due >= free:
+                    return False
+        return free > due
 
     def _condition(
         self, model: ModelState, deadline: int, batch_size: int, target: int, earliest: int, latest: int
@@ -420,6 +490,7 @@ class SymphonyPolicy:
             plan_id = next(self._plan_ids)
             self._actions.append(DispatchBatch(plan_id, slot_id, model.name, batch, exec_at, finish_at))
             self._inflight[slot_id].append((plan_id, exec_at, finish_at))
+            self._utilization.add(now_ns, finish_at - exec_at, len(matcher))
             model.last_exec_at_ns = exec_at
         else:
             finish_at = max(now_ns, free_at)  # P4: an empty grant must not move free_at back

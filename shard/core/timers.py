@@ -79,6 +79,21 @@ class TimerQueue:
             heapq.heappop(heap)
         return None
 
+    def owners_due_by(self, at_ns: int):  # noqa: ANN201 - a generator of TimerOwner
+        """Owners whose timer is at or before `at_ns`, in no particular order (pruned walk)."""
+        heap = self._heap
+        stack = [0] if heap else []
+        while stack:
+            i = stack.pop()
+            at, seq, owner = heap[i]
+            if at > at_ns:
+                continue
+            if owner.timer_seq == seq:
+                yield owner
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    stack.append(child)
+
     def has_due(self, now_ns: int) -> bool:
         heap = self._heap
         return bool(heap) and heap[0][0] <= now_ns

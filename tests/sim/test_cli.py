@@ -81,3 +81,12 @@ def test_fuzz_replays_a_seed() -> None:
     result = symphony("sim", "fuzz", "--seed", "3")
     assert result.returncode == 0, result.stderr
     assert "seed 3: ok" in result.stderr
+
+
+def test_core_settings_can_be_overridden_and_are_validated(small: str) -> None:
+    eager_like = json.loads(symphony("sim", "run", small, "--json", "--set", "schedulable=immediately",
+                                     "--set", "drop=drop_timeout").stdout)
+    faithful = json.loads(symphony("sim", "run", small, "--json").stdout)
+    assert eager_like["mean_batch_size"] < faithful["mean_batch_size"]
+    bad = symphony("sim", "run", small, "--set", "ctrl_ns=-1")
+    assert bad.returncode == 2 and "ctrl_ns" in bad.stderr

@@ -120,3 +120,20 @@ def test_pop_all_returns_everything_in_order() -> None:
     fill(q, [100, 101, 102])
     assert q.pop_all() == [0, 1, 2]
     assert len(q) == 0
+
+
+def test_gentler_drop_keeps_an_old_request_that_fits_beta_times_the_target() -> None:
+    q = BatchQueue(resnet_latency(), DropPolicy.WINDOW_DROP, ctrl_ns=100_000, data_ns=50_000, drop_beta=0.6)
+    fill(q, [9, 100, 100, 100, 100])  # misses at target 4 (9.832 ms), fits at ceil(0.6 x 4) = 3
+    q.update(0, NEVER_BEFORE_NS, target=4)
+    assert q.pop_drops() == []
+    assert q.batch_size == 3  # the batch shrinks to what the old request can wait for
+    assert q.pop_inputs() == [0, 1, 2]
+
+
+def test_gentler_drop_still_drops_what_misses_even_the_smaller_batch() -> None:
+    q = BatchQueue(resnet_latency(), DropPolicy.WINDOW_DROP, ctrl_ns=100_000, data_ns=50_000, drop_beta=0.6)
+    fill(q, [8, 100, 100, 100, 100])  # 8 ms < finish(3) = 8.7 ms
+    q.update(0, NEVER_BEFORE_NS, target=4)
+    assert q.pop_drops() == [0]
+    assert q.batch_size == 4
