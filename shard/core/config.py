@@ -56,6 +56,10 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     early_cost_slack: Annotated[float, Meta(ge=0)] = 0.10  # per-request cost within this of target's
     reserve_horizon_ns: NonNegativeNs = 0  # early batches leave this much room for due plans; 0: off
     utilization_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.25  # EWMA weight per rate-meter bin
+    # Lookahead (Symphony+ experiment): also go early, within `lookahead_cost_slack`, when the
+    # slots predicted free by the batch's own send time are fewer than the plans due before it.
+    lookahead: bool = False
+    lookahead_cost_slack: Annotated[float, Meta(ge=0)] = 1.0
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):

@@ -380,25 +380,35 @@ class SymphonyPolicy:
         config = self.config
         if self._utilization.value(now_ns, len(self._matcher)) < config.early_utilization_min:
             return False
-        exec_ns = model.exec_ns
-        target = min(target, model.latency.batch_size_max)
-        if exec_ns[batch_size] * target > (1.0 + config.early_cost_slack) * exec_ns[target] * batch_size:
-            return False
         earliest_slot = self._matcher.earliest_slot()
         if earliest_slot is None or earliest_slot[1] > earliest:
             return False
-        horizon = config.reserve_horizon_ns
-        if horizon <= 0:
-            return True
-        free = self._matcher.count_free_by(now_ns + horizon)
+        exec_ns = model.exec_ns
+        target = min(target, model.latency.batch_size_max)
+        cost_ratio = exec_ns[batch_size] * target / (exec_ns[target] * batch_size)
+        if cost_ratio <= 1.0 + config.early_cost_slack:
+            horizon = config.reserve_horizon_ns
+            return horizon <= 0 or self._slots_to_spare(model, now_ns + horizon)
+        if config.lookahead and cost_ratio <= 1.0 + config.lookahead_cost_slack:
+            # Waiting until the frontrun send time only pays if a slot will be free then.
+            send_at = model.queue.deadline_ns - self._jitter_ns - exec_ns[batch_size + 1] - self._data_ns \
+                - self._ctrl_ns - self._data_ns * batch_size
+            return not self._slots_to_spare(model, send_at)
+        return False
+
+    def _slots_to_spare(self, model: ModelState, by_ns: int) -> bool:
+        """Reservation: are more slots predicted free by `by_ns` than other plans due by then?"""
+        free = self._matcher.count_free_by(by_ns)
         due = self._matcher.waiting_count()
-        for owner in self._timers.owners_due_by(now_ns + horizon):
+        if due >= free:
+            return False
+        for owner in self._timers.owners_due_by(by_ns):
             if owner is not model and isinstance(owner, ModelState) and not owner.parked \
-                    and owner.send_at_ns <= now_ns + horizon:
+                    and owner.send_at_ns <= by_ns:
                 due += 1
                 if due >= free:
                     return False
-        return free > due
+        return True
 
     def _condition(
         self, model: ModelState, deadline: int, batch_size: int, target: int, earliest: int, latest: int
