@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from load.sim import cli as sim_cli
+from ops import commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     sim_cli.add_parser(subparsers)
+    commands.add_parsers(subparsers)
     return parser
 
 
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ConnectionError, TimeoutError) as error:
         print(f"symphony: {error}", file=sys.stderr)
         return 2
 

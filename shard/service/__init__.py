@@ -1,0 +1,1 @@
+"""The shard's NATS shell around the pure core."""

@@ -1,0 +1,144 @@
+"""Model runners: a JAX zoo model compiled per bucketed batch size and profiled, or a `sleep`
+model that only waits its profiled time. Both take stacked numpy inputs and return outputs.
+
+Batches are padded up to the next bucket (a power of two up to the model's max batch), so
+nothing compiles on the request path; the published profile is the bucket's latency for every
+batch size it covers, which is what the scheduler should plan with.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gpu_agent.zoo import ZOO, ZooModel
+from schemas.model import ModelSpec, TensorSpec
+from schemas.profile import ModelProfile, profile_from_sleep_spec
+
+
+def buckets_up_to(batch_size_max: int) -> list[int]:
+    sizes, b = [], 1
+    while b < batch_size_max:
+        sizes.append(b)
+        b *= 2
+    sizes.append(batch_size_max)
+    return sizes
+
+
+def bucket_for(batch_size: int, buckets: list[int]) -> int:
+    for bucket in buckets:
+        if bucket >= batch_size:
+            return bucket
+    raise ValueError(f"batch of {batch_size} exceeds the largest bucket {buckets[-1]}")
+
+
+@dataclass
+class JaxRunner:
+    """A zoo model on JAX's default device, compiled ahead of time for every bucket."""
+
+    name: str
+    model: ZooModel
+    batch_size_max: int
+    slo_ms: float
+    seed: int = 0
+    buckets: list[int] = field(default_factory=list)
+    compiled: dict[int, object] = field(default_factory=dict)
+    compile_count: int = 0
+    profile: ModelProfile | None = None
+
+    def load(self, repeats: int = 10) -> None:
+        params = self.model.init(jax.random.PRNGKey(self.seed))
+        self.params = jax.device_put(params)
+        self.buckets = buckets_up_to(self.batch_size_max)
+        apply = jax.jit(self.model.apply)
+        for bucket in self.buckets:
+            example = {k: jnp.asarray(v) for k, v in self.model.example_inputs(bucket).items()}
+            self.compiled[bucket] = apply.lower(self.params, example).compile()
+            self.compile_count += 1
+        self.profile = self._measure(repeats)
+
+    def _measure(self, repeats: int) -> ModelProfile:
+        means: list[float] = []
+        stds: list[float] = []
+        per_bucket: dict[int, tuple[float, float]] = {}
+        for bucket in self.buckets:
+            inputs = self.model.example_inputs(bucket, seed=1)
+            for _ in range(2):
+                self.run_padded(inputs, bucket)  # warm-up
+            samples = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                self.run_padded(inputs, bucket)
+                samples.append((time.perf_counter() - started) * 1e6)
+            per_bucket[bucket] = (statistics.fmean(samples), statistics.pstdev(samples))
+        for b in range(1, self.batch_size_max + 1):
+            mean, std = per_bucket[bucket_for(b, self.buckets)]
+            means.append(mean)
+            stds.append(std)
+        return ModelProfile(profile_id=f"{self.name}:{self.model.kind}", device=str(jax.devices()[0]),
+                            forward_mean_us=means, forward_std_us=stds).monotone()
+
+    def run_padded(self, inputs: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndarray]:
+        outputs = self.compiled[bucket](self.params, inputs)
+        return {k: np.asarray(v) for k, v in outputs.items()}
+
+    def run(self, inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+        """Pad to the bucket, run the precompiled executable, return the first `batch_size` rows."""
+        bucket = bucket_for(batch_size, self.buckets)
+        if bucket != batch_size:
+            inputs = {k: np.concatenate([v, np.zeros((bucket - batch_size, *v.shape[1:]), v.dtype)])
+                      for k, v in inputs.items()}
+        outputs = self.run_padded(inputs, bucket)
+        return {k: v[:batch_size] for k, v in outputs.items()}
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(name=self.name, platform="jax", slo_ms=self.slo_ms, batch_size_max=self.batch_size_max,
+                         inputs=self.model.inputs, outputs=self.model.outputs, profile=self.profile)
+
+
+SLEEP_INPUTS = [TensorSpec(name="x", datatype="FP32", shape=[-1, 1])]
+SLEEP_OUTPUTS = [TensorSpec(name="y", datatype="FP32", shape=[-1, 1])]
+
+
+@dataclass
+class SleepRunner:
+    """`sleep:<slope_us>,<intercept_us>`: waits its profiled time and echoes its input. It runs
+    through the same agent code path as a JAX model; the agent awaits `duration_s`."""
+
+    name: str
+    spec_text: str
+    batch_size_max: int
+    slo_ms: float
+    compile_count: int = 0
+    profile: ModelProfile | None = None
+
+    def load(self, repeats: int = 0) -> None:
+        self.profile = profile_from_sleep_spec(self.spec_text, self.batch_size_max)
+
+    def duration_s(self, batch_size: int) -> float:
+        assert self.profile is not None
+        return (self.profile.forward_us(batch_size) + self.profile.pre_us + self.profile.post_us) / 1e6
+
+    def run(self, inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+        return {"y": inputs["x"].astype(np.float32)}
+
+    def spec(self) -> ModelSpec:
+        return ModelSpec(name=self.name, platform="sleep", slo_ms=self.slo_ms, batch_size_max=self.batch_size_max,
+                         inputs=SLEEP_INPUTS, outputs=SLEEP_OUTPUTS, profile=self.profile)
+
+
+Runner = JaxRunner | SleepRunner
+
+
+def make_runner(name: str, kind: str, batch_size_max: int, slo_ms: float) -> Runner:
+    """`kind` is a zoo name (mlp, cnn, encoder) or a sleep spec."""
+    if kind.startswith(("sleep:", "sleep#")):
+        return SleepRunner(name=name, spec_text=kind, batch_size_max=batch_size_max, slo_ms=slo_ms)
+    if kind not in ZOO:
+        raise ValueError(f"unknown model kind {kind!r}; zoo models: {', '.join(ZOO)} or sleep:<slope>,<intercept>")
+    return JaxRunner(name=name, model=ZOO[kind], batch_size_max=batch_size_max, slo_ms=slo_ms)

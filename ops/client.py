@@ -1,0 +1,121 @@
+"""A small async Python client for symphony: `await client.infer("mlp", {"x": array})`.
+
+Any NATS client in any language can do the same with docs/protocol.md; this one is what the CLI
+and the tests use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import msgspec
+import nats
+import numpy as np
+
+from ops.connect import connect_client
+from schemas.model import ModelList, ModelMetadata
+from schemas.status import (
+    CONTENT_JSON,
+    CONTENT_MSGPACK,
+    HEADER_BATCH_SIZE,
+    HEADER_COMPUTE_US,
+    HEADER_CONTENT_TYPE,
+    HEADER_QUEUE_US,
+    HEADER_REASON,
+    HEADER_REQUEST_ID,
+    HEADER_SLO_MS,
+    HEADER_STATUS,
+    Status,
+)
+from schemas.tensors import decode_response, encode_request, to_array
+
+LOCAL_URL_FILE = os.path.expanduser("~/.symphony/nats-url")
+
+
+def default_nats_url(explicit: str | None = None) -> str:
+    """--nats-url, else $NATS_URL (the NATS tools' convention), else the local cluster's."""
+    if explicit:
+        return explicit
+    if os.environ.get("NATS_URL"):
+        return os.environ["NATS_URL"]
+    if os.path.exists(LOCAL_URL_FILE):
+        with open(LOCAL_URL_FILE) as handle:
+            return handle.read().strip()
+    return "nats://127.0.0.1:4222"
+
+
+@dataclass
+class InferResult:
+    status: int
+    reason: str = ""
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.headers.get(HEADER_BATCH_SIZE, 0))
+
+    @property
+    def queue_us(self) -> int:
+        return int(self.headers.get(HEADER_QUEUE_US, 0))
+
+    @property
+    def compute_us(self) -> int:
+        return int(self.headers.get(HEADER_COMPUTE_US, 0))
+
+
+class SymphonyClient:
+    def __init__(self, nc: nats.NATS, prefix: str = "symphony") -> None:
+        self.nc = nc
+        self.prefix = prefix
+
+    @classmethod
+    async def connect(cls, url: str | None = None, prefix: str = "symphony") -> SymphonyClient:
+        return cls(await connect_client(default_nats_url(url)), prefix)
+
+    async def close(self) -> None:
+        await self.nc.drain()
+
+    async def infer(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray] | bytes,
+        *,
+        slo_ms: float | None = None,
+        request_id: str | None = None,
+        content_type: str = CONTENT_MSGPACK,
+        timeout_s: float = 10.0,
+    ) -> InferResult:
+        body = inputs if isinstance(inputs, bytes) else encode_request(inputs, content_type)
+        headers = {HEADER_CONTENT_TYPE: content_type}
+        if slo_ms is not None:
+            headers[HEADER_SLO_MS] = f"{slo_ms:g}"
+        if request_id is not None:
+            headers[HEADER_REQUEST_ID] = request_id
+        try:
+            msg = await self.nc.request(f"{self.prefix}.infer.{model}", body, timeout=timeout_s, headers=headers)
+        except nats.errors.NoRespondersError:
+            return InferResult(status=Status.UNKNOWN_MODEL, reason=f"no shard serves model {model!r}")
+        return parse_reply(msg.headers or {}, msg.data)
+
+    async def metadata(self, model: str, timeout_s: float = 5.0) -> ModelMetadata:
+        msg = await self.nc.request(f"{self.prefix}.meta.{model}", b"", timeout=timeout_s)
+        return msgspec.json.decode(msg.data, type=ModelMetadata)
+
+    async def models(self, timeout_s: float = 5.0) -> list[str]:
+        msg = await self.nc.request(f"{self.prefix}.meta", b"", timeout=timeout_s)
+        return msgspec.json.decode(msg.data, type=ModelList).models
+
+
+def parse_reply(headers: dict[str, str], data: bytes) -> InferResult:
+    status = int(headers.get(HEADER_STATUS, "500"))
+    result = InferResult(status=status, reason=headers.get(HEADER_REASON, ""), headers=dict(headers))
+    if status == Status.OK and data:
+        body = decode_response(data, headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON))
+        result.outputs = {t.name: to_array(t) for t in body.outputs}
+    return result

@@ -1,0 +1,96 @@
+"""A local cluster: the embedded nats-server (unless a URL is given), every agent and shard of a
+cluster config as child processes, supervised; `stop()` ends all it started."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+
+from ops.client import LOCAL_URL_FILE
+from ops.cluster_config import ClusterConfig, load_cluster_config
+from ops.nats_server import NatsServer
+
+
+class LocalCluster:
+    def __init__(self, config_path: str | Path, nats_url: str | None = None, *, log_dir: Path | None = None) -> None:
+        self.config_path = str(config_path)
+        self.config: ClusterConfig = load_cluster_config(config_path)
+        self.server: NatsServer | None = None
+        self.url = nats_url or ""
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.log_dir = log_dir
+
+    def _spawn(self, name: str, *args: str) -> None:
+        out = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = (self.log_dir / f"{name}.log").open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", "ops.cli", *args, "--config", self.config_path, "--nats-url", self.url],
+            stdout=out, stderr=subprocess.STDOUT if out is not subprocess.DEVNULL else subprocess.DEVNULL, env=env,
+        )
+
+    async def start(self, timeout_s: float = 300.0) -> str:
+        if not self.url:
+            self.server = NatsServer().start()
+            self.url = self.server.url
+        for agent in self.config.agents:
+            self._spawn(f"agent-{agent.id}", "agent", "--id", agent.id)
+        for shard in self.config.shards:
+            self._spawn(f"shard-{shard.id}", "shard", "--id", shard.id)
+        await self.wait_ready(timeout_s)
+        Path(LOCAL_URL_FILE).parent.mkdir(parents=True, exist_ok=True)
+        Path(LOCAL_URL_FILE).write_text(self.url + "\n")
+        return self.url
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Ready when every model answers its metadata request (its shard is serving)."""
+        nc = await nats.connect(self.url)
+        deadline = time.monotonic() + timeout_s
+        try:
+            for model in self.config.models:
+                while True:
+                    self.check_alive()
+                    try:
+                        await nc.request(f"{self.config.subject_prefix}.meta.{model.name}", b"", timeout=1.0)
+                        break
+                    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"model {model.name} is not served after {timeout_s:.0f} s") from None
+                        await asyncio.sleep(0.3)
+        finally:
+            await nc.close()
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}")
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        try:
+            if Path(LOCAL_URL_FILE).read_text().strip() == self.url:
+                Path(LOCAL_URL_FILE).unlink()
+        except OSError:
+            pass

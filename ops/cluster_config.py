@@ -1,0 +1,109 @@
+"""The cluster config (TOML): models, agents with their slots, shards with their models and
+slots. Until the coordinator exists (issue 6) this is where ownership comes from."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]+$", min_length=1, max_length=128)]
+
+
+class ModelEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: Name
+    kind: str  # a zoo model (mlp, cnn, encoder) or sleep:<slope_us>,<intercept_us>
+    slo_ms: Annotated[float, Meta(gt=0)]
+    batch_size_max: Annotated[int, Meta(ge=1, le=4096)] = 32
+
+
+class SlotEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: Name
+    models: list[Name]
+
+
+class AgentEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: Name
+    slots: list[SlotEntry]
+    plan_queue_max: Annotated[int, Meta(ge=1)] = 64
+
+
+class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: Name
+    models: list[Name]
+    slots: list[Name]
+    policy: str = "symphony-plus"
+    queue_len_max: Annotated[int, Meta(ge=1)] = 20_000  # requests held per shard; beyond: 429
+    body_bytes_max: Annotated[int, Meta(ge=1)] = 900_000  # beyond: 413 (NATS max payload is 1 MiB)
+    slot_grace_ms: Annotated[float, Meta(gt=0)] = 2000.0  # missing report past finish + this: slot lost
+    metrics_port: int = 0  # 0: none
+
+
+class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    subject_prefix: Name = "symphony"
+    models: list[ModelEntry]
+    agents: list[AgentEntry]
+    shards: list[ShardEntry]
+
+    def __post_init__(self) -> None:
+        models = {m.name for m in self.models}
+        if len(models) != len(self.models):
+            raise ValueError("model names must be unique")
+        slots: dict[str, set[str]] = {}
+        for agent in self.agents:
+            for slot in agent.slots:
+                if slot.id in slots:
+                    raise ValueError(f"slot {slot.id} is declared twice")
+                unknown = set(slot.models) - models
+                if unknown:
+                    raise ValueError(f"slot {slot.id} hosts unknown models {sorted(unknown)}")
+                slots[slot.id] = set(slot.models)
+        owned: set[str] = set()
+        for shard in self.shards:
+            for model in shard.models:
+                if model not in models:
+                    raise ValueError(f"shard {shard.id} owns unknown model {model}")
+                if model in owned:
+                    raise ValueError(f"model {model} is owned by two shards")
+                owned.add(model)
+            for slot in shard.slots:
+                if slot not in slots:
+                    raise ValueError(f"shard {shard.id} names unknown slot {slot}")
+                missing = set(shard.models) - slots[slot]
+                if missing:
+                    # The core assumes any of its slots can run any of its models.
+                    raise ValueError(f"slot {slot} of shard {shard.id} does not host {sorted(missing)}")
+
+    def model(self, name: str) -> ModelEntry:
+        return next(m for m in self.models if m.name == name)
+
+    def shard(self, shard_id: str) -> ShardEntry:
+        for shard in self.shards:
+            if shard.id == shard_id:
+                return shard
+        raise ValueError(f"no shard {shard_id!r} in the config")
+
+    def agent(self, agent_id: str) -> AgentEntry:
+        for agent in self.agents:
+            if agent.id == agent_id:
+                return agent
+        raise ValueError(f"no agent {agent_id!r} in the config")
+
+    def agent_of_slot(self, slot_id: str) -> str:
+        return next(a.id for a in self.agents for s in a.slots if s.id == slot_id)
+
+
+def load_cluster_config(path: str | Path) -> ClusterConfig:
+    path = Path(path)
+    with path.open("rb") as handle:
+        raw = tomllib.load(handle)
+    try:
+        return msgspec.convert(raw, ClusterConfig)
+    except msgspec.ValidationError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+DEMO_CONFIG = Path(__file__).parent / "demo.toml"

@@ -1,0 +1,141 @@
+"""CLI commands for running and calling the live system: up, agent, shard, infer, models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+import numpy as np
+
+from ops.client import SymphonyClient, default_nats_url
+from ops.cluster_config import DEMO_CONFIG
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    up = subparsers.add_parser("up", help="run a local cluster (embedded nats-server unless --nats-url)")
+    up.add_argument("--config", default=str(DEMO_CONFIG))
+    up.add_argument("--nats-url", default=None, help="use this server instead of starting one")
+    up.add_argument("--logs", default="results/cluster-logs", help="folder for the processes' logs")
+    up.set_defaults(handler=_up)
+
+    for role in ("agent", "shard"):
+        p = subparsers.add_parser(role, help=f"run one {role} against a NATS server")
+        p.add_argument("--config", default=str(DEMO_CONFIG))
+        p.add_argument("--id", required=True)
+        p.add_argument("--nats-url", default=None)
+        p.set_defaults(handler=_role, role=role)
+
+    infer = subparsers.add_parser("infer", help="send one request and print status, timings and output")
+    infer.add_argument("model")
+    source = infer.add_mutually_exclusive_group()
+    source.add_argument("--input", help='JSON body, e.g. \'{"inputs": [...]}\'')
+    source.add_argument("--random", action="store_true", help="random valid inputs from the model's metadata")
+    infer.add_argument("--slo-ms", type=float, default=None)
+    infer.add_argument("--nats-url", default=None)
+    infer.add_argument("--timeout", type=float, default=10.0)
+    infer.set_defaults(handler=_infer)
+
+    models = subparsers.add_parser("models", help="list the served models and their inputs")
+    models.add_argument("--nats-url", default=None)
+    models.set_defaults(handler=_models)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ops.cluster import LocalCluster
+
+    cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print("starting (models compile and profile first; this can take a minute)...", flush=True)
+        url = await cluster.start()
+        print(f"symphony is up at {url}  (export NATS_URL={url}); logs in {args.logs}; Ctrl-C stops it", flush=True)
+        while not stop.is_set():
+            cluster.check_alive()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+
+    try:
+        asyncio.run(main())
+    finally:
+        cluster.stop()
+        print("stopped", flush=True)
+    return 0
+
+
+def _role(args: argparse.Namespace) -> int:
+    from ops.roles import run_agent, run_shard
+
+    runner = run_agent if args.role == "agent" else run_shard
+    asyncio.run(runner(args.config, args.id, default_nats_url(args.nats_url)))
+    return 0
+
+
+def _random_inputs(meta) -> dict[str, np.ndarray]:  # noqa: ANN001
+    rng = np.random.default_rng()
+    arrays = {}
+    for spec in meta.inputs:
+        shape = [1, *spec.shape[1:]]
+        if spec.datatype.startswith("INT"):
+            arrays[spec.name] = rng.integers(0, 100, size=shape).astype(np.int32)
+        else:
+            arrays[spec.name] = rng.standard_normal(shape).astype(np.float32)
+    return arrays
+
+
+def _infer(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        client = await SymphonyClient.connect(args.nats_url)
+        try:
+            if args.input:
+                body: bytes | dict = args.input.encode()
+                result = await client.infer(args.model, body, slo_ms=args.slo_ms, content_type="application/json",
+                                            timeout_s=args.timeout)
+            else:
+                meta = await client.metadata(args.model)
+                result = await client.infer(args.model, _random_inputs(meta), slo_ms=args.slo_ms,
+                                            timeout_s=args.timeout)
+        finally:
+            await client.close()
+        print(f"status {result.status}" + (f": {result.reason}" if result.reason else ""))
+        if result.ok:
+            print(f"batch size {result.batch_size}, queue {result.queue_us / 1000:.2f} ms, "
+                  f"compute {result.compute_us / 1000:.2f} ms")
+            for name, array in result.outputs.items():
+                print(f"{name} {list(array.shape)}: {np.array2string(array, precision=4, threshold=20)}")
+        return 0 if result.ok else 1
+
+    return asyncio.run(main())
+
+
+def _models(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        client = await SymphonyClient.connect(args.nats_url)
+        try:
+            for name in await client.models():
+                meta = await client.metadata(name)
+                ins = ", ".join(f"{t.name} {t.datatype}{t.shape}" for t in meta.inputs)
+                print(f"{name:<16} {meta.platform:<6} slo {meta.slo_ms:g} ms  max batch {meta.max_batch_size}  inputs: {ins}")
+        finally:
+            await client.close()
+        return 0
+
+    return asyncio.run(main())
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(0)

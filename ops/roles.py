@@ -1,0 +1,47 @@
+"""Running one role in this process until SIGINT/SIGTERM: `symphony agent`, `symphony shard`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import structlog
+
+from gpu_agent.agent import Agent
+from ops.cluster_config import load_cluster_config
+from ops.logs import configure_logging
+from shard.service.shard import ShardService
+
+log = structlog.get_logger("ops")
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def _configure() -> None:
+    configure_logging(json=True, level=os.environ.get("SYMPHONY_LOG_LEVEL", "info"))
+
+
+async def run_agent(config_path: str, agent_id: str, nats_url: str) -> None:
+    _configure()
+    agent = Agent(load_cluster_config(config_path), agent_id)
+    await asyncio.to_thread(agent.load)
+    await agent.start(nats_url)
+    await _until_signalled()
+    log.info("agent_stopping", agent=agent_id)
+    await agent.stop()
+
+
+async def run_shard(config_path: str, shard_id: str, nats_url: str) -> None:
+    _configure()
+    shard = ShardService(load_cluster_config(config_path), shard_id)
+    await shard.start(nats_url)
+    await _until_signalled()
+    log.info("shard_stopping", shard=shard_id)
+    await shard.stop()

@@ -1,0 +1,341 @@
+"""The shard service: a thin NATS shell that drives the scheduling core.
+
+Ingress reads headers only and keeps each body as bytes; every core action becomes a message:
+a dispatch becomes one batch plan to the slot's agent, a drop becomes an error reply at once.
+Completion reports correct slot free times; a slot whose report is overdue by the grace period
+is declared lost, its requests get 503 and the core is told the slot is gone. Every request the
+shard accepts gets exactly one reply from the shard or, once dispatched, from the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from itertools import count
+
+import msgspec
+import nats
+import structlog
+from nats.aio.msg import Msg
+
+from gpu_agent.agent import AgentInfo
+from ops.cluster_config import ClusterConfig, ShardEntry
+from ops.connect import connect_service
+from schemas.model import ModelList, ModelSpec, metadata_of
+from schemas.plan import PLAN_VERSION, BatchPlan, PlanRequest, plan_encoder, report_decoder
+from schemas.profile import ModelProfile
+from schemas.status import (
+    CONTENT_JSON,
+    CONTENT_MSGPACK,
+    HEADER_CONTENT_TYPE,
+    HEADER_REQUEST_ID,
+    HEADER_SLO_MS,
+    HEADER_STATUS,
+    Status,
+    error_headers,
+)
+from shard.core.actions import DispatchBatch, DropReason, DropRequests
+from shard.core.config import CoreConfig, ModelConfig
+from shard.core.events import SHUTDOWN, WAKE_UP, BatchCompleted, RequestArrived, SlotAdded, SlotRemoved
+from shard.core.policies import make_policy
+from shard.service.clock import MonotonicClock
+
+log = structlog.get_logger("shard")
+
+DROP_STATUS = {
+    DropReason.DEADLINE: (Status.DROPPED, "dropped: its deadline cannot be met"),
+    DropReason.QUEUE_TIMEOUT: (Status.DROPPED, "dropped: waited past the queue timeout"),
+    DropReason.OVERLOADED: (Status.OVERLOADED, "overloaded: the model's queue is full"),
+    DropReason.NO_SLOT: (Status.UNAVAILABLE, "unavailable: no slot can serve this model"),
+    DropReason.UNKNOWN_MODEL: (Status.UNKNOWN_MODEL, "unknown model"),
+    DropReason.SHUTDOWN: (Status.UNAVAILABLE, "unavailable: the scheduler is stopping"),
+}
+
+
+@dataclass(slots=True)
+class Pending:
+    reply: str
+    body: bytes
+    content_type: str
+    client_request_id: str
+    recv_ns: int
+
+
+@dataclass(slots=True)
+class InFlight:
+    slot_id: str
+    requests: list[PlanRequest]
+    sent_ns: int
+    finish_ns: int
+
+
+@dataclass
+class ModelCounters:
+    received: int = 0
+    dispatched: int = 0
+    batches: int = 0
+    dropped: int = 0
+    rejected: int = 0
+    bad_request: int = 0
+
+
+@dataclass
+class ShardStats:
+    models: dict[str, ModelCounters] = field(default_factory=dict)
+    slots_lost: int = 0
+
+
+class ShardService:
+    def __init__(self, config: ClusterConfig, shard_id: str, clock: MonotonicClock | None = None) -> None:
+        self.config = config
+        self.entry: ShardEntry = config.shard(shard_id)
+        self.prefix = config.subject_prefix
+        self.clock = clock or MonotonicClock()
+        self.nc: nats.NATS | None = None
+        self.policy = None
+        self.specs: dict[str, ModelSpec] = {}
+        self.slot_index = {slot: i for i, slot in enumerate(self.entry.slots)}
+        self.slot_names = list(self.entry.slots)
+        self.pending: dict[int, Pending] = {}
+        self.inflight: dict[int, InFlight] = {}
+        self.stats = ShardStats(models={m: ModelCounters() for m in self.entry.models})
+        self._ids = count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: int | None = None
+        self._watchdog: asyncio.Task | None = None
+        self._lost: set[str] = set()
+        self._infer_subs: list = []
+
+    # ---- start-up -----------------------------------------------------------------------
+    async def start(self, nats_url: str, *, agents_timeout_s: float = 120.0) -> None:
+        self.nc = await connect_service(nats_url, f"shard-{self.entry.id}")
+        infos = await self._agent_infos(agents_timeout_s)
+        self.specs = self._model_specs(infos)
+        models = [ModelConfig(name=n, slo_ns=int(s.slo_ms * 1e6), profile=s.profile) for n, s in self.specs.items()]
+        self.policy = make_policy(self.entry.policy, models, CoreConfig(queue_len_max=self.entry.queue_len_max))
+        now = self.clock.now_ns()
+        for slot in self.slot_names:
+            self._apply(self.policy.handle(SlotAdded(self.slot_index[slot]), now))
+        await self._subscribe()
+        self._watchdog = asyncio.create_task(self._watch_slots())
+        log.info("shard_ready", shard=self.entry.id, models=list(self.specs), slots=self.slot_names,
+                 policy=self.entry.policy)
+
+    async def _agent_infos(self, timeout_s: float) -> dict[str, AgentInfo]:
+        wanted = {self.config.agent_of_slot(s) for s in self.slot_names}
+        infos: dict[str, AgentInfo] = {}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while wanted - set(infos):
+            for agent_id in sorted(wanted - set(infos)):
+                try:
+                    msg = await self.nc.request(f"{self.prefix}.agent.{agent_id}.info", b"", timeout=1.0)
+                    infos[agent_id] = msgspec.msgpack.decode(msg.data, type=AgentInfo)
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise TimeoutError(f"agents {sorted(wanted - set(infos))} did not answer") from None
+                    await asyncio.sleep(0.5)
+        return infos
+
+    def _model_specs(self, infos: dict[str, AgentInfo]) -> dict[str, ModelSpec]:
+        """Each model's spec, with the slowest profile among this shard's slots (reference §2.2)."""
+        specs: dict[str, ModelSpec] = {}
+        for name in self.entry.models:
+            profile: ModelProfile | None = None
+            chosen: ModelSpec | None = None
+            for info in infos.values():
+                for spec in info.models:
+                    if spec.name == name and spec.profile is not None:
+                        chosen = chosen or spec
+                        profile = spec.profile if profile is None else profile.merge_slowest(spec.profile)
+            if chosen is None:
+                raise ValueError(f"no agent of shard {self.entry.id} reports model {name}")
+            specs[name] = msgspec.structs.replace(chosen, profile=profile.monotone())
+        return specs
+
+    async def _subscribe(self) -> None:
+        for model in self.entry.models:
+            self._infer_subs.append(await self.nc.subscribe(
+                f"{self.prefix}.infer.{model}", queue=f"{self.prefix}.infer.{model}", cb=self._ingress(model),
+                pending_msgs_limit=1_000_000, pending_bytes_limit=1024 * 1024 * 1024,
+            ))
+            await self.nc.subscribe(f"{self.prefix}.meta.{model}", queue=f"{self.prefix}.meta.{model}",
+                                    cb=self._meta(model))
+        await self.nc.subscribe(f"{self.prefix}.meta", queue=f"{self.prefix}.meta", cb=self._meta_list)
+        await self.nc.subscribe(f"{self.prefix}.shard.{self.entry.id}.done", cb=self._on_done,
+                                pending_msgs_limit=1_000_000)
+        await self.nc.flush()
+
+    # ---- ingress ------------------------------------------------------------------------
+    def _ingress(self, model: str):  # noqa: ANN202
+        counters = self.stats.models[model]
+
+        async def on_request(msg: Msg) -> None:
+            now = self.clock.now_ns()
+            counters.received += 1
+            if not msg.reply:
+                return  # a publish without a reply subject cannot be answered; nothing to do
+            headers = msg.headers or {}
+            client_id = headers.get(HEADER_REQUEST_ID, "")
+            content_type = headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON)
+            if content_type not in (CONTENT_JSON, CONTENT_MSGPACK):
+                counters.bad_request += 1
+                await self._error(msg.reply, Status.BAD_REQUEST, f"unsupported Content-Type {content_type!r}; "
+                                  f"use {CONTENT_JSON} or {CONTENT_MSGPACK}", client_id)
+                return
+            slo_ns = 0
+            if HEADER_SLO_MS in headers:
+                try:
+                    slo_ms = float(headers[HEADER_SLO_MS])
+                except ValueError:
+                    slo_ms = -1.0
+                if not 0 < slo_ms < 3_600_000:
+                    counters.bad_request += 1
+                    await self._error(msg.reply, Status.BAD_REQUEST,
+                                      f"{HEADER_SLO_MS} must be a positive number of milliseconds", client_id)
+                    return
+                slo_ns = int(slo_ms * 1e6)
+            if len(msg.data) > self.entry.body_bytes_max:
+                counters.rejected += 1
+                await self._error(msg.reply, Status.TOO_LARGE,
+                                  f"body of {len(msg.data)} bytes exceeds {self.entry.body_bytes_max}", client_id)
+                return
+            if len(self.pending) >= self.entry.queue_len_max:
+                counters.rejected += 1
+                await self._error(msg.reply, Status.OVERLOADED, "overloaded: the shard's queue is full", client_id)
+                return
+            rid = next(self._ids)
+            self.pending[rid] = Pending(msg.reply, msg.data, content_type, client_id, now)
+            await self._apply_async(self.policy.handle(RequestArrived(rid, model, slo_ns), now))
+
+        return on_request
+
+    def _meta(self, model: str):  # noqa: ANN202
+        async def on_meta(msg: Msg) -> None:
+            await self._respond_json(msg, metadata_of(self.specs[model]))
+        return on_meta
+
+    async def _meta_list(self, msg: Msg) -> None:
+        await self._respond_json(msg, ModelList(models=sorted(m.name for m in self.config.models)))
+
+    async def _respond_json(self, msg: Msg, value: object) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, msgspec.json.encode(value),
+                                  headers={HEADER_STATUS: "200", HEADER_CONTENT_TYPE: CONTENT_JSON})
+
+    async def _error(self, reply: str, status: Status, reason: str, client_id: str = "") -> None:
+        await self.nc.publish(reply, b"", headers=error_headers(status, reason, client_id))
+
+    # ---- actions ------------------------------------------------------------------------
+    def _apply(self, step) -> None:  # noqa: ANN001 - used where no await is possible
+        asyncio.get_running_loop().create_task(self._apply_async(step))
+
+    async def _apply_async(self, step) -> None:  # noqa: ANN001
+        now = self.clock.now_ns()
+        for action in step.actions:
+            if action.__class__ is DispatchBatch:
+                await self._dispatch(action, now)
+            elif action.__class__ is DropRequests:
+                await self._drop(action)
+        self._arm(step.wake_at_ns)
+
+    async def _dispatch(self, action: DispatchBatch, now: int) -> None:
+        slot_id = self.slot_names[action.slot_id]
+        log.debug("plan_sent", plan=action.plan_id, slot=slot_id, model=action.model, size=len(action.request_ids),
+                  exec_in_us=(action.exec_at_ns - now) // 1000)
+        requests = []
+        for rid in action.request_ids:
+            pending = self.pending.pop(rid)
+            requests.append(PlanRequest(rid, pending.reply, pending.body, pending.content_type,
+                                        pending.client_request_id, (now - pending.recv_ns) // 1000))
+        plan = BatchPlan(
+            version=PLAN_VERSION, plan_id=action.plan_id, shard_id=self.entry.id, epoch=0, slot_id=slot_id,
+            model=action.model, requests=requests, exec_at_ns=action.exec_at_ns,
+            deadline_us=max(0, (action.finish_at_ns - now) // 1000 + 2 * self.policy.config.resp_ns // 1000),
+        )
+        self.inflight[action.plan_id] = InFlight(slot_id, requests, now, action.finish_at_ns)
+        counters = self.stats.models[action.model]
+        counters.dispatched += len(requests)
+        counters.batches += 1
+        await self.nc.publish(f"{self.prefix}.slot.{slot_id}.plan", plan_encoder.encode(plan))
+
+    async def _drop(self, action: DropRequests) -> None:
+        status, reason = DROP_STATUS[action.reason]
+        log.debug("requests_dropped", model=action.model, reason=action.reason.value, requests=action.request_ids)
+        counters = self.stats.models.get(action.model)
+        for rid in action.request_ids:
+            pending = self.pending.pop(rid, None)
+            if pending is None:
+                continue
+            if counters is not None:
+                counters.dropped += 1
+            await self._error(pending.reply, status, reason, pending.client_request_id)
+
+    def _arm(self, wake_at_ns: int | None) -> None:
+        if wake_at_ns == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = wake_at_ns
+        if wake_at_ns is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(self.clock.to_loop_time(wake_at_ns), self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._apply(self.policy.handle(WAKE_UP, self.clock.now_ns()))
+
+    # ---- completions and lost slots -----------------------------------------------------
+    async def _on_done(self, msg: Msg) -> None:
+        try:
+            report = report_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            log.error("bad_report", size=len(msg.data))
+            return
+        flight = self.inflight.pop(report.plan_id, None)
+        log.debug("plan_done", plan=report.plan_id, status=report.status, compute_us=report.compute_us,
+                  known=flight is not None)
+        if flight is None or flight.slot_id not in self.slot_index or flight.slot_id in self._lost:
+            return
+        now = self.clock.now_ns()
+        event = BatchCompleted(self.slot_index[flight.slot_id], report.plan_id, now - report.compute_us * 1000, now)
+        await self._apply_async(self.policy.handle(event, now))
+
+    async def _watch_slots(self) -> None:
+        grace_ns = int(self.entry.slot_grace_ms * 1e6)
+        while True:
+            await asyncio.sleep(0.1)
+            now = self.clock.now_ns()
+            overdue = {f.slot_id for f in self.inflight.values() if now > f.finish_ns + grace_ns}
+            for slot_id in sorted(overdue):
+                await self._lose_slot(slot_id, now)
+
+    async def _lose_slot(self, slot_id: str, now: int) -> None:
+        self._lost.add(slot_id)
+        self.stats.slots_lost += 1
+        lost = [plan for plan, f in self.inflight.items() if f.slot_id == slot_id]
+        count_ = 0
+        for plan in lost:
+            for request in self.inflight.pop(plan).requests:
+                count_ += 1
+                await self._error(request.reply, Status.UNAVAILABLE, f"slot {slot_id} was lost",
+                                  request.client_request_id)
+        log.warning("slot_lost", shard=self.entry.id, slot=slot_id, requests=count_)
+        await self._apply_async(self.policy.handle(SlotRemoved(self.slot_index[slot_id]), now))
+
+    # ---- shutdown -----------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Stop taking requests, answer everything still queued, then leave."""
+        if self.nc is None:
+            return
+        for sub in self._infer_subs:
+            await sub.unsubscribe()
+        self._infer_subs.clear()
+        if self.policy is not None:
+            await self._apply_async(self.policy.handle(SHUTDOWN, self.clock.now_ns()))
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.nc.drain()
