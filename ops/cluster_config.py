@@ -40,6 +40,16 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     body_bytes_max: Annotated[int, Meta(ge=1)] = 900_000  # beyond: 413 (NATS max payload is 1 MiB)
     slot_grace_ms: Annotated[float, Meta(gt=0)] = 2000.0  # missing report past finish + this: slot lost
     metrics_port: int = 0  # 0: none
+    # Latency constants of the live path (the core's Dctrl, Ddata, Dresp and timer jitter). The
+    # reference's 100/50/2000/100 us assume RDMA and a spinning C++ loop; a Python shard on NATS
+    # sends a plan in a few hundred us, and its timers fire late by as much as the host is busy.
+    # Deferral waits until the last safe moment minus the jitter, so a wake-up later than the
+    # jitter turns into drops: set it above the shard's worst timer lateness (the shard logs
+    # `late_wake_up` when a wake-up is later than this).
+    ctrl_us: Annotated[int, Meta(ge=0)] = 500
+    data_us: Annotated[int, Meta(ge=0)] = 10
+    resp_us: Annotated[int, Meta(ge=0)] = 2000
+    jitter_us: Annotated[int, Meta(ge=0)] = 5000
 
 
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -105,6 +105,7 @@ class ShardService:
         self._watchdog: asyncio.Task | None = None
         self._lost: set[str] = set()
         self._infer_subs: list = []
+        self.late_wake_ups = 0
 
     # ---- start-up -----------------------------------------------------------------------
     async def start(self, nats_url: str, *, agents_timeout_s: float = 120.0) -> None:
@@ -112,7 +113,12 @@ class ShardService:
         infos = await self._agent_infos(agents_timeout_s)
         self.specs = self._model_specs(infos)
         models = [ModelConfig(name=n, slo_ns=int(s.slo_ms * 1e6), profile=s.profile) for n, s in self.specs.items()]
-        self.policy = make_policy(self.entry.policy, models, CoreConfig(queue_len_max=self.entry.queue_len_max))
+        core = CoreConfig(
+            queue_len_max=self.entry.queue_len_max, ctrl_ns=self.entry.ctrl_us * 1000,
+            data_ns=self.entry.data_us * 1000, resp_ns=self.entry.resp_us * 1000,
+            timer_jitter_ns=self.entry.jitter_us * 1000,
+        )
+        self.policy = make_policy(self.entry.policy, models, core)
         now = self.clock.now_ns()
         for slot in self.slot_names:
             self._apply(self.policy.handle(SlotAdded(self.slot_index[slot]), now))
@@ -282,9 +288,14 @@ class ShardService:
             self._timer = loop.call_at(self.clock.to_loop_time(wake_at_ns), self._on_wake)
 
     def _on_wake(self) -> None:
+        now = self.clock.now_ns()
+        if self._timer_at is not None and now - self._timer_at > self.entry.jitter_us * 1000:
+            self.late_wake_ups += 1
+            log.warning("late_wake_up", shard=self.entry.id, late_us=(now - self._timer_at) // 1000,
+                        jitter_us=self.entry.jitter_us)
         self._timer = None
         self._timer_at = None
-        self._apply(self.policy.handle(WAKE_UP, self.clock.now_ns()))
+        self._apply(self.policy.handle(WAKE_UP, now))
 
     # ---- completions and lost slots -----------------------------------------------------
     async def _on_done(self, msg: Msg) -> None:
