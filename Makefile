@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test fuzz bench clean
+.PHONY: demo sim-demo test fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -13,8 +13,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# The main job: every policy on the reference example workload, side by side.
+# The main job: the demo cluster (JAX and sleep models) under load for 20 s, then a summary.
 demo: $(STAMP)
+	$(VENV)/bin/symphony demo
+
+# Every scheduling policy on the reference example workload, side by side (simulated).
+sim-demo: $(STAMP)
 	$(VENV)/bin/symphony sim compare example
 
 test: $(STAMP)

@@ -38,6 +38,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     infer.add_argument("--timeout", type=float, default=10.0)
     infer.set_defaults(handler=_infer)
 
+    demo = subparsers.add_parser("demo", help="up the demo cluster, send load, print a summary, shut down")
+    demo.add_argument("--seconds", type=float, default=20.0)
+    demo.set_defaults(handler=lambda args: __import__("ops.demo", fromlist=["main"]).main(args.seconds))
+
     models = subparsers.add_parser("models", help="list the served models and their inputs")
     models.add_argument("--nats-url", default=None)
     models.set_defaults(handler=_models)

@@ -1,0 +1,45 @@
+"""`symphony up` as a user runs it: separate processes, the embedded nats-server, a request
+answered through the CLI, and everything it started ended on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.conftest import SLEEP_CONFIG
+
+
+def test_up_serves_requests_and_stops_everything_it_started(tmp_path: Path) -> None:
+    config = tmp_path / "cluster.toml"
+    config.write_text(SLEEP_CONFIG)
+    env = {**os.environ, "HOME": str(tmp_path)}  # the local URL file goes under this HOME
+    up = subprocess.Popen([sys.executable, "-m", "ops.cli", "up", "--config", str(config), "--logs",
+                           str(tmp_path / "logs")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env)
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = up.stdout.readline()
+            assert line, "symphony up exited early"
+            if "symphony is up at" in line:
+                url = line.split("symphony is up at ")[1].split()[0]
+        assert url is not None
+        infer = subprocess.run([sys.executable, "-m", "ops.cli", "infer", "resnet_sleep", "--random"],
+                               capture_output=True, text=True, env=env, timeout=60)
+        assert infer.returncode == 0, infer.stdout + infer.stderr
+        assert "status 200" in infer.stdout and "batch size" in infer.stdout
+        listed = subprocess.run([sys.executable, "-m", "ops.cli", "models", "--nats-url", url],
+                                capture_output=True, text=True, env=env, timeout=60)
+        assert "resnet_sleep" in listed.stdout and "fast_sleep" in listed.stdout
+    finally:
+        up.send_signal(signal.SIGINT)
+        out, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, out
+    assert "stopped" in out
+    leftovers = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", "processes of the cluster are still running"
