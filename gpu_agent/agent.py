@@ -46,6 +46,67 @@ class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
     models: list[ModelSpec]
 
 
+def decode_inputs(specs: list, body: bytes, content_type: str) -> dict[str, np.ndarray]:
+    """One request's inputs as [1, ...] arrays, or TensorError saying what is wrong."""
+    request = decode_request(body, content_type)
+    by_name = {t.name: t for t in request.inputs}
+    decoded = {}
+    for spec in specs:
+        tensor = by_name.get(spec.name)
+        if tensor is None:
+            raise TensorError(f"missing input {spec.name!r}; this model takes {', '.join(s.name for s in specs)}")
+        if tensor.datatype != spec.datatype:
+            raise TensorError(f"input {spec.name!r} must be {spec.datatype}, got {tensor.datatype}")
+        array = to_array(tensor)
+        item_shape = list(spec.shape[1:])
+        if list(array.shape) == item_shape:
+            array = array[None]
+        if list(array.shape) != [1, *item_shape]:
+            raise TensorError(f"input {spec.name!r} must have shape [1, {', '.join(map(str, item_shape))}]"
+                              f" (one item per request), got {list(array.shape)}")
+        decoded[spec.name] = array
+    extra = set(by_name) - {s.name for s in specs}
+    if extra:
+        raise TensorError(f"unknown inputs {sorted(extra)}")
+    return decoded
+
+
+def encode_reply(model: str, outputs: dict[str, np.ndarray], row: int, request: PlanRequest, batch_size: int,
+                 waited_us: int, compute_us: int) -> tuple[bytes, dict[str, str]]:
+    body = InferResponseBody(
+        model_name=model,
+        outputs=[from_array(name, values[row:row + 1], raw=request.content_type != CONTENT_JSON)
+                 for name, values in outputs.items()],
+    )
+    headers = {
+        HEADER_STATUS: "200", HEADER_CONTENT_TYPE: request.content_type, HEADER_BATCH_SIZE: str(batch_size),
+        HEADER_QUEUE_US: str(request.queue_us + waited_us), HEADER_COMPUTE_US: str(compute_us),
+    }
+    if request.client_request_id:
+        headers[HEADER_REQUEST_ID] = request.client_request_id
+    return encode_response(body, request.content_type), headers
+
+
+PUBLISH_US = 15.0  # nats-py publish of one reply (measured locally: 4-5 us per message, times 3 for safety)
+
+
+def measure_request_overhead_us(runner: Runner, samples: int = 200) -> float:
+    """Per-request agent cost: decode + validate a JSON body and encode its reply, plus a publish."""
+    from schemas.tensors import encode_request
+
+    spec = runner.spec()
+    example = {s.name: np.zeros([1, *s.shape[1:]], np.int32 if s.datatype.startswith("INT") else np.float32)
+               for s in spec.inputs}
+    body = encode_request(example, CONTENT_JSON)
+    outputs = {s.name: np.zeros([samples, *s.shape[1:]], np.float32) for s in spec.outputs}
+    request = PlanRequest(0, "_INBOX.x", body, CONTENT_JSON)
+    started = time.perf_counter()
+    for row in range(samples):
+        decode_inputs(spec.inputs, body, CONTENT_JSON)
+        encode_reply(spec.name, outputs, row, request, samples, 0, 0)
+    return (time.perf_counter() - started) / samples * 1e6 + PUBLISH_US
+
+
 class _Slot:
     def __init__(self, slot_id: str, models: list[str], queue_max: int) -> None:
         self.slot_id = slot_id
@@ -71,12 +132,18 @@ class Agent:
         self._stopping = asyncio.Event()
 
     def load(self) -> None:
-        """Compile and profile every model (slow; before serving, never on the request path)."""
+        """Compile and profile every model (slow; before serving, never on the request path).
+
+        The published profile adds the agent's own cost per request (decoding, validating,
+        encoding and sending the reply), measured here, so the scheduler plans with what a
+        batch really takes on this agent, not only the model's forward pass."""
         for runner in self.runners.values():
             started = time.perf_counter()
             runner.load()
+            per_request_us = measure_request_overhead_us(runner)
+            runner.profile = runner.profile.plus_per_item(per_request_us)
             log.info("model_loaded", model=runner.name, compile_count=runner.compile_count,
-                     seconds=round(time.perf_counter() - started, 2))
+                     per_request_us=round(per_request_us, 1), seconds=round(time.perf_counter() - started, 2))
 
     def info(self) -> AgentInfo:
         device = "sleep"
@@ -117,58 +184,75 @@ class Agent:
         return on_plan
 
     async def _serve(self, slot: _Slot) -> None:
-        while True:
-            data, received = await slot.queue.get()
-            try:
-                await self._execute(slot, data, received)
-            except Exception:  # noqa: BLE001 - one bad plan must not stop the slot
-                log.exception("plan_failed", slot=slot.slot_id)
-                await self._reject_plan(data, Status.INTERNAL, "internal error while executing the batch")
+        """Three stages per slot, so decoding the next plan and replying to the last overlap the
+        current batch's compute: prepare -> execute -> reply, in arrival order throughout."""
+        ready: asyncio.Queue = asyncio.Queue(maxsize=1)
+        done: asyncio.Queue = asyncio.Queue(maxsize=2)
+        stages = [asyncio.create_task(self._execute_stage(slot, ready, done)),
+                  asyncio.create_task(self._reply_stage(slot, done))]
+        try:
+            while True:
+                data, received = await slot.queue.get()
+                try:
+                    prepared = await self._prepare(slot, data, received)
+                except Exception:  # noqa: BLE001 - one bad plan must not stop the slot
+                    log.exception("plan_failed", slot=slot.slot_id, stage="prepare")
+                    await self._reject_plan(data, Status.INTERNAL, "internal error while preparing the batch")
+                    continue
+                if prepared is not None:
+                    await ready.put(prepared)
+        finally:
+            for stage in stages:
+                stage.cancel()
 
-    async def _execute(self, slot: _Slot, data: bytes, received: float) -> None:
+    async def _prepare(self, slot: _Slot, data: bytes, received: float):  # noqa: ANN202
         plan = plan_decoder.decode(data)
         runner = self.runners.get(plan.model)
-        waited_us = int((time.monotonic() - received) * 1e6)
         if runner is None or plan.model not in slot.models:
-            await self._finish(plan, slot, 0, waited_us, 0, await self._reply_all(
-                plan, Status.UNAVAILABLE, f"slot {slot.slot_id} does not host {plan.model}"), "failed")
-            return
-        if waited_us > plan.deadline_us:
-            # Work already past its deadline is never started (docs/reliability in issue 7).
-            errors = await self._reply_all(plan, Status.DROPPED, "expired before the batch could start")
-            await self._finish(plan, slot, 0, waited_us, 0, errors, "expired")
-            return
+            errors = await self._reply_all(plan, Status.UNAVAILABLE, f"slot {slot.slot_id} does not host {plan.model}")
+            await self._finish(plan, 0, 0, 0, errors, "failed")
+            return None
         valid, arrays, errors = await self._validate(runner, plan)
         if not valid:
-            await self._finish(plan, slot, 0, waited_us, 0, errors, "done")
-            return
+            await self._finish(plan, 0, 0, 0, errors, "done")
+            return None
         stacked = {name: np.concatenate(parts) for name, parts in arrays.items()}
-        started = time.perf_counter()
-        if isinstance(runner, SleepRunner):
-            await asyncio.sleep(runner.duration_s(len(valid)))
-            outputs = runner.run(stacked, len(valid))
-        else:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(slot.executor, runner.run, stacked, len(valid))
-        compute_us = int((time.perf_counter() - started) * 1e6)
-        slot.executions += 1
-        ok = 0
-        for row, request in enumerate(valid):
-            body = InferResponseBody(
-                model_name=plan.model,
-                outputs=[from_array(name, values[row:row + 1], raw=request.content_type != CONTENT_JSON)
-                         for name, values in outputs.items()],
-            )
-            headers = {
-                HEADER_STATUS: "200", HEADER_CONTENT_TYPE: request.content_type,
-                HEADER_BATCH_SIZE: str(len(valid)), HEADER_QUEUE_US: str(request.queue_us + waited_us),
-                HEADER_COMPUTE_US: str(compute_us),
-            }
-            if request.client_request_id:
-                headers[HEADER_REQUEST_ID] = request.client_request_id
-            await self.nc.publish(request.reply, encode_response(body, request.content_type), headers=headers)
-            ok += 1
-        await self._finish(plan, slot, compute_us, waited_us, ok, errors, "done")
+        return plan, runner, valid, stacked, errors, received
+
+    async def _execute_stage(self, slot: _Slot, ready: asyncio.Queue, done: asyncio.Queue) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            plan, runner, valid, stacked, errors, received = await ready.get()
+            waited_us = int((time.monotonic() - received) * 1e6)
+            if waited_us > plan.deadline_us:
+                # Work already past its deadline is never started: answer it, spend nothing on it.
+                errors += await self._reply_all_of(valid, Status.DROPPED, "expired before the batch could start")
+                await self._finish(plan, 0, waited_us, 0, errors, "expired")
+                continue
+            started = time.perf_counter()
+            try:
+                if isinstance(runner, SleepRunner):
+                    await asyncio.sleep(runner.duration_s(len(valid)))
+                    outputs = runner.run(stacked, len(valid))
+                else:
+                    outputs = await loop.run_in_executor(slot.executor, runner.run, stacked, len(valid))
+            except Exception:  # noqa: BLE001 - the batch fails, the slot goes on
+                log.exception("plan_failed", slot=slot.slot_id, stage="execute", plan=plan.plan_id)
+                errors += await self._reply_all_of(valid, Status.INTERNAL, "internal error while running the batch")
+                await self._finish(plan, 0, waited_us, 0, errors, "failed")
+                continue
+            slot.executions += 1
+            await done.put((plan, valid, outputs, errors, waited_us, int((time.perf_counter() - started) * 1e6)))
+
+    async def _reply_stage(self, slot: _Slot, done: asyncio.Queue) -> None:
+        while True:
+            plan, valid, outputs, errors, waited_us, compute_us = await done.get()
+            ok = 0
+            for row, request in enumerate(valid):
+                body, headers = encode_reply(plan.model, outputs, row, request, len(valid), waited_us, compute_us)
+                await self.nc.publish(request.reply, body, headers=headers)
+                ok += 1
+            await self._finish(plan, compute_us, waited_us, ok, errors, "done")
 
     async def _validate(self, runner: Runner, plan: BatchPlan):  # noqa: ANN202
         """Decode each body against the model's inputs; a bad one is answered 400 alone."""
@@ -178,27 +262,7 @@ class Agent:
         errors = 0
         for request in plan.requests:
             try:
-                body = decode_request(request.body, request.content_type)
-                by_name = {t.name: t for t in body.inputs}
-                decoded = {}
-                for spec in specs:
-                    tensor = by_name.get(spec.name)
-                    if tensor is None:
-                        raise TensorError(f"missing input {spec.name!r}; this model takes "
-                                          f"{', '.join(s.name for s in specs)}")
-                    if tensor.datatype != spec.datatype:
-                        raise TensorError(f"input {spec.name!r} must be {spec.datatype}, got {tensor.datatype}")
-                    array = to_array(tensor)
-                    item_shape = list(spec.shape[1:])
-                    if list(array.shape) == item_shape:
-                        array = array[None]
-                    if list(array.shape) != [1, *item_shape]:
-                        raise TensorError(f"input {spec.name!r} must have shape [1, {', '.join(map(str, item_shape))}]"
-                                          f" (one item per request), got {list(array.shape)}")
-                    decoded[spec.name] = array
-                extra = set(by_name) - {s.name for s in specs}
-                if extra:
-                    raise TensorError(f"unknown inputs {sorted(extra)}")
+                decoded = decode_inputs(specs, request.body, request.content_type)
             except TensorError as error:
                 errors += 1
                 await self._reply(request, Status.BAD_REQUEST, str(error))
@@ -212,9 +276,12 @@ class Agent:
         await self.nc.publish(request.reply, b"", headers=error_headers(status, reason, request.client_request_id))
 
     async def _reply_all(self, plan: BatchPlan, status: Status, reason: str) -> int:
-        for request in plan.requests:
+        return await self._reply_all_of(plan.requests, status, reason)
+
+    async def _reply_all_of(self, requests: list[PlanRequest], status: Status, reason: str) -> int:
+        for request in requests:
             await self._reply(request, status, reason)
-        return len(plan.requests)
+        return len(requests)
 
     async def _reject_plan(self, data: bytes, status: Status, reason: str) -> None:
         try:
@@ -223,10 +290,10 @@ class Agent:
             log.error("undecodable_plan", size=len(data))
             return
         errors = await self._reply_all(plan, status, reason)
-        await self._finish(plan, None, 0, 0, 0, errors, "failed")
+        await self._finish(plan, 0, 0, 0, errors, "failed")
 
-    async def _finish(self, plan: BatchPlan, slot: _Slot | None, compute_us: int, waited_us: int, ok: int,
-                      errors: int, status: str) -> None:
+    async def _finish(self, plan: BatchPlan, compute_us: int, waited_us: int, ok: int, errors: int,
+                      status: str) -> None:
         report = CompletionReport(
             version=REPORT_VERSION, plan_id=plan.plan_id, slot_id=plan.slot_id, batch_size=len(plan.requests),
             compute_us=compute_us, queued_us=waited_us, ok=ok, errors=errors, status=status,

@@ -71,6 +71,11 @@ class ModelProfile(msgspec.Struct, frozen=True, kw_only=True):
             forward_std_us=self.forward_std_us[:batch_size_max],
         )
 
+    def plus_per_item(self, per_item_us: float) -> ModelProfile:
+        """The profile with a cost per request added (the agent's decode, encode and reply)."""
+        means = [m + per_item_us * (b + 1) for b, m in enumerate(self.forward_mean_us)]
+        return msgspec.structs.replace(self, forward_mean_us=means)
+
     def merge_slowest(self, other: ModelProfile) -> ModelProfile:
         """Per batch entry keep the slower of the two (reference §2.2, MergeProfileBySlowest).
 
