@@ -127,6 +127,7 @@ class Agent:
             entry = config.model(name)
             self.runners[name] = make_runner(name, entry.kind, entry.batch_size_max, entry.slo_ms)
         self.slots = {s.id: _Slot(s.id, s.models, self.entry.plan_queue_max) for s in self.entry.slots}
+        self.plan_subscriptions: dict[str, object] = {}
         self.nc: nats.NATS | None = None
         self._tasks: list[asyncio.Task] = []
         self._stopping = asyncio.Event()
@@ -167,7 +168,7 @@ class Agent:
 
         await self.nc.subscribe(f"{self.prefix}.agent.{self.entry.id}.info", cb=on_info)
         for slot in self.slots.values():
-            await self.nc.subscribe(
+            self.plan_subscriptions[slot.slot_id] = await self.nc.subscribe(
                 f"{self.prefix}.slot.{slot.slot_id}.plan", cb=self._enqueue(slot),
                 pending_msgs_limit=100_000, pending_bytes_limit=512 * 1024 * 1024,
             )
@@ -247,12 +248,12 @@ class Agent:
     async def _reply_stage(self, slot: _Slot, done: asyncio.Queue) -> None:
         while True:
             plan, valid, outputs, errors, waited_us, compute_us = await done.get()
-            ok = 0
+            # The report goes out before the replies: a shard that has it never declares these
+            # requests lost, and one that lacks it (this agent died first) knows none was answered.
+            await self._finish(plan, compute_us, waited_us, len(valid), errors, "done")
             for row, request in enumerate(valid):
                 body, headers = encode_reply(plan.model, outputs, row, request, len(valid), waited_us, compute_us)
                 await self.nc.publish(request.reply, body, headers=headers)
-                ok += 1
-            await self._finish(plan, compute_us, waited_us, ok, errors, "done")
 
     async def _validate(self, runner: Runner, plan: BatchPlan):  # noqa: ANN202
         """Decode each body against the model's inputs; a bad one is answered 400 alone."""

@@ -60,7 +60,7 @@ def nats_server() -> Iterator[NatsServer]:
 
 
 @contextlib.asynccontextmanager
-async def running_cluster(config_text: str, url: str, tmp: Path) -> AsyncIterator[tuple[SymphonyClient, list]]:
+async def running_cluster(config_text: str, url: str, tmp: Path) -> AsyncIterator[tuple[SymphonyClient, list, list]]:
     path = tmp / "cluster.toml"
     path.write_text(config_text)
     config = load_cluster_config(path)
@@ -73,7 +73,7 @@ async def running_cluster(config_text: str, url: str, tmp: Path) -> AsyncIterato
         await shard.start(url, agents_timeout_s=10)
     client = await SymphonyClient.connect(url)
     try:
-        yield client, shards
+        yield client, shards, agents
     finally:
         await client.close()
         for shard in shards:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.asyncio
 
 
 async def test_jax_model_end_to_end_matches_calling_the_model(nats_server, tmp_path) -> None:
-    async with running_cluster(JAX_CONFIG, nats_server.url, tmp_path) as (client, _shards):
+    async with running_cluster(JAX_CONFIG, nats_server.url, tmp_path) as (client, _shards, _agents):
         x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
         result = await client.infer("mlp", {"x": x}, request_id="abc")
         assert result.status == Status.OK, result.reason
@@ -33,7 +33,7 @@ async def test_jax_model_end_to_end_matches_calling_the_model(nats_server, tmp_p
 
 
 async def test_discovery_is_enough_to_build_a_valid_request(nats_server, tmp_path) -> None:
-    async with running_cluster(SLEEP_CONFIG, nats_server.url, tmp_path) as (client, _shards):
+    async with running_cluster(SLEEP_CONFIG, nats_server.url, tmp_path) as (client, _shards, _agents):
         models = await client.models()
         assert models == ["fast_sleep", "resnet_sleep"]
         meta = await client.metadata("resnet_sleep")
@@ -62,7 +62,7 @@ BAD = [
 
 
 async def test_each_bad_input_gets_its_code_and_the_service_keeps_serving(nats_server, tmp_path) -> None:
-    async with running_cluster(SLEEP_CONFIG, nats_server.url, tmp_path) as (client, _shards):
+    async with running_cluster(SLEEP_CONFIG, nats_server.url, tmp_path) as (client, _shards, _agents):
         good = b'{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}'
         for headers, body, status in BAD:
             reply = await client.nc.request("symphony.infer.fast_sleep", body, timeout=5, headers=headers or None)
@@ -76,7 +76,7 @@ async def test_each_bad_input_gets_its_code_and_the_service_keeps_serving(nats_s
 
 async def test_thousands_of_requests_each_get_exactly_one_reply(nats_server, tmp_path) -> None:
     """Open loop at ~2,000 req/s for 2 s over two sleep models; one private inbox counts replies."""
-    async with running_cluster(SLEEP_CONFIG, nats_server.url, tmp_path) as (client, shards):
+    async with running_cluster(SLEEP_CONFIG, nats_server.url, tmp_path) as (client, shards, _agents):
         nc = client.nc
         replies: Counter[str] = Counter()
         statuses: Counter[str] = Counter()
@@ -107,3 +107,31 @@ async def test_thousands_of_requests_each_get_exactly_one_reply(nats_server, tmp
         assert statuses["200"] >= 0.95 * total, statuses
         counters = shards[0].stats.models
         assert sum(c.received for c in counters.values()) == total
+
+
+async def test_a_silent_slot_is_declared_lost_and_every_request_still_gets_one_reply(nats_server, tmp_path) -> None:
+    config = SLEEP_CONFIG.replace('slots = ["s0", "s1", "s2", "s3"]', 'slots = ["s0", "s1", "s2", "s3"]\nslot_grace_ms = 300')
+    async with running_cluster(config, nats_server.url, tmp_path) as (client, shards, agents):
+        agent_subs = agents[0].plan_subscriptions
+        nc = client.nc
+        replies: Counter[str] = Counter()
+        statuses: Counter[str] = Counter()
+        inbox = nc.new_inbox()
+
+        async def on_reply(msg) -> None:  # noqa: ANN001
+            replies[msg.subject] += 1
+            statuses[msg.headers.get(HEADER_STATUS, "?")] += 1
+
+        await nc.subscribe(f"{inbox}.*", cb=on_reply)
+        body = b'{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}'
+        for i in range(600):
+            if i == 300:
+                for sub in agent_subs.values():  # the agent goes silent: plans reach no one
+                    await sub.unsubscribe()
+            await nc.publish("symphony.infer.resnet_sleep", body, reply=f"{inbox}.{i}")
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(3.0)
+        assert len(replies) == 600 and max(replies.values()) == 1
+        assert statuses["200"] > 0 and statuses["503"] > 0, statuses
+        assert set(statuses) <= {"200", "503", "504"}, statuses
+        assert shards[0].stats.slots_lost == 4
