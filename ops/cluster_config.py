@@ -10,6 +10,8 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from shard.core.policies import DEFAULT_POLICY
+
 Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]+$", min_length=1, max_length=128)]
 
 
@@ -35,7 +37,7 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     id: Name
     models: list[Name]
     slots: list[Name]
-    policy: str = "symphony-plus"
+    policy: str = DEFAULT_POLICY
     queue_len_max: Annotated[int, Meta(ge=1)] = 20_000  # requests held per shard; beyond: 429
     body_bytes_max: Annotated[int, Meta(ge=1)] = 900_000  # beyond: 413 (NATS max payload is 1 MiB)
     slot_grace_ms: Annotated[float, Meta(gt=0)] = 2000.0  # missing report past finish + this: slot lost

@@ -95,16 +95,7 @@ class ModelProfile(msgspec.Struct, frozen=True, kw_only=True):
         post = _slower(
             (self.post_mean_us, self.post_std_us), (other.post_mean_us, other.post_std_us)
         )
-        return ModelProfile(
-            profile_id=self.profile_id or other.profile_id,
-            device="slowest",
-            forward_mean_us=means,
-            forward_std_us=stds,
-            pre_mean_us=pre[0],
-            pre_std_us=pre[1],
-            post_mean_us=post[0],
-            post_std_us=post[1],
-        )
+        return _profile(self.profile_id or other.profile_id, "slowest", means, stds, pre, post)
 
     def monotone(self) -> ModelProfile:
         """Running maximum over batch size (reference §2.2, ForceMonotonicity).
@@ -199,15 +190,16 @@ def profile_from_table(text: str) -> ModelProfile:
         stds.append(float(cells[2]))
     pre = _mean_std_row(lines[pre_at + 1 : post_at])
     post = _mean_std_row(lines[post_at + 1 :])
+    return _profile(profile_id, device, means, stds, pre, post)
+
+
+def _profile(
+    profile_id: str, device: str, means: list[float], stds: list[float],
+    pre: tuple[float, float], post: tuple[float, float],
+) -> ModelProfile:
     return ModelProfile(
-        profile_id=profile_id,
-        device=device,
-        forward_mean_us=means,
-        forward_std_us=stds,
-        pre_mean_us=pre[0],
-        pre_std_us=pre[1],
-        post_mean_us=post[0],
-        post_std_us=post[1],
+        profile_id=profile_id, device=device, forward_mean_us=means, forward_std_us=stds,
+        pre_mean_us=pre[0], pre_std_us=pre[1], post_mean_us=post[0], post_std_us=post[1],
     )
 
 

@@ -157,16 +157,7 @@ class BatchQueue:
             start = gpu_free_at_ns
         if deadline < start + exec_ns[low]:
             return
-        while low < high:  # invariant: low is feasible
-            mid = (low + high + 1) >> 1
-            start = base_ns + data_ns * mid
-            if start < gpu_free_at_ns:
-                start = gpu_free_at_ns
-            if deadline >= start + exec_ns[mid]:
-                low = mid
-            else:
-                high = mid - 1
-        self.batch_size = low
+        self.batch_size = self._largest_meeting(deadline, base_ns, gpu_free_at_ns, low, high)
 
     def _largest_meeting(self, deadline: int, base_ns: int, gpu_free_at_ns: int, low: int, high: int) -> int:
         """Largest b in [low, high] whose batch finishes by `deadline`; `low` is known to."""

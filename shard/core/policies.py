@@ -92,7 +92,7 @@ POLICIES: dict[str, PolicyFactory] = {
 }
 BASELINES = ["eager", "triton", "clockwork", "shepherd", "shepherd-fixed", "nexus", "nexus-warm"]
 
-DEFAULT_POLICY = "symphony"
+DEFAULT_POLICY = "symphony-plus"
 
 
 def make_policy(name: str, models: list[ModelConfig], config: CoreConfig | None = None) -> Policy:

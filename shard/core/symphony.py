@@ -292,6 +292,7 @@ class SymphonyPolicy:
         self._arm_model(model)
 
     def _arm_model(self, model: ModelState) -> None:
+        """The model's one timer, at the earliest of its send, drop and invalidate times."""
         at = model.send_at_ns
         if model.drop_at_ns < at:
             at = model.drop_at_ns
@@ -439,14 +440,7 @@ class SymphonyPolicy:
         if model.parked:
             self._unpark(model)
             self._arm_slot_timer(now_ns)
-        # Arm the model's one timer at the earliest of its send, drop and invalidate times.
-        at = model.send_at_ns
-        if model.drop_at_ns < at:
-            at = model.drop_at_ns
-        if model.inval_at_ns < at:
-            at = model.inval_at_ns
-        if at != model.timer_at_ns:
-            self._timers.arm(model, at)
+        self._arm_model(model)
 
     def _park(self, model: ModelState, send_latency_ns: int) -> None:
         model.parked = True

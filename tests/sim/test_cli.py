@@ -62,7 +62,7 @@ def test_capacity_and_min_slots_report_their_figures(small: str) -> None:
     assert cap.returncode == 0, cap.stderr
     result = json.loads(cap.stdout)
     assert 0.5 < result["fraction_of_bound"] <= 1.05
-    assert "[capacity symphony]" in cap.stderr  # progress
+    assert "[capacity symphony-plus]" in cap.stderr  # progress; symphony-plus is the default
     mins = json.loads(symphony("sim", "min-slots", small, "--scale", "4", "--json").stdout)
     assert mins["min_slots"] >= mins["bound_slots"]
 
