@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 
+import nats
 import numpy as np
 
 from ops.client import SymphonyClient, default_nats_url
@@ -106,7 +107,11 @@ def _infer(args: argparse.Namespace) -> int:
                 result = await client.infer(args.model, body, slo_ms=args.slo_ms, content_type="application/json",
                                             timeout_s=args.timeout)
             else:
-                meta = await client.metadata(args.model)
+                try:
+                    meta = await client.metadata(args.model)
+                except nats.errors.NoRespondersError:
+                    print(f"status 404: no shard serves model {args.model!r} (see `symphony models`)")
+                    return 1
                 result = await client.infer(args.model, _random_inputs(meta), slo_ms=args.slo_ms,
                                             timeout_s=args.timeout)
         finally:

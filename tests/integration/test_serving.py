@@ -19,7 +19,10 @@ pytestmark = pytest.mark.asyncio
 
 
 async def test_jax_model_end_to_end_matches_calling_the_model(nats_server, tmp_path) -> None:
-    async with running_cluster(JAX_CONFIG, nats_server.url, tmp_path) as (client, _shards, _agents):
+    async with running_cluster(JAX_CONFIG, nats_server.url, tmp_path) as (client, _shards, agents):
+        runner = agents[0].runners["mlp"]
+        compiled_at_load = runner.compile_count
+        assert compiled_at_load == len(runner.buckets) == 4  # 1, 2, 4, 8
         x = np.random.default_rng(3).standard_normal((1, 64)).astype(np.float32)
         result = await client.infer("mlp", {"x": x}, request_id="abc")
         assert result.status == Status.OK, result.reason
@@ -30,6 +33,9 @@ async def test_jax_model_end_to_end_matches_calling_the_model(nats_server, tmp_p
         assert result.batch_size >= 1 and result.compute_us > 0
         json_result = await client.infer("mlp", {"x": x}, content_type="application/json")
         np.testing.assert_allclose(json_result.outputs["probabilities"], expected, rtol=1e-5, atol=1e-6)
+        burst = await asyncio.gather(*(client.infer("mlp", {"x": x}) for _ in range(13)))  # odd batch sizes
+        assert all(r.ok for r in burst)
+        assert runner.compile_count == compiled_at_load  # nothing compiled on the request path
 
 
 async def test_discovery_is_enough_to_build_a_valid_request(nats_server, tmp_path) -> None:
