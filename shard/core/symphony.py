@@ -21,7 +21,6 @@ from collections import deque
 from itertools import count
 
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, Step
-from shard.core.batching import BatchQueue
 from shard.core.config import CoreConfig, DropPolicy, ModelConfig, SchedulableCondition
 from shard.core.events import (
     BatchCompleted,
@@ -31,98 +30,12 @@ from shard.core.events import (
     SlotRemoved,
     WakeUp,
 )
-from shard.core.latency import NEVER_BEFORE_NS, NEVER_NS, LatencyModel
+from shard.core.latency import NEVER_BEFORE_NS, NEVER_NS
 from shard.core.matcher import Matcher
-from shard.core.rate_meter import RateMeter
-from shard.core.target_batch import estimate_target_batch_size, max_batch_with_full_budget
-from shard.core.timers import TimerOwner, TimerQueue
-
-
-class SlotTimer(TimerOwner):
-    """The single slot timer (P3 fixed): always on the current rank-0 slot."""
-
-    __slots__ = ()
-
-
-class UtilizationMeter:
-    """EWMA of the slot time dispatched per rate-meter bin over the slot time available: the
-    shard's recent utilisation, the contention signal of Symphony+ (closed bins are sealed
-    lazily on the same grid as the rate meters)."""
-
-    __slots__ = ("alpha", "bin_end_ns", "bin_ns", "busy_ns", "ewma")
-
-    def __init__(self, bin_ns: int, alpha: float, now_ns: int) -> None:
-        self.bin_ns = bin_ns
-        self.alpha = alpha
-        self.bin_end_ns = now_ns + bin_ns
-        self.busy_ns = 0
-        self.ewma = 0.0
-
-    def _seal(self, now_ns: int, slots: int) -> None:
-        bins = (now_ns - self.bin_end_ns) // self.bin_ns + 1
-        capacity = self.bin_ns * max(slots, 1)
-        self.ewma += self.alpha * (min(self.busy_ns / capacity, 1.0) - self.ewma)
-        self.ewma *= (1.0 - self.alpha) ** min(bins - 1, 64)  # later bins saw no dispatches
-        self.busy_ns = 0
-        self.bin_end_ns += bins * self.bin_ns
-
-    def add(self, now_ns: int, busy_ns: int, slots: int) -> None:
-        if now_ns >= self.bin_end_ns:
-            self._seal(now_ns, slots)
-        self.busy_ns += busy_ns
-
-    def value(self, now_ns: int, slots: int) -> float:
-        if now_ns >= self.bin_end_ns:
-            self._seal(now_ns, slots)
-        return self.ewma
-
-
-class ModelState(TimerOwner):
-    """Everything the policy holds for one model; candidate fields mirror reference §1.7."""
-
-    __slots__ = (
-        "batch_size",
-        "budget_ns",
-        "drop_at_ns",
-        "exec_at_ns",
-        "exec_ns",
-        "initial_target",
-        "inval_at_ns",
-        "invalid_after_ns",
-        "last_exec_at_ns",
-        "latency",
-        "meter",
-        "name",
-        "parked",
-        "queue",
-        "send_at_ns",
-        "slo_ns",
-        "target",
-        "target_queuing_delay_ns",
-        "target_rate_rps",
-    )
-
-    def __init__(self, model: ModelConfig, config: CoreConfig, now_ns: int) -> None:
-        super().__init__()
-        self.name = model.name
-        self.slo_ns = model.slo_ns
-        self.latency = LatencyModel(model.profile)
-        self.exec_ns = self.latency.exec_ns
-        self.queue = BatchQueue(self.latency, config.drop, config.ctrl_ns, config.data_ns, config.drop_beta)
-        self.meter = RateMeter(config.rate_bin_ns, config.rate_window_bins, now_ns)
-        self.budget_ns = model.slo_ns - config.ctrl_ns - config.resp_ns  # T in reference §1.5
-        self.initial_target = max_batch_with_full_budget(self.latency, model.slo_ns // 2)
-        self.target = self.initial_target
-        self.target_rate_rps = -1.0
-        self.target_queuing_delay_ns = model.slo_ns // 2
-        self.batch_size = 0
-        self.exec_at_ns = NEVER_NS
-        self.invalid_after_ns = NEVER_BEFORE_NS
-        self.send_at_ns = NEVER_NS
-        self.drop_at_ns = NEVER_NS
-        self.inval_at_ns = NEVER_NS
-        self.last_exec_at_ns = NEVER_BEFORE_NS
-        self.parked = False  # a waiting plan in the matcher's rankings
+from shard.core.model_state import ModelState, SlotTimer
+from shard.core.target_batch import estimate_target_batch_size
+from shard.core.timers import TimerQueue
+from shard.core.utilization import UtilizationMeter
 
 
 class SymphonyPolicy:
