@@ -119,10 +119,11 @@ class SleepRunner:
 
     def load(self, repeats: int = 0) -> None:
         self.profile = profile_from_sleep_spec(self.spec_text, self.batch_size_max)
+        self._model_profile = self.profile  # what it sleeps; `profile` may gain the agent's own costs
 
     def duration_s(self, batch_size: int) -> float:
-        assert self.profile is not None
-        return (self.profile.forward_us(batch_size) + self.profile.pre_us + self.profile.post_us) / 1e6
+        p = self._model_profile
+        return (p.forward_us(batch_size) + p.pre_us + p.post_us) / 1e6
 
     def run(self, inputs: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
         return {"y": inputs["x"].astype(np.float32)}

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import math
+
 import msgspec
 import numpy as np
 from msgspec import Meta
@@ -76,7 +78,7 @@ def to_array(tensor: Tensor) -> np.ndarray:
     dtype = DATATYPES.get(tensor.datatype)
     if dtype is None:
         raise TensorError(f"input {tensor.name!r}: unsupported datatype {tensor.datatype!r}")
-    count = int(np.prod(tensor.shape)) if tensor.shape else 1
+    count = math.prod(tensor.shape)
     if isinstance(tensor.data, bytes):
         if len(tensor.data) != count * dtype.itemsize:
             raise TensorError(
@@ -87,7 +89,7 @@ def to_array(tensor: Tensor) -> np.ndarray:
         if len(tensor.data) != count:
             raise TensorError(f"input {tensor.name!r}: {len(tensor.data)} values for shape {tensor.shape}")
         try:
-            array = np.asarray(tensor.data, dtype=dtype)
+            array = np.array(tensor.data, dtype=dtype)
         except (TypeError, ValueError):
             raise TensorError(f"input {tensor.name!r}: data does not fit datatype {tensor.datatype}") from None
         if array.ndim != 1:

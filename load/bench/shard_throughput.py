@@ -22,15 +22,17 @@ from ops.cluster import LocalCluster
 from ops.nats_server import NatsServer
 
 SLO_MS = 100.0
+RESP_US = 2000
+BATCH_MAX = 32
 SUBJECT = "symphony.infer.zero"
 BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'
-CONFIG = """
+CONFIG_TEMPLATE = """
 subject_prefix = "symphony"
 [[models]]
 name = "zero"
 kind = "sleep:0,0"
 slo_ms = 100
-batch_size_max = 256
+batch_size_max = BATCH_MAX
 [[agents]]
 id = "zero-agent"
 slots = [{id = "z0", models = ["zero"]}, {id = "z1", models = ["zero"]}, {id = "z2", models = ["zero"]},
@@ -40,6 +42,7 @@ id = "shard-0"
 models = ["zero"]
 slots = ["z0", "z1", "z2", "z3"]
 queue_len_max = 200000
+resp_us = RESP_US
 """
 
 
@@ -85,7 +88,7 @@ def best(rows: list[dict]) -> float:
 
 async def main_async(rates: list[float], seconds: float, out: Path) -> dict:
     config = out / "zero.toml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG_TEMPLATE.replace("RESP_US", str(RESP_US)).replace("BATCH_MAX", str(BATCH_MAX)))
     results: dict = {}
     with NatsServer() as server:
         bare = [subprocess.Popen([sys.executable, "-m", "load.bench.bare_forwarder", role, server.url, SUBJECT])
