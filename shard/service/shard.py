@@ -211,7 +211,11 @@ class ShardService:
                 return
             rid = next(self._ids)
             self.pending[rid] = Pending(msg.reply, msg.data, content_type, client_id, now)
-            await self._apply_async(self.policy.handle(RequestArrived(rid, model, slo_ns), now))
+            step = self.policy.handle(RequestArrived(rid, model, slo_ns), now)
+            if step.actions:
+                await self._apply_async(step)
+            else:
+                self._arm(step.wake_at_ns)  # the common case: the request waits in its window
 
         return on_request
 
