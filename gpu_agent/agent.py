@@ -18,7 +18,8 @@ import numpy as np
 import structlog
 from nats.aio.msg import Msg
 
-from gpu_agent.runners import JaxRunner, Runner, SleepRunner, make_runner
+from gpu_agent.metrics import AgentMetrics
+from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_runner
 from ops.cluster_config import AgentEntry, ClusterConfig
 from ops.connect import connect_service
 from schemas.model import ModelSpec
@@ -128,9 +129,30 @@ class Agent:
             self.runners[name] = make_runner(name, entry.kind, entry.batch_size_max, entry.slo_ms)
         self.slots = {s.id: _Slot(s.id, s.models, self.entry.plan_queue_max) for s in self.entry.slots}
         self.plan_subscriptions: dict[str, object] = {}
+        self.metrics = AgentMetrics(self._metrics_state)
+        for slot in self.entry.slots:  # every series exists from the start, at zero
+            self.metrics.expired_plans.labels(slot.id)
+            for model in slot.models:
+                for counter in (self.metrics.executions, self.metrics.items, self.metrics.compute_seconds,
+                                self.metrics.padding_items):
+                    counter.labels(slot.id, model)
         self.nc: nats.NATS | None = None
         self._tasks: list[asyncio.Task] = []
-        self._stopping = asyncio.Event()
+
+    def _metrics_state(self) -> dict:
+        memory: dict[str, float] = {}
+        if any(isinstance(r, JaxRunner) for r in self.runners.values()):
+            import jax
+
+            for device in jax.local_devices():
+                stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+                if stats and "bytes_in_use" in stats:
+                    memory[str(device)] = stats["bytes_in_use"]
+        return {
+            "compiles": {name: r.compile_count for name, r in self.runners.items()},
+            "queued": {slot_id: slot.queue.qsize() for slot_id, slot in self.slots.items()},
+            "memory": memory,
+        }
 
     def load(self) -> None:
         """Compile and profile every model (slow; before serving, never on the request path).
@@ -174,6 +196,10 @@ class Agent:
             )
             self._tasks.append(asyncio.create_task(self._serve(slot)))
         await self.nc.flush()
+        if self.entry.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.entry.metrics_port, addr="0.0.0.0", registry=self.metrics.registry)
         log.info("agent_ready", agent=self.entry.id, slots=list(self.slots), models=list(self.runners))
 
     def _enqueue(self, slot: _Slot):  # noqa: ANN202
@@ -227,6 +253,7 @@ class Agent:
             waited_us = int((time.monotonic() - received) * 1e6)
             if waited_us > plan.deadline_us:
                 # Work already past its deadline is never started: answer it, spend nothing on it.
+                self.metrics.expired_plans.labels(slot.slot_id).inc()
                 errors += await self._reply_all_of(valid, Status.DROPPED, "expired before the batch could start")
                 await self._finish(plan, 0, waited_us, 0, errors, "expired")
                 continue
@@ -243,6 +270,13 @@ class Agent:
                 await self._finish(plan, 0, waited_us, 0, errors, "failed")
                 continue
             slot.executions += 1
+            compute_s = time.perf_counter() - started
+            labels = (slot.slot_id, plan.model)
+            self.metrics.executions.labels(*labels).inc()
+            self.metrics.items.labels(*labels).inc(len(valid))
+            self.metrics.compute_seconds.labels(*labels).inc(compute_s)
+            if isinstance(runner, JaxRunner):
+                self.metrics.padding_items.labels(*labels).inc(bucket_for(len(valid), runner.buckets) - len(valid))
             await done.put((plan, valid, outputs, errors, waited_us, int((time.perf_counter() - started) * 1e6)))
 
     async def _reply_stage(self, slot: _Slot, done: asyncio.Queue) -> None:
@@ -254,6 +288,7 @@ class Agent:
             for row, request in enumerate(valid):
                 body, headers = encode_reply(plan.model, outputs, row, request, len(valid), waited_us, compute_us)
                 await self.nc.publish(request.reply, body, headers=headers)
+            self.metrics.replies.labels(plan.model, "200").inc(len(valid))
 
     async def _validate(self, runner: Runner, plan: BatchPlan):  # noqa: ANN202
         """Decode each body against the model's inputs; a bad one is answered 400 alone."""
@@ -274,6 +309,7 @@ class Agent:
         return valid, arrays, errors
 
     async def _reply(self, request: PlanRequest, status: Status, reason: str) -> None:
+        self.metrics.replies.labels("", str(int(status))).inc()
         await self.nc.publish(request.reply, b"", headers=error_headers(status, reason, request.client_request_id))
 
     async def _reply_all(self, plan: BatchPlan, status: Status, reason: str) -> int:

@@ -31,6 +31,7 @@ class AgentEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     id: Name
     slots: list[SlotEntry]
     plan_queue_max: Annotated[int, Meta(ge=1)] = 64
+    metrics_port: int = 0  # Prometheus endpoint; 0: none
 
 
 class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -41,7 +42,7 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     queue_len_max: Annotated[int, Meta(ge=1)] = 20_000  # requests held per shard; beyond: 429
     body_bytes_max: Annotated[int, Meta(ge=1)] = 900_000  # beyond: 413 (NATS max payload is 1 MiB)
     slot_grace_ms: Annotated[float, Meta(gt=0)] = 2000.0  # missing report past finish + this: slot lost
-    metrics_port: int = 0  # 0: none
+    metrics_port: int = 0  # Prometheus endpoint; 0: none
     # Latency constants of the live path (the core's Dctrl, Ddata, Dresp and timer jitter). The
     # reference's 100/50/2000/100 us assume RDMA and a spinning C++ loop; a Python shard on NATS
     # sends a plan in a few hundred us, and its timers fire late by as much as the host is busy.

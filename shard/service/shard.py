@@ -10,7 +10,8 @@ shard accepts gets exactly one reply from the shard or, once dispatched, from th
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from itertools import count
 
 import msgspec
@@ -39,6 +40,7 @@ from shard.core.config import CoreConfig, ModelConfig
 from shard.core.events import SHUTDOWN, WAKE_UP, BatchCompleted, RequestArrived, SlotAdded, SlotRemoved
 from shard.core.policies import make_policy
 from shard.service.clock import MonotonicClock
+from shard.service.metrics import ShardMetrics
 
 log = structlog.get_logger("shard")
 
@@ -64,25 +66,10 @@ class Pending:
 @dataclass(slots=True)
 class InFlight:
     slot_id: str
+    model: str
     requests: list[PlanRequest]
     sent_ns: int
     finish_ns: int
-
-
-@dataclass
-class ModelCounters:
-    received: int = 0
-    dispatched: int = 0
-    batches: int = 0
-    dropped: int = 0
-    rejected: int = 0
-    bad_request: int = 0
-
-
-@dataclass
-class ShardStats:
-    models: dict[str, ModelCounters] = field(default_factory=dict)
-    slots_lost: int = 0
 
 
 class ShardService:
@@ -98,14 +85,25 @@ class ShardService:
         self.slot_names = list(self.entry.slots)
         self.pending: dict[int, Pending] = {}
         self.inflight: dict[int, InFlight] = {}
-        self.stats = ShardStats(models={m: ModelCounters() for m in self.entry.models})
         self._ids = count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._watchdog: asyncio.Task | None = None
         self._lost: set[str] = set()
         self._infer_subs: list = []
-        self.late_wake_ups = 0
+        self.metrics = ShardMetrics(self.entry.id, self._metrics_state)
+        for model in self.entry.models:  # every series exists from the start, at zero
+            self.metrics.received.labels(model)
+            for outcome in ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "lost"):
+                self.metrics.outcomes.labels(model, outcome)
+
+    def _metrics_state(self) -> dict:
+        stats = getattr(self.policy, "model_stats", None)
+        return {
+            "models": stats() if stats is not None else {},
+            "slots_owned": len(self.slot_names) - len(self._lost),
+            "slots_busy": len({f.slot_id for f in self.inflight.values()}),
+        }
 
     # ---- start-up -----------------------------------------------------------------------
     async def start(self, nats_url: str, *, agents_timeout_s: float = 120.0) -> None:
@@ -124,6 +122,10 @@ class ShardService:
             self._apply(self.policy.handle(SlotAdded(self.slot_index[slot]), now))
         await self._subscribe()
         self._watchdog = asyncio.create_task(self._watch_slots())
+        if self.entry.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.entry.metrics_port, addr="0.0.0.0", registry=self.metrics.registry)
         log.info("shard_ready", shard=self.entry.id, models=list(self.specs), slots=self.slot_names,
                  policy=self.entry.policy)
 
@@ -173,18 +175,21 @@ class ShardService:
 
     # ---- ingress ------------------------------------------------------------------------
     def _ingress(self, model: str):  # noqa: ANN202
-        counters = self.stats.models[model]
+        received = self.metrics.received.labels(model)
+        decision = self.metrics.decision_seconds
+        bad_request = self.metrics.outcomes.labels(model, "bad_request")
+        rejected = self.metrics.outcomes.labels(model, "rejected")
 
         async def on_request(msg: Msg) -> None:
             now = self.clock.now_ns()
-            counters.received += 1
+            received.inc()
             if not msg.reply:
                 return  # a publish without a reply subject cannot be answered; nothing to do
             headers = msg.headers or {}
             client_id = headers.get(HEADER_REQUEST_ID, "")
             content_type = headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON)
             if content_type not in (CONTENT_JSON, CONTENT_MSGPACK):
-                counters.bad_request += 1
+                bad_request.inc()
                 await self._error(msg.reply, Status.BAD_REQUEST, f"unsupported Content-Type {content_type!r}; "
                                   f"use {CONTENT_JSON} or {CONTENT_MSGPACK}", client_id)
                 return
@@ -195,23 +200,25 @@ class ShardService:
                 except ValueError:
                     slo_ms = -1.0
                 if not 0 < slo_ms < 3_600_000:
-                    counters.bad_request += 1
+                    bad_request.inc()
                     await self._error(msg.reply, Status.BAD_REQUEST,
                                       f"{HEADER_SLO_MS} must be a positive number of milliseconds", client_id)
                     return
                 slo_ns = int(slo_ms * 1e6)
             if len(msg.data) > self.entry.body_bytes_max:
-                counters.rejected += 1
+                rejected.inc()
                 await self._error(msg.reply, Status.TOO_LARGE,
                                   f"body of {len(msg.data)} bytes exceeds {self.entry.body_bytes_max}", client_id)
                 return
             if len(self.pending) >= self.entry.queue_len_max:
-                counters.rejected += 1
+                rejected.inc()
                 await self._error(msg.reply, Status.OVERLOADED, "overloaded: the shard's queue is full", client_id)
                 return
             rid = next(self._ids)
             self.pending[rid] = Pending(msg.reply, msg.data, content_type, client_id, now)
+            started = time.perf_counter()
             step = self.policy.handle(RequestArrived(rid, model, slo_ns), now)
+            decision.observe(time.perf_counter() - started)
             if step.actions:
                 await self._apply_async(step)
             else:
@@ -262,22 +269,27 @@ class ShardService:
             model=action.model, requests=requests, exec_at_ns=action.exec_at_ns,
             deadline_us=max(0, (action.finish_at_ns - now) // 1000 + 2 * self.policy.config.resp_ns // 1000),
         )
-        self.inflight[action.plan_id] = InFlight(slot_id, requests, now, action.finish_at_ns)
-        counters = self.stats.models[action.model]
-        counters.dispatched += len(requests)
-        counters.batches += 1
+        self.inflight[action.plan_id] = InFlight(slot_id, action.model, requests, now, action.finish_at_ns)
+        metrics = self.metrics
+        metrics.outcomes.labels(action.model, "dispatched").inc(len(requests))
+        metrics.items.labels(action.model).inc(len(requests))
+        metrics.executions.labels(action.model).inc()
+        metrics.batch_size.labels(action.model).observe(len(requests))
+        queue = metrics.queue_seconds.labels(action.model)
+        for request in requests:
+            queue.observe(request.queue_us / 1e6)
         await self.nc.publish(f"{self.prefix}.slot.{slot_id}.plan", plan_encoder.encode(plan))
 
     async def _drop(self, action: DropRequests) -> None:
         status, reason = DROP_STATUS[action.reason]
         log.debug("requests_dropped", model=action.model, reason=action.reason.value, requests=action.request_ids)
-        counters = self.stats.models.get(action.model)
+        outcome = {Status.DROPPED: "dropped", Status.OVERLOADED: "rejected"}.get(status, "unavailable")
+        counter = self.metrics.outcomes.labels(action.model, outcome)
         for rid in action.request_ids:
             pending = self.pending.pop(rid, None)
             if pending is None:
                 continue
-            if counters is not None:
-                counters.dropped += 1
+            counter.inc()
             await self._error(pending.reply, status, reason, pending.client_request_id)
 
     def _arm(self, wake_at_ns: int | None) -> None:
@@ -294,7 +306,7 @@ class ShardService:
     def _on_wake(self) -> None:
         now = self.clock.now_ns()
         if self._timer_at is not None and now - self._timer_at > self.entry.jitter_us * 1000:
-            self.late_wake_ups += 1
+            self.metrics.late_wake_ups.inc()
             log.warning("late_wake_up", shard=self.entry.id, late_us=(now - self._timer_at) // 1000,
                         jitter_us=self.entry.jitter_us)
         self._timer = None
@@ -314,6 +326,10 @@ class ShardService:
         if flight is None or flight.slot_id not in self.slot_index or flight.slot_id in self._lost:
             return
         now = self.clock.now_ns()
+        since_sent_s = (now - flight.sent_ns) / 1e9
+        latency = self.metrics.request_seconds.labels(flight.model)
+        for request in flight.requests:
+            latency.observe(since_sent_s + request.queue_us / 1e6)
         event = BatchCompleted(self.slot_index[flight.slot_id], report.plan_id, now - report.compute_us * 1000, now)
         await self._apply_async(self.policy.handle(event, now))
 
@@ -328,12 +344,14 @@ class ShardService:
 
     async def _lose_slot(self, slot_id: str, now: int) -> None:
         self._lost.add(slot_id)
-        self.stats.slots_lost += 1
+        self.metrics.slots_lost.inc()
         lost = [plan for plan, f in self.inflight.items() if f.slot_id == slot_id]
         count_ = 0
         for plan in lost:
-            for request in self.inflight.pop(plan).requests:
+            flight = self.inflight.pop(plan)
+            for request in flight.requests:
                 count_ += 1
+                self.metrics.outcomes.labels(flight.model, "lost").inc()
                 await self._error(request.reply, Status.UNAVAILABLE, f"slot {slot_id} was lost",
                                   request.client_request_id)
         log.warning("slot_lost", shard=self.entry.id, slot=slot_id, requests=count_)

@@ -111,8 +111,15 @@ async def test_thousands_of_requests_each_get_exactly_one_reply(nats_server, tmp
         assert max(replies.values()) == 1, "a request was answered twice"
         assert set(statuses) <= {"200", "504", "429"}, statuses
         assert statuses["200"] >= 0.95 * total, statuses
-        counters = shards[0].stats.models
-        assert sum(c.received for c in counters.values()) == total
+        registry = shards[0].metrics.registry
+        received = sum(registry.get_sample_value("symphony_shard_requests_received_total", {"model": m}) or 0
+                       for m in ("resnet_sleep", "fast_sleep"))
+        assert received == total
+        items = sum(registry.get_sample_value("symphony_shard_inference_count_total", {"model": m}) or 0
+                    for m in ("resnet_sleep", "fast_sleep"))
+        batches = sum(registry.get_sample_value("symphony_shard_inference_exec_count_total", {"model": m}) or 0
+                      for m in ("resnet_sleep", "fast_sleep"))
+        assert items >= statuses["200"] and items / batches > 1.5  # requests were batched
 
 
 async def test_a_silent_slot_is_declared_lost_and_every_request_still_gets_one_reply(nats_server, tmp_path) -> None:
@@ -140,4 +147,7 @@ async def test_a_silent_slot_is_declared_lost_and_every_request_still_gets_one_r
         assert len(replies) == 600 and max(replies.values()) == 1
         assert statuses["200"] > 0 and statuses["503"] > 0, statuses
         assert set(statuses) <= {"200", "503", "504"}, statuses
-        assert shards[0].stats.slots_lost == 4
+        registry = shards[0].metrics.registry
+        assert registry.get_sample_value("symphony_shard_slots_lost_total") == 4
+        lost = registry.get_sample_value("symphony_shard_requests_total", {"model": "resnet_sleep", "outcome": "lost"})
+        assert lost == statuses["503"]
