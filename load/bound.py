@@ -18,6 +18,7 @@ import msgspec
 from load.workload import LoadedWorkload
 from shard.core.config import CoreConfig
 from shard.core.latency import LatencyModel
+from shard.core.target_batch import best_batch as core_best_batch
 
 
 class ModelBound(msgspec.Struct, frozen=True):
@@ -38,11 +39,7 @@ class Bound(msgspec.Struct, frozen=True):
 
 
 def best_batch(latency: LatencyModel, slo_ns: int, config: CoreConfig) -> int:
-    best = 0
-    for b in range(1, latency.batch_size_max + 1):
-        if latency.exec_ns[b] <= slo_ns - config.resp_ns - config.ctrl_ns - config.data_ns * b:
-            best = b
-    return best
+    return core_best_batch(latency, slo_ns, config.resp_ns, config.ctrl_ns, config.data_ns)
 
 
 def analytic_bound(loaded: LoadedWorkload, slots: int, config: CoreConfig | None = None) -> Bound:

@@ -56,6 +56,10 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     early_cost_slack: Annotated[float, Meta(ge=0)] = 0.10  # per-request cost within this of target's
     reserve_horizon_ns: NonNegativeNs = 0  # early batches leave this much room for due plans; 0: off
     utilization_alpha: Annotated[float, Meta(gt=0, le=1)] = 0.25  # EWMA weight per rate-meter bin
+    # Overload guard: when the measured demand (sum of rate x least cost per request, over the
+    # slots) exceeds this, the gentler drop and early dispatch are off (faithful behaviour keeps
+    # batches large under overload). 0: off.
+    overload_demand_min: Annotated[float, Meta(ge=0)] = 0.0
     # Lookahead (Symphony+ experiment): also go early, within `lookahead_cost_slack`, when the
     # slots predicted free by the batch's own send time are fewer than the plans due before it.
     lookahead: bool = False

@@ -6,7 +6,7 @@ from shard.core.batching import BatchQueue
 from shard.core.config import CoreConfig, ModelConfig
 from shard.core.latency import NEVER_BEFORE_NS, NEVER_NS, LatencyModel
 from shard.core.rate_meter import RateMeter
-from shard.core.target_batch import max_batch_with_full_budget
+from shard.core.target_batch import best_batch, max_batch_with_full_budget
 from shard.core.timers import TimerOwner
 
 
@@ -29,6 +29,7 @@ class ModelState(TimerOwner):
         "inval_at_ns",
         "invalid_after_ns",
         "last_exec_at_ns",
+        "least_cost_s",
         "latency",
         "meter",
         "name",
@@ -51,6 +52,9 @@ class ModelState(TimerOwner):
         self.meter = RateMeter(config.rate_bin_ns, config.rate_window_bins, now_ns)
         self.budget_ns = model.slo_ns - config.ctrl_ns - config.resp_ns  # T in reference §1.5
         self.initial_target = max_batch_with_full_budget(self.latency, model.slo_ns // 2)
+        b_star = best_batch(self.latency, model.slo_ns, config.resp_ns, config.ctrl_ns, config.data_ns)
+        # Slot-seconds per request at b*; a model that cannot meet its SLO at all costs E(1).
+        self.least_cost_s = self.latency.exec_ns[max(b_star, 1)] / max(b_star, 1) / 1e9
         self.target = self.initial_target
         self.target_rate_rps = -1.0
         self.target_queuing_delay_ns = model.slo_ns // 2

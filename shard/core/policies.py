@@ -64,6 +64,7 @@ PLUS = {
     "early_utilization_min": 0.8,
     "early_cost_slack": 0.10,
     "reserve_horizon_ns": 3_000_000,
+    "overload_demand_min": 1.0,
 }
 
 

@@ -52,6 +52,9 @@ class SymphonyPolicy:
         "_jitter_ns",
         "_matcher",
         "_models",
+        "_guard_overload",
+        "_overloaded",
+        "_overload_checked_ns",
         "_plan_ids",
         "_queue_len_max",
         "_resp_ns",
@@ -92,6 +95,9 @@ class SymphonyPolicy:
         self._queue_len_max = config.queue_len_max
         self._early = config.early_dispatch and config.schedulable is SchedulableCondition.FRONTRUN
         self._utilization = UtilizationMeter(config.rate_bin_ns, config.utilization_alpha, now_ns)
+        self._overloaded = False
+        self._guard_overload = config.overload_demand_min > 0 and (config.drop_beta < 1 or config.early_dispatch)
+        self._overload_checked_ns = now_ns
 
     # ---- the step contract --------------------------------------------------------------
     def handle(self, event, now_ns: int) -> Step:  # noqa: ANN001 - Event union
@@ -238,7 +244,22 @@ class SymphonyPolicy:
             model.target_queuing_delay_ns = int(model.target * 1e9 / rate) if rate > 0 else NEVER_NS
         return model.target
 
+    def _check_overload(self, now_ns: int) -> None:
+        """Symphony+ overload guard, re-evaluated once per rate-meter bin: demand is the
+        measured rate times the least cost per request, summed over models, per slot."""
+        self._overload_checked_ns = now_ns
+        slots = len(self._matcher)
+        demand = sum(m.meter.mean_rps * m.least_cost_s for m in self._models.values()) / slots if slots else 0.0
+        overloaded = demand > self.config.overload_demand_min
+        if overloaded != self._overloaded:
+            self._overloaded = overloaded
+            beta = 1.0 if overloaded else self.config.drop_beta
+            for model in self._models.values():
+                model.queue.drop_beta = beta
+
     def _update_candidate(self, model: ModelState, now_ns: int, gpu_free_at_ns: int) -> None:
+        if self._guard_overload and now_ns - self._overload_checked_ns >= self.config.rate_bin_ns:
+            self._check_overload(now_ns)
         meter = model.meter
         if self._drop_timeout:
             target = 1
@@ -293,6 +314,8 @@ class SymphonyPolicy:
         free over a short horizon for the plans that fall due within it (reservation)."""
         config = self.config
         if self._utilization.value(now_ns, len(self._matcher)) < config.early_utilization_min:
+            return False
+        if self._overloaded:
             return False
         earliest_slot = self._matcher.earliest_slot()
         if earliest_slot is None or earliest_slot[1] > earliest:

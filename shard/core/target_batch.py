@@ -64,3 +64,13 @@ def max_batch_with_full_budget(latency: LatencyModel, budget_ns: int, network_ns
             break
         best = b
     return best
+
+
+def best_batch(latency: LatencyModel, slo_ns: int, resp_ns: int, ctrl_ns: int, data_ns: int) -> int:
+    """b*: the largest batch with E(b) <= SLO - Dresp - Dctrl - Ddata*b (0 if even one misses);
+    E(b*)/b* is the least slot time per request any scheduler can spend on this model."""
+    best = 0
+    for b in range(1, latency.batch_size_max + 1):
+        if latency.exec_ns[b] <= slo_ns - resp_ns - ctrl_ns - data_ns * b:
+            best = b
+    return best
