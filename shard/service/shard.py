@@ -91,11 +91,7 @@ class ShardService:
         self._watchdog: asyncio.Task | None = None
         self._lost: set[str] = set()
         self._infer_subs: list = []
-        self.metrics = ShardMetrics(self.entry.id, self._metrics_state)
-        for model in self.entry.models:  # every series exists from the start, at zero
-            self.metrics.received.labels(model)
-            for outcome in ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "lost"):
-                self.metrics.outcomes.labels(model, outcome)
+        self.metrics = ShardMetrics(list(self.entry.models), self._metrics_state)
 
     def _metrics_state(self) -> dict:
         stats = getattr(self.policy, "model_stats", None)
@@ -175,21 +171,20 @@ class ShardService:
 
     # ---- ingress ------------------------------------------------------------------------
     def _ingress(self, model: str):  # noqa: ANN202
-        received = self.metrics.received.labels(model)
-        decision = self.metrics.decision_seconds
-        bad_request = self.metrics.outcomes.labels(model, "bad_request")
-        rejected = self.metrics.outcomes.labels(model, "rejected")
+        metrics = self.metrics
+        received = metrics.received
+        decision = metrics.decision_seconds
 
         async def on_request(msg: Msg) -> None:
             now = self.clock.now_ns()
-            received.inc()
+            received[model] += 1
             if not msg.reply:
                 return  # a publish without a reply subject cannot be answered; nothing to do
             headers = msg.headers or {}
             client_id = headers.get(HEADER_REQUEST_ID, "")
             content_type = headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON)
             if content_type not in (CONTENT_JSON, CONTENT_MSGPACK):
-                bad_request.inc()
+                metrics.count(model, "bad_request")
                 await self._error(msg.reply, Status.BAD_REQUEST, f"unsupported Content-Type {content_type!r}; "
                                   f"use {CONTENT_JSON} or {CONTENT_MSGPACK}", client_id)
                 return
@@ -200,18 +195,18 @@ class ShardService:
                 except ValueError:
                     slo_ms = -1.0
                 if not 0 < slo_ms < 3_600_000:
-                    bad_request.inc()
+                    metrics.count(model, "bad_request")
                     await self._error(msg.reply, Status.BAD_REQUEST,
                                       f"{HEADER_SLO_MS} must be a positive number of milliseconds", client_id)
                     return
                 slo_ns = int(slo_ms * 1e6)
             if len(msg.data) > self.entry.body_bytes_max:
-                rejected.inc()
+                metrics.count(model, "rejected")
                 await self._error(msg.reply, Status.TOO_LARGE,
                                   f"body of {len(msg.data)} bytes exceeds {self.entry.body_bytes_max}", client_id)
                 return
             if len(self.pending) >= self.entry.queue_len_max:
-                rejected.inc()
+                metrics.count(model, "rejected")
                 await self._error(msg.reply, Status.OVERLOADED, "overloaded: the shard's queue is full", client_id)
                 return
             rid = next(self._ids)
@@ -271,11 +266,11 @@ class ShardService:
         )
         self.inflight[action.plan_id] = InFlight(slot_id, action.model, requests, now, action.finish_at_ns)
         metrics = self.metrics
-        metrics.outcomes.labels(action.model, "dispatched").inc(len(requests))
-        metrics.items.labels(action.model).inc(len(requests))
-        metrics.executions.labels(action.model).inc()
-        metrics.batch_size.labels(action.model).observe(len(requests))
-        queue = metrics.queue_seconds.labels(action.model)
+        metrics.count(action.model, "dispatched", len(requests))
+        metrics.items[action.model] += len(requests)
+        metrics.executions[action.model] += 1
+        metrics.batch_size[action.model].observe(len(requests))
+        queue = metrics.queue_seconds[action.model]
         for request in requests:
             queue.observe(request.queue_us / 1e6)
         await self.nc.publish(f"{self.prefix}.slot.{slot_id}.plan", plan_encoder.encode(plan))
@@ -284,12 +279,11 @@ class ShardService:
         status, reason = DROP_STATUS[action.reason]
         log.debug("requests_dropped", model=action.model, reason=action.reason.value, requests=action.request_ids)
         outcome = {Status.DROPPED: "dropped", Status.OVERLOADED: "rejected"}.get(status, "unavailable")
-        counter = self.metrics.outcomes.labels(action.model, outcome)
         for rid in action.request_ids:
             pending = self.pending.pop(rid, None)
             if pending is None:
                 continue
-            counter.inc()
+            self.metrics.count(action.model, outcome)
             await self._error(pending.reply, status, reason, pending.client_request_id)
 
     def _arm(self, wake_at_ns: int | None) -> None:
@@ -306,7 +300,7 @@ class ShardService:
     def _on_wake(self) -> None:
         now = self.clock.now_ns()
         if self._timer_at is not None and now - self._timer_at > self.entry.jitter_us * 1000:
-            self.metrics.late_wake_ups.inc()
+            self.metrics.late_wake_ups += 1
             log.warning("late_wake_up", shard=self.entry.id, late_us=(now - self._timer_at) // 1000,
                         jitter_us=self.entry.jitter_us)
         self._timer = None
@@ -327,7 +321,7 @@ class ShardService:
             return
         now = self.clock.now_ns()
         since_sent_s = (now - flight.sent_ns) / 1e9
-        latency = self.metrics.request_seconds.labels(flight.model)
+        latency = self.metrics.request_seconds[flight.model]
         for request in flight.requests:
             latency.observe(since_sent_s + request.queue_us / 1e6)
         event = BatchCompleted(self.slot_index[flight.slot_id], report.plan_id, now - report.compute_us * 1000, now)
@@ -344,14 +338,14 @@ class ShardService:
 
     async def _lose_slot(self, slot_id: str, now: int) -> None:
         self._lost.add(slot_id)
-        self.metrics.slots_lost.inc()
+        self.metrics.slots_lost += 1
         lost = [plan for plan, f in self.inflight.items() if f.slot_id == slot_id]
         count_ = 0
         for plan in lost:
             flight = self.inflight.pop(plan)
             for request in flight.requests:
                 count_ += 1
-                self.metrics.outcomes.labels(flight.model, "lost").inc()
+                self.metrics.count(flight.model, "lost")
                 await self._error(request.reply, Status.UNAVAILABLE, f"slot {slot_id} was lost",
                                   request.client_request_id)
         log.warning("slot_lost", shard=self.entry.id, slot=slot_id, requests=count_)
