@@ -18,6 +18,20 @@ from tests.integration.conftest import JAX_CONFIG, SLEEP_CONFIG, running_cluster
 pytestmark = pytest.mark.asyncio
 
 
+async def reply_ledger(nc) -> tuple[str, Counter[str], Counter[str]]:  # noqa: ANN001
+    """One wildcard inbox that counts replies per request subject and per status."""
+    replies: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    inbox = nc.new_inbox()
+
+    async def on_reply(msg) -> None:  # noqa: ANN001
+        replies[msg.subject] += 1
+        statuses[msg.headers.get(HEADER_STATUS, "?")] += 1
+
+    await nc.subscribe(f"{inbox}.*", cb=on_reply, pending_msgs_limit=1_000_000)
+    return inbox, replies, statuses
+
+
 async def test_jax_model_end_to_end_matches_calling_the_model(nats_server, tmp_path) -> None:
     async with running_cluster(JAX_CONFIG, nats_server.url, tmp_path) as (client, _shards, agents):
         runner = agents[0].runners["mlp"]
@@ -84,15 +98,7 @@ async def test_thousands_of_requests_each_get_exactly_one_reply(nats_server, tmp
     """Open loop at ~2,000 req/s for 2 s over two sleep models; one private inbox counts replies."""
     async with running_cluster(SLEEP_CONFIG, nats_server.url, tmp_path) as (client, shards, _agents):
         nc = client.nc
-        replies: Counter[str] = Counter()
-        statuses: Counter[str] = Counter()
-        inbox = nc.new_inbox()
-
-        async def on_reply(msg) -> None:  # noqa: ANN001
-            replies[msg.subject] += 1
-            statuses[msg.headers.get(HEADER_STATUS, "?")] += 1
-
-        await nc.subscribe(f"{inbox}.*", cb=on_reply, pending_msgs_limit=1_000_000)
+        inbox, replies, statuses = await reply_ledger(nc)
         body = b'{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}'
         total = 4000
         started = asyncio.get_running_loop().time()
@@ -127,15 +133,7 @@ async def test_a_silent_slot_is_declared_lost_and_every_request_still_gets_one_r
     async with running_cluster(config, nats_server.url, tmp_path) as (client, shards, agents):
         agent_subs = agents[0].plan_subscriptions
         nc = client.nc
-        replies: Counter[str] = Counter()
-        statuses: Counter[str] = Counter()
-        inbox = nc.new_inbox()
-
-        async def on_reply(msg) -> None:  # noqa: ANN001
-            replies[msg.subject] += 1
-            statuses[msg.headers.get(HEADER_STATUS, "?")] += 1
-
-        await nc.subscribe(f"{inbox}.*", cb=on_reply)
+        inbox, replies, statuses = await reply_ledger(nc)
         body = b'{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [1]}]}'
         for i in range(600):
             if i == 300:
