@@ -22,6 +22,8 @@ from gpu_agent.metrics import AgentMetrics
 from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_runner
 from ops.cluster_config import AgentEntry, ClusterConfig
 from ops.connect import connect_service
+from ops.services import register_service
+from schemas.status_report import AgentStatus, SlotStatus
 from schemas.model import ModelSpec
 from schemas.plan import REPORT_VERSION, BatchPlan, CompletionReport, PlanRequest, SlotInfo, plan_decoder
 from schemas.status import (
@@ -154,6 +156,14 @@ class Agent:
             "memory": memory,
         }
 
+    def status(self) -> AgentStatus:
+        return AgentStatus(
+            agent_id=self.entry.id, device=self.info().slots[0].device if self.slots else "",
+            slots=[SlotStatus(slot_id=s.slot_id, models=s.models, plans_queued=s.queue.qsize(),
+                              executions=s.executions) for s in self.slots.values()],
+            compile_count={name: r.compile_count for name, r in self.runners.items()},
+        )
+
     def load(self) -> None:
         """Compile and profile every model (slow; before serving, never on the request path).
 
@@ -196,6 +206,10 @@ class Agent:
             )
             self._tasks.append(asyncio.create_task(self._serve(slot)))
         await self.nc.flush()
+        self.service = await register_service(
+            self.nc, "symphony-agent", f"agent {self.entry.id}: slots {', '.join(self.slots)}",
+            {"agent_id": self.entry.id}, f"{self.prefix}.agent.{self.entry.id}.status", self.status,
+        )
         if self.entry.metrics_port:
             from prometheus_client import start_http_server
 
@@ -338,6 +352,8 @@ class Agent:
         await self.nc.publish(f"{self.prefix}.shard.{plan.shard_id}.done", msgspec.msgpack.encode(report))
 
     async def stop(self) -> None:
+        if getattr(self, "service", None) is not None:
+            await self.service.stop()
         for task in self._tasks:
             task.cancel()
         if self.nc is not None:

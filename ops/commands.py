@@ -43,6 +43,11 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--seconds", type=float, default=20.0)
     demo.set_defaults(handler=lambda args: __import__("ops.demo", fromlist=["main"]).main(args.seconds))
 
+    status = subparsers.add_parser("status", help="shards and agents found through the NATS services API")
+    status.add_argument("--nats-url", default=None)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+
     models = subparsers.add_parser("models", help="list the served models and their inputs")
     models.add_argument("--nats-url", default=None)
     models.set_defaults(handler=_models)
@@ -140,6 +145,19 @@ def _models(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(main())
+
+
+def _status(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from ops.status import format_status, gather_status
+
+    shards, agents = asyncio.run(gather_status(default_nats_url(args.nats_url)))
+    if args.json:
+        print(msgspec.json.encode({"shards": shards, "agents": agents}).decode())
+    else:
+        print(format_status(shards, agents))
+    return 0
 
 
 def _json(value: object) -> str:

@@ -41,6 +41,8 @@ from shard.core.events import SHUTDOWN, WAKE_UP, BatchCompleted, RequestArrived,
 from shard.core.policies import make_policy
 from shard.service.clock import MonotonicClock
 from shard.service.metrics import ShardMetrics
+from ops.services import register_service
+from schemas.status_report import ModelStatus, ShardStatus
 
 log = structlog.get_logger("shard")
 
@@ -118,6 +120,10 @@ class ShardService:
             self._apply(self.policy.handle(SlotAdded(self.slot_index[slot]), now))
         await self._subscribe()
         self._watchdog = asyncio.create_task(self._watch_slots())
+        self.service = await register_service(
+            self.nc, "symphony-shard", f"shard {self.entry.id}: models {', '.join(self.entry.models)}",
+            {"shard_id": self.entry.id}, f"{self.prefix}.shard.{self.entry.id}.status", self.status,
+        )
         if self.entry.metrics_port:
             from prometheus_client import start_http_server
 
@@ -168,6 +174,23 @@ class ShardService:
         await self.nc.subscribe(f"{self.prefix}.shard.{self.entry.id}.done", cb=self._on_done,
                                 pending_msgs_limit=1_000_000)
         await self.nc.flush()
+
+    def status(self) -> ShardStatus:
+        stats = getattr(self.policy, "model_stats", None)
+        core = stats() if stats is not None else {}
+        m = self.metrics
+        return ShardStatus(
+            shard_id=self.entry.id, policy=self.entry.policy,
+            models=[ModelStatus(name=name, pending=core.get(name, (0, 0, 0.0))[0],
+                                target_batch_size=core.get(name, (0, 0, 0.0))[1],
+                                rate_rps=core.get(name, (0, 0, 0.0))[2], received=m.received.get(name, 0),
+                                dispatched=m.outcomes.get((name, "dispatched"), 0),
+                                dropped=m.outcomes.get((name, "dropped"), 0))
+                    for name in self.entry.models],
+            slots_owned=[s for s in self.slot_names if s not in self._lost],
+            slots_busy=sorted({f.slot_id for f in self.inflight.values()}),
+            slots_lost=sorted(self._lost),
+        )
 
     # ---- ingress ------------------------------------------------------------------------
     def _ingress(self, model: str):  # noqa: ANN202
@@ -359,6 +382,8 @@ class ShardService:
         for sub in self._infer_subs:
             await sub.unsubscribe()
         self._infer_subs.clear()
+        if getattr(self, "service", None) is not None:
+            await self.service.stop()
         if self.policy is not None:
             await self._apply_async(self.policy.handle(SHUTDOWN, self.clock.now_ns()))
         if self._watchdog is not None:

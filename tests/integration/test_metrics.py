@@ -65,3 +65,21 @@ async def test_every_documented_metric_is_served_with_sane_values(nats_server, t
     assert value(agent, "symphony_agent_replies_total", status="400") == 1
     assert value(agent, "symphony_agent_compile_count", model="resnet_sleep") == 0  # sleep models compile nothing
     assert value(agent, "symphony_agent_compute_seconds_total") > 0
+
+
+async def test_shards_and_agents_are_discoverable_through_the_services_api(nats_server, tmp_path) -> None:
+    from ops.status import discover, format_status, gather_status
+
+    async with running_cluster(SLEEP_CONFIG, nats_server.url, tmp_path) as (client, _shards, _agents):
+        await client.infer("resnet_sleep", b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}',
+                           content_type="application/json")
+        pings = await discover(client.nc, "symphony-shard")
+        assert [p["metadata"]["shard_id"] for p in pings] == ["shard-0"]
+        shards, agents = await gather_status(nats_server.url)
+    (shard,) = shards
+    assert shard.slots_owned == ["s0", "s1", "s2", "s3"]
+    assert {m.name: m.received for m in shard.models} == {"resnet_sleep": 1, "fast_sleep": 0}
+    (agent,) = agents
+    assert sum(slot.executions for slot in agent.slots) == 1
+    table = format_status(shards, agents)
+    assert "shard-0" in table and "resnet_sleep" in table and "sleep-0" in table
