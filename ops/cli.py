@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from load import cli as load_cli
 from load.sim import cli as sim_cli
 from ops import commands
 
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     sim_cli.add_parser(subparsers)
     commands.add_parsers(subparsers)
+    load_cli.add_parser(subparsers)
     return parser
 
 

@@ -25,6 +25,7 @@ class ShardStatus(msgspec.Struct, kw_only=True):
     slots_owned: list[str]
     slots_busy: list[str]
     slots_lost: list[str]
+    busy_seconds: float = 0.0  # slot time of completed batches, cumulative (as agents measured it)
 
 
 class SlotStatus(msgspec.Struct, kw_only=True):

@@ -93,6 +93,7 @@ class ShardService:
         self._watchdog: asyncio.Task | None = None
         self._lost: set[str] = set()
         self._infer_subs: list = []
+        self._busy_s = 0.0
         self.metrics = ShardMetrics(list(self.entry.models), self._metrics_state)
 
     def _metrics_state(self) -> dict:
@@ -190,6 +191,7 @@ class ShardService:
             slots_owned=[s for s in self.slot_names if s not in self._lost],
             slots_busy=sorted({f.slot_id for f in self.inflight.values()}),
             slots_lost=sorted(self._lost),
+            busy_seconds=self._busy_s,
         )
 
     # ---- ingress ------------------------------------------------------------------------
@@ -343,6 +345,7 @@ class ShardService:
         if flight is None or flight.slot_id not in self.slot_index or flight.slot_id in self._lost:
             return
         now = self.clock.now_ns()
+        self._busy_s += report.compute_us / 1e6
         since_sent_s = (now - flight.sent_ns) / 1e9
         latency = self.metrics.request_seconds[flight.model]
         for request in flight.requests:
