@@ -271,6 +271,9 @@ class Agent:
                 errors += await self._reply_all_of(valid, Status.DROPPED, "expired before the batch could start")
                 await self._finish(plan, 0, waited_us, 0, errors, "expired")
                 continue
+            log.debug("plan_started", plan=plan.plan_id, shard=plan.shard_id, slot=slot.slot_id, model=plan.model,
+                      waited_us=waited_us, requests=[r.request_id for r in valid],
+                      client_request_ids=[r.client_request_id for r in valid if r.client_request_id])
             started = time.perf_counter()
             try:
                 if isinstance(runner, SleepRunner):
@@ -299,6 +302,8 @@ class Agent:
             # The report goes out before the replies: a shard that has it never declares these
             # requests lost, and one that lacks it (this agent died first) knows none was answered.
             await self._finish(plan, compute_us, waited_us, len(valid), errors, "done")
+            log.debug("plan_done", plan=plan.plan_id, shard=plan.shard_id, compute_us=compute_us, ok=len(valid),
+                      errors=errors)
             for row, request in enumerate(valid):
                 body, headers = encode_reply(plan.model, outputs, row, request, len(valid), waited_us, compute_us)
                 await self.nc.publish(request.reply, body, headers=headers)

@@ -236,6 +236,7 @@ class ShardService:
                 return
             rid = next(self._ids)
             self.pending[rid] = Pending(msg.reply, msg.data, content_type, client_id, now)
+            log.debug("request_received", request=rid, client_request_id=client_id, model=model)
             started = time.perf_counter()
             step = self.policy.handle(RequestArrived(rid, model, slo_ns), now)
             decision.observe(time.perf_counter() - started)
@@ -278,7 +279,7 @@ class ShardService:
     async def _dispatch(self, action: DispatchBatch, now: int) -> None:
         slot_id = self.slot_names[action.slot_id]
         log.debug("plan_sent", plan=action.plan_id, slot=slot_id, model=action.model, size=len(action.request_ids),
-                  exec_in_us=(action.exec_at_ns - now) // 1000)
+                  exec_in_us=(action.exec_at_ns - now) // 1000, requests=action.request_ids)
         requests = []
         for rid in action.request_ids:
             pending = self.pending.pop(rid)

@@ -33,3 +33,16 @@ def test_round_trip_and_strict_types() -> None:
         plan_decoder.decode(msgspec.msgpack.encode([1, "not an int", "a", 0, "s", "m", [], 5, 9]))
     assert isinstance(report_decoder.decode(msgspec.msgpack.encode(CompletionReport(1, 2, "s", 1, 5, 0, 1, 0))),
                       CompletionReport)
+
+
+def test_grafana_dashboard_uses_only_documented_metrics() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    documented = set(re.findall(r"`(symphony_[a-z_]+)`", (root / "docs" / "metrics.md").read_text()))
+    dashboard = json.loads((root / "ops" / "grafana-dashboard.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"symphony_[a-z_]+", t["expr"])}
+    unknown = {m for m in used if m not in documented and re.sub(r"_(bucket|sum|count)$", "", m) not in documented}
+    assert not unknown, sorted(unknown)
