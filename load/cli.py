@@ -27,6 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--out", default=None, help="results folder (default results/load-<source>)")
         p.add_argument("--lag-limit-ms", type=float, default=5.0, help="a run lagging more is flagged")
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.add_argument("--mlperf", action="store_true",
+                       help="judge by MLPerf Server's rule: exit 1 unless every model's p99 latency <= its SLO")
         p.add_argument("--coarse-timing", action="store_true",
                        help="sleep instead of spinning before each send: less CPU, up to ~1 ms of lag")
 
@@ -76,19 +78,27 @@ def _run(args: argparse.Namespace) -> int:
     loaded = load_workload(args.workload)
     name = loaded.workload.name
     rates = [float(r) for r in args.rate.split(",")] if args.rate else [None]
+    valid = True
     for rate in rates:
         plan = plan_from_workload(loaded, scale=args.scale, rate=rate, seed=args.seed)
         suffix = f"-{rate:g}rps" if rate is not None else ""
         out = Path(args.out or f"results/load-{name}") / (f"rate{rate:g}" if len(rates) > 1 else "")
-        _execute(args, plan, f"{name}{suffix}", out)
-    return 0
+        valid &= _judge(args, _execute(args, plan, f"{name}{suffix}", out))
+    return 0 if valid or not args.mlperf else 1
+
+
+def _judge(args: argparse.Namespace, summary: dict) -> bool:
+    if args.mlperf:
+        verdict = "VALID" if summary["mlperf_valid"] else "INVALID"
+        print(f"MLPerf Server rule (every model's p99 latency <= its SLO): {verdict}")
+    return summary["mlperf_valid"]
 
 
 def _trace(args: argparse.Namespace) -> int:
     plan = plan_from_trace(read_trace(args.file), args.model, args.slo_ms)
     out = Path(args.out or f"results/load-trace-{Path(args.file).stem}")
-    _execute(args, plan, f"trace {args.file} -> {args.model}", out)
-    return 0
+    valid = _judge(args, _execute(args, plan, f"trace {args.file} -> {args.model}", out))
+    return 0 if valid or not args.mlperf else 1
 
 
 def _compare(args: argparse.Namespace) -> int:

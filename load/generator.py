@@ -175,8 +175,10 @@ async def send_plan(url: str, plan: Plan, bodies: list[bytes], *, senders: int =
     poller = asyncio.create_task(poll_slots(url, stop, start_wall, prefix=prefix))
 
     def progress(counts: dict) -> None:
-        print(f"  {counts['elapsed_s']:6.1f} s  sent {counts['sent']:>8}  replied {counts['replied']:>8}  "
-              f"ok {counts['ok']:>8}", file=sys.stderr, flush=True)
+        elapsed = max(counts["elapsed_s"], 1e-9)
+        print(f"  {elapsed:6.1f} s  sent {counts['sent']:>8}  replied {counts['replied']:>8}  "
+              f"ok {counts['ok']:>8} ({counts['ok'] / elapsed:,.0f}/s)  p99 {counts['p99_ms']:.1f} ms",
+              file=sys.stderr, flush=True)
 
     if senders <= 1:
         result = await send_schedule(url, plan.times_s, subjects, request_bodies, content_type=content_type,

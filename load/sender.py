@@ -126,5 +126,8 @@ async def send_schedule(
 
 def _counts(sent: int, status: np.ndarray, replied: np.ndarray, actual: np.ndarray, start: float) -> dict:
     answered = status[:sent]
+    ok = answered == 200
+    latencies = (replied[:sent] - actual[:sent])[ok]
     return {"elapsed_s": time.perf_counter() - start, "sent": sent, "replied": int(np.count_nonzero(answered)),
-            "ok": int(np.count_nonzero(answered == 200))}
+            "ok": int(np.count_nonzero(ok)),
+            "p99_ms": float(np.percentile(latencies, 99) * 1000) if latencies.size else float("nan")}
