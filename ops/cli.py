@@ -8,6 +8,7 @@ import sys
 from load import cli as load_cli
 from load.sim import cli as sim_cli
 from ops import commands
+from ops.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(json=False)  # readable output for CLIs; service roles switch to JSON lines
     try:
         return args.handler(args)
     except (FileNotFoundError, ValueError, ConnectionError, TimeoutError) as error:

@@ -46,6 +46,8 @@ OUTCOMES = ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "
 class ShardMetrics:
     def __init__(self, models: list[str], state: Callable[[], dict]) -> None:
         self.received = dict.fromkeys(models, 0)
+        self.succeeded = dict.fromkeys(models, 0)  # answered 200 by agents, from completion reports
+        self.failed = dict.fromkeys(models, 0)  # answered with an error by agents (bad input, expired)
         self.outcomes = {(m, o): 0 for m in models for o in OUTCOMES}
         self.items = dict.fromkeys(models, 0)
         self.executions = dict.fromkeys(models, 0)
@@ -75,6 +77,10 @@ class _Collector(Collector):
         yield _counter("symphony_shard_requests", "Requests leaving the shard, by outcome: dispatched (in a batch), "
                        "dropped (504), rejected (413/429), bad_request (400), unavailable (503), lost (slot lost)",
                        dict(m.outcomes), ["model", "outcome"])
+        yield _counter("symphony_shard_requests_succeeded", "Requests agents answered 200 (nv_inference_request_success)",
+                       {(k,): v for k, v in m.succeeded.items()}, ["model"])
+        yield _counter("symphony_shard_requests_failed", "Requests agents answered with an error (bad input, expired)",
+                       {(k,): v for k, v in m.failed.items()}, ["model"])
         yield _counter("symphony_shard_inference_count", "Items dispatched in batches (nv_inference_count)",
                        {(k,): v for k, v in m.items.items()}, ["model"])
         yield _counter("symphony_shard_inference_exec_count", "Batches dispatched (nv_inference_exec_count)",

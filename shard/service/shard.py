@@ -347,6 +347,8 @@ class ShardService:
             return
         now = self.clock.now_ns()
         self._busy_s += report.compute_us / 1e6
+        self.metrics.succeeded[flight.model] += report.ok
+        self.metrics.failed[flight.model] += report.errors
         since_sent_s = (now - flight.sent_ns) / 1e9
         latency = self.metrics.request_seconds[flight.model]
         for request in flight.requests:

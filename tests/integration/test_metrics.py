@@ -58,6 +58,8 @@ async def test_every_documented_metric_is_served_with_sane_values(nats_server, t
     assert dispatched == 201  # the bad body is only found out by the agent
     batches = value(shard, "symphony_shard_inference_exec_count_total", model="resnet_sleep")
     assert 1 <= batches < 201
+    assert value(shard, "symphony_shard_requests_succeeded_total", model="resnet_sleep") == 200
+    assert value(shard, "symphony_shard_requests_failed_total", model="resnet_sleep") == 1
     assert value(shard, "symphony_shard_slots_owned") == 4
     assert value(shard, "symphony_shard_pending_requests") == 0
     assert value(shard, "symphony_shard_target_batch_size", model="resnet_sleep") >= 1
