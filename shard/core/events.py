@@ -27,7 +27,10 @@ class BatchCompleted(msgspec.Struct, frozen=True, gc=False):
 
 
 class SlotAdded(msgspec.Struct, frozen=True, gc=False):
+    """A slot joins; `free_at_ns` is when it finishes work it already has (another shard's)."""
+
     slot_id: int
+    free_at_ns: int = 0
 
 
 class SlotRemoved(msgspec.Struct, frozen=True, gc=False):

@@ -115,7 +115,7 @@ class SymphonyPolicy:
             case BatchCompleted():
                 self._on_completed(event)
             case SlotAdded():
-                self._on_slot_added(event.slot_id, now_ns)
+                self._on_slot_added(event.slot_id, max(now_ns, event.free_at_ns), now_ns)
             case SlotRemoved():
                 self._on_slot_removed(event.slot_id, now_ns)
             case Shutdown():
@@ -164,10 +164,10 @@ class SymphonyPolicy:
             self._matcher.set_free_at(event.slot_id, corrected)
             self._arm_slot_timer(event.finished_at_ns)
 
-    def _on_slot_added(self, slot_id: int, now_ns: int) -> None:
+    def _on_slot_added(self, slot_id: int, free_at_ns: int, now_ns: int) -> None:
         if slot_id in self._matcher.free_at_ns:
             return
-        self._matcher.set_free_at(slot_id, now_ns)
+        self._matcher.set_free_at(slot_id, free_at_ns)
         self._inflight[slot_id] = deque()
         self._arm_slot_timer(now_ns)
 

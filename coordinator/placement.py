@@ -1,0 +1,219 @@
+"""The coordinator's epoch math: place models on shards, allocate slots to shards, and compute
+the load-proportional signal (desired and surplus slots). Pure: no I/O, no clocks.
+
+Demand is predicted slot time per second: rate x per-request cost at the target batch (from the
+profile). Placement is sticky (a model stays with its live shard) and balances demand across
+shards within a tolerance, moving as few models as it can. A shard's models must share slots
+that host all of them (the shard's core treats its slots as interchangeable). Slots go to shards
+in proportion to demand (largest remainder), at least one per shard with models, keeping
+current owners where the quota allows.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+
+class ModelDemand(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    rate_rps: float
+    cost_s: float  # slot-seconds per request at the target batch
+    hosts: list[str]  # slots that can run this model
+    slo_s: float = 0.0  # models of similar SLO share shards: a long batch blocks a tight model's window
+
+    @property
+    def demand(self) -> float:
+        """Slots this model keeps busy; a model without traffic yet still counts a little."""
+        return max(self.rate_rps, 1.0) * self.cost_s
+
+
+class Assignment(msgspec.Struct, frozen=True, kw_only=True):
+    version: int = 1
+    epoch: int = 0
+    models: dict[str, str] = {}  # model -> shard
+    slots: dict[str, str] = {}  # slot -> shard
+    demand: dict[str, float] = {}  # shard -> predicted busy slots
+    desired_slots: int = 0
+    surplus_slots: int = 0
+
+
+class PlacementConfig(msgspec.Struct, frozen=True, kw_only=True):
+    imbalance: float = 0.25  # rebalance while the busiest shard exceeds the mean by this
+    moves_max: int = 4  # models moved per epoch at most (stickiness)
+    target_utilization: float = 0.8  # desired slots = demand / this
+
+
+def plan_assignment(
+    previous: Assignment | None, models: list[ModelDemand], shards: list[str], slots: list[str],
+    config: PlacementConfig = PlacementConfig(),
+) -> Assignment:
+    shards = sorted(shards)
+    epoch = (previous.epoch if previous else 0) + 1
+    if not shards:
+        return Assignment(epoch=epoch, desired_slots=_desired(models, config), surplus_slots=0)
+    placement = place_models(previous.models if previous else {}, models, shards, config)
+    demand = {s: 0.0 for s in shards}
+    by_name = {m.name: m for m in models}
+    for model, shard in placement.items():
+        demand[shard] += by_name[model].demand
+    owners = allocate_slots(previous.slots if previous else {}, placement, by_name, demand, slots)
+    desired = _desired(models, config)
+    return Assignment(
+        epoch=epoch, models=placement, slots=owners, demand=demand, desired_slots=desired,
+        surplus_slots=max(0, len(slots) - desired),
+    )
+
+
+def _desired(models: list[ModelDemand], config: PlacementConfig) -> int:
+    total = sum(m.rate_rps * m.cost_s for m in models)
+    return math.ceil(total / config.target_utilization - 1e-9) if total > 0 else 0
+
+
+def _common_hosts(members: list[ModelDemand]) -> set[str] | None:
+    """Slots that host every model in `members` (None: no constraint yet)."""
+    hosts: set[str] | None = None
+    for m in members:
+        hosts = set(m.hosts) if hosts is None else hosts & set(m.hosts)
+    return hosts
+
+
+def place_models(
+    previous: dict[str, str], models: list[ModelDemand], shards: list[str], config: PlacementConfig,
+) -> dict[str, str]:
+    live = set(shards)
+    members: dict[str, list[ModelDemand]] = {s: [] for s in shards}
+    load = {s: 0.0 for s in shards}
+    unplaced: list[ModelDemand] = []
+    for model in sorted(models, key=lambda m: m.name):
+        shard = previous.get(model.name)
+        if shard in live and _fits(members[shard], model):
+            members[shard].append(model)
+            load[shard] += model.demand
+        else:
+            unplaced.append(model)
+    if not any(members.values()):
+        _place_by_slo(unplaced, members, load, shards)
+    else:
+        for model in sorted(unplaced, key=lambda m: (-m.demand, m.name)):
+            compatible = [s for s in shards if _fits(members[s], model)] or shards
+            least = min(load[s] for s in compatible)
+            # Among shards within 25% of the least loaded, join the one with the closest SLOs.
+            near = [s for s in compatible if load[s] <= least * 1.25 + 1e-12]
+            shard = min(near, key=lambda s: (_slo_distance(members[s], model), load[s], s))
+            members[shard].append(model)
+            load[shard] += model.demand
+    _rebalance(members, load, shards, config)
+    return {m.name: shard for shard in shards for m in members[shard]}
+
+
+def _slo_distance(members: list[ModelDemand], model: ModelDemand) -> float:
+    if not members:
+        return 0.0
+    return min(abs(m.slo_s - model.slo_s) for m in members)
+
+
+def _place_by_slo(models: list[ModelDemand], members: dict[str, list[ModelDemand]], load: dict[str, float],
+                  shards: list[str]) -> None:
+    """A fresh placement: models in SLO order, cut into shards of about equal demand, so each
+    shard's pool serves models whose batches fit each other's windows."""
+    ordered = sorted(models, key=lambda m: (m.slo_s, m.cost_s, m.name))
+    total = sum(m.demand for m in ordered) or 1.0
+    share = total / len(shards)
+    index = 0
+    for model in ordered:
+        while index < len(shards) - 1 and load[shards[index]] >= share * 0.999:
+            index += 1
+        shard = shards[index]
+        if not _fits(members[shard], model):
+            shard = next((s for s in shards if _fits(members[s], model)), shard)
+        members[shard].append(model)
+        load[shard] += model.demand
+
+
+def _fits(members: list[ModelDemand], model: ModelDemand) -> bool:
+    hosts = _common_hosts([*members, model])
+    return bool(hosts)
+
+
+def _rebalance(members: dict[str, list[ModelDemand]], load: dict[str, float], shards: list[str],
+               config: PlacementConfig) -> None:
+    """Move models from the busiest shard to the least busy while that lowers the maximum."""
+    total = sum(load.values())
+    if total <= 0:
+        return
+    mean = total / len(shards)
+    for _ in range(config.moves_max):
+        heavy = max(shards, key=lambda s: (load[s], s))
+        if load[heavy] <= (1 + config.imbalance) * mean or len(members[heavy]) <= 1:
+            return
+        best: tuple[float, ModelDemand, str] | None = None
+        for model in members[heavy]:
+            for light in shards:
+                if light == heavy or not _fits(members[light], model):
+                    continue
+                new_max = max(load[heavy] - model.demand, load[light] + model.demand)
+                if new_max < load[heavy] - 1e-12 and (best is None or new_max < best[0]):
+                    best = (new_max, model, light)
+        if best is None:
+            return
+        _new_max, model, light = best
+        members[heavy].remove(model)
+        members[light].append(model)
+        load[heavy] -= model.demand
+        load[light] += model.demand
+
+
+def allocate_slots(
+    previous: dict[str, str], placement: dict[str, str], models: dict[str, ModelDemand],
+    demand: dict[str, float], slots: list[str],
+) -> dict[str, str]:
+    """Every slot to a shard whose models it hosts; quotas in proportion to demand."""
+    busy_shards = sorted({s for s in placement.values()})
+    if not busy_shards or not slots:
+        return {}
+    eligible: dict[str, set[str]] = {}
+    for shard in busy_shards:
+        hosts = _common_hosts([models[m] for m, s in placement.items() if s == shard])
+        eligible[shard] = (hosts or set()) & set(slots)
+    quota = _quotas(demand, busy_shards, len(slots))
+    owners: dict[str, str] = {}
+    count = {s: 0 for s in busy_shards}
+    # 1. keep current owners while within quota
+    for slot in sorted(slots):
+        shard = previous.get(slot)
+        if shard in eligible and slot in eligible[shard] and count[shard] < quota[shard]:
+            owners[slot] = shard
+            count[shard] += 1
+    # 2. fill quotas, most constrained shards first, from slots few others could use
+    demand_of = {slot: sum(1 for s in busy_shards if slot in eligible[s]) for slot in slots}
+    for shard in sorted(busy_shards, key=lambda s: (len(eligible[s]), s)):
+        free = sorted((s for s in eligible[shard] if s not in owners), key=lambda s: (demand_of[s], s))
+        for slot in free[: max(0, quota[shard] - count[shard])]:
+            owners[slot] = shard
+            count[shard] += 1
+    # 3. what is left goes where it is most needed per slot already held
+    for slot in sorted(s for s in slots if s not in owners):
+        candidates = [s for s in busy_shards if slot in eligible[s]]
+        if candidates:
+            shard = max(candidates, key=lambda s: (demand[s] / (count[s] + 1), s))
+            owners[slot] = shard
+            count[shard] += 1
+    return owners
+
+
+def _quotas(demand: dict[str, float], shards: list[str], slots: int) -> dict[str, int]:
+    """Largest-remainder shares of `slots` by demand, at least one each."""
+    quota = {s: 1 for s in shards}
+    spare = slots - len(shards)
+    if spare <= 0:
+        return quota
+    total = sum(demand[s] for s in shards) or 1.0
+    exact = {s: spare * demand[s] / total for s in shards}
+    for s in shards:
+        quota[s] += int(exact[s])
+    left = spare - sum(int(exact[s]) for s in shards)
+    for s in sorted(shards, key=lambda s: (-(exact[s] - int(exact[s])), s))[:left]:
+        quota[s] += 1
+    return quota
