@@ -15,6 +15,8 @@ import math
 
 import msgspec
 
+from schemas.control import Assignment
+
 
 class ModelDemand(msgspec.Struct, frozen=True, kw_only=True):
     name: str
@@ -27,16 +29,6 @@ class ModelDemand(msgspec.Struct, frozen=True, kw_only=True):
     def demand(self) -> float:
         """Slots this model keeps busy; a model without traffic yet still counts a little."""
         return max(self.rate_rps, 1.0) * self.cost_s
-
-
-class Assignment(msgspec.Struct, frozen=True, kw_only=True):
-    version: int = 1
-    epoch: int = 0
-    models: dict[str, str] = {}  # model -> shard
-    slots: dict[str, str] = {}  # slot -> shard
-    demand: dict[str, float] = {}  # shard -> predicted busy slots
-    desired_slots: int = 0
-    surplus_slots: int = 0
 
 
 class PlacementConfig(msgspec.Struct, frozen=True, kw_only=True):

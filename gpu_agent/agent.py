@@ -23,9 +23,20 @@ from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_r
 from ops.cluster_config import AgentEntry, ClusterConfig
 from ops.connect import connect_service
 from ops.services import register_service
+from coordinator.state import open_buckets
+from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, SlotClaim
+from schemas.control import encode as control_encode
 from schemas.status_report import AgentStatus, SlotStatus
 from schemas.model import ModelSpec
-from schemas.plan import REPORT_VERSION, BatchPlan, CompletionReport, PlanRequest, SlotInfo, plan_decoder
+from schemas.plan import (
+    REPORT_VERSION,
+    BatchPlan,
+    CompletionReport,
+    PlanRequest,
+    SlotInfo,
+    plan_decoder,
+    plan_header_decoder,
+)
 from schemas.status import (
     CONTENT_JSON,
     HEADER_BATCH_SIZE,
@@ -115,6 +126,8 @@ class _Slot:
         self.slot_id = slot_id
         self.models = models
         self.queue: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(queue_max)
+        self.owner = ""  # the shard that claimed it ("" without a coordinator: anyone may send)
+        self.epoch = 0
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slot-{slot_id}")
         self.executions = 0
 
@@ -214,10 +227,58 @@ class Agent:
             from prometheus_client import start_http_server
 
             start_http_server(self.entry.metrics_port, addr="0.0.0.0", registry=self.metrics.registry)
+        if self.config.dynamic:
+            await self._join_coordinated()
         log.info("agent_ready", agent=self.entry.id, slots=list(self.slots), models=list(self.runners))
+
+    async def _join_coordinated(self) -> None:
+        """With a coordinator: publish profiles, answer slot claims, heartbeat the slots."""
+        settings = self.config.coordinator
+        self.buckets = await open_buckets(self.nc, heartbeat_ttl_s=settings.heartbeat_ttl_s,
+                                          lease_s=settings.lease_s, replicas=settings.kv_replicas)
+        for runner in self.runners.values():
+            await self.buckets.state.put(f"profiles.{runner.name}.{self.entry.id}", control_encode(runner.spec()))
+
+        async def on_claim(msg: Msg) -> None:
+            claim = msgspec.json.decode(msg.data, type=SlotClaim)
+            slot = self.slots.get(claim.slot_id)
+            if slot is None:
+                reply = ClaimReply(ok=False, reason=f"no slot {claim.slot_id} here")
+            elif claim.epoch < slot.epoch:
+                reply = ClaimReply(ok=False, reason=f"epoch {claim.epoch} is older than {slot.epoch}")
+            else:
+                slot.owner, slot.epoch = claim.shard_id, claim.epoch
+                reply = ClaimReply(ok=True, queued_plans=slot.queue.qsize())
+                log.info("slot_claimed", slot=slot.slot_id, shard=claim.shard_id, epoch=claim.epoch)
+            await msg.respond(control_encode(reply))
+
+        await self.nc.subscribe(f"{self.prefix}.agent.{self.entry.id}.claim", cb=on_claim)
+        await self._heartbeat()
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(settings.heartbeat_ttl_s / 3)))
+
+    async def _heartbeat(self) -> None:
+        device = self.info().slots[0].device if self.slots else ""
+        beat = AgentHeartbeat(agent_id=self.entry.id, device=device, slots=[
+            AgentSlot(slot_id=s.slot_id, models=s.models, owner=s.owner, epoch=s.epoch) for s in self.slots.values()])
+        await self.buckets.members.put(f"agent.{self.entry.id}", control_encode(beat))
+
+    async def _heartbeat_loop(self, period_s: float) -> None:
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self._heartbeat()
+            except (nats.errors.Error, OSError) as error:
+                log.warning("heartbeat_failed", agent=self.entry.id, error=repr(error))
 
     def _enqueue(self, slot: _Slot):  # noqa: ANN202
         async def on_plan(msg: Msg) -> None:
+            if slot.owner:
+                header = plan_header_decoder.decode(msg.data)
+                if header.shard_id != slot.owner or header.epoch < slot.epoch:
+                    # Fencing: only the shard that claimed this slot, at its epoch or later.
+                    await self._reject_plan(msg.data, Status.UNAVAILABLE,
+                                            f"slot {slot.slot_id} now belongs to {slot.owner} (epoch {slot.epoch})")
+                    return
             try:
                 slot.queue.put_nowait((msg.data, time.monotonic()))
             except asyncio.QueueFull:
@@ -359,6 +420,11 @@ class Agent:
     async def stop(self) -> None:
         if getattr(self, "service", None) is not None:
             await self.service.stop()
+        if getattr(self, "buckets", None) is not None:
+            try:  # leave at once instead of waiting for the heartbeat to age out
+                await self.buckets.members.delete(f"agent.{self.entry.id}")
+            except nats.errors.Error:
+                pass
         for task in self._tasks:
             task.cancel()
         if self.nc is not None:

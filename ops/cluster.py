@@ -42,14 +42,36 @@ class LocalCluster:
         if not self.url:
             self.server = NatsServer().start()
             self.url = self.server.url
+        if self.config.coordinator is not None:
+            for k in range(self.config.coordinator.count):
+                self._spawn(f"coordinator-{k}", "coordinator", "--id", f"coordinator-{k}")
         for agent in self.config.agents:
             self._spawn(f"agent-{agent.id}", "agent", "--id", agent.id)
         for shard in self.config.shards:
-            self._spawn(f"shard-{shard.id}", "shard", "--id", shard.id)
+            self.add_shard(shard.id)
         await self.wait_ready(timeout_s)
         Path(LOCAL_URL_FILE).parent.mkdir(parents=True, exist_ok=True)
         Path(LOCAL_URL_FILE).write_text(self.url + "\n")
         return self.url
+
+    def add_shard(self, shard_id: str) -> None:
+        self._spawn(f"shard-{shard_id}", "shard", "--id", shard_id)
+
+    def stop_process(self, name: str) -> None:
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def kill_process(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Fault injection: end a role abruptly (no drain, no goodbye)."""
+        self.processes[name].send_signal(sig)
+        if sig == signal.SIGKILL:
+            self.processes.pop(name).wait()
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Ready when every model answers its metadata request (its shard is serving)."""

@@ -36,8 +36,8 @@ class AgentEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: Name
-    models: list[Name]
-    slots: list[Name]
+    models: list[Name] = []  # static ownership; with a coordinator the assignment decides
+    slots: list[Name] = []
     policy: str = DEFAULT_POLICY
     queue_len_max: Annotated[int, Meta(ge=1)] = 20_000  # requests held per shard; beyond: 429
     body_bytes_max: Annotated[int, Meta(ge=1)] = 900_000  # beyond: 413 (NATS max payload is 1 MiB)
@@ -55,11 +55,28 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     jitter_us: Annotated[int, Meta(ge=0)] = 5000
 
 
+class CoordinatorEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """With this section, a coordinator assigns models and slots to shards (issue 6)."""
+
+    count: Annotated[int, Meta(ge=1)] = 2  # coordinator processes `symphony up` starts (one leads)
+    epoch_s: Annotated[float, Meta(gt=0)] = 5.0
+    lease_s: Annotated[float, Meta(gt=0)] = 3.0  # a leader silent this long is replaced
+    heartbeat_ttl_s: Annotated[float, Meta(gt=0)] = 3.0  # a member silent this long is gone
+    target_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.8
+    kv_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    metrics_port: int = 0
+
+
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     subject_prefix: Name = "symphony"
     models: list[ModelEntry]
     agents: list[AgentEntry]
     shards: list[ShardEntry]
+    coordinator: CoordinatorEntry | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        return self.coordinator is not None
 
     def __post_init__(self) -> None:
         models = {m.name for m in self.models}
@@ -74,6 +91,10 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 if unknown:
                     raise ValueError(f"slot {slot.id} hosts unknown models {sorted(unknown)}")
                 slots[slot.id] = set(slot.models)
+        if self.coordinator is not None:
+            if not self.shards:
+                raise ValueError("a cluster with a coordinator still needs one [[shards]] entry as a template")
+            return  # the coordinator checks ownership at every epoch
         owned: set[str] = set()
         for shard in self.shards:
             for model in shard.models:
@@ -97,6 +118,8 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         for shard in self.shards:
             if shard.id == shard_id:
                 return shard
+        if self.dynamic:  # scaled-out shards take the first entry's settings
+            return msgspec.structs.replace(self.shards[0], id=shard_id, models=[], slots=[], metrics_port=0)
         raise ValueError(f"no shard {shard_id!r} in the config")
 
     def agent(self, agent_id: str) -> AgentEntry:

@@ -22,7 +22,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--logs", default="results/cluster-logs", help="folder for the processes' logs")
     up.set_defaults(handler=_up)
 
-    for role in ("agent", "shard"):
+    for role in ("agent", "shard", "coordinator"):
         p = subparsers.add_parser(role, help=f"run one {role} against a NATS server")
         p.add_argument("--config", default=str(DEMO_CONFIG))
         p.add_argument("--id", required=True)
@@ -84,9 +84,9 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _role(args: argparse.Namespace) -> int:
-    from ops.roles import run_agent, run_shard
+    from ops.roles import run_agent, run_coordinator, run_shard
 
-    runner = run_agent if args.role == "agent" else run_shard
+    runner = {"agent": run_agent, "shard": run_shard, "coordinator": run_coordinator}[args.role]
     asyncio.run(runner(args.config, args.id, default_nats_url(args.nats_url)))
     return 0
 

@@ -45,3 +45,17 @@ async def run_shard(config_path: str, shard_id: str, nats_url: str) -> None:
     await _until_signalled()
     log.info("shard_stopping", shard=shard_id)
     await shard.stop()
+
+
+async def run_coordinator(config_path: str, coordinator_id: str, nats_url: str) -> None:
+    from coordinator.service import Coordinator
+
+    _configure()
+    config = load_cluster_config(config_path)
+    if config.coordinator is None:
+        raise ValueError(f"{config_path} has no [coordinator] section")
+    coordinator = Coordinator(config, coordinator_id)
+    await coordinator.start(nats_url)
+    await _until_signalled()
+    log.info("coordinator_stopping", coordinator=coordinator_id)
+    await coordinator.stop()

@@ -28,6 +28,15 @@ class BatchPlan(msgspec.Struct, frozen=True, array_like=True, gc=False):
     deadline_us: int  # budget from send to the earliest member's deadline; past it: drop on dequeue
 
 
+class PlanHeader(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """The first fields of a BatchPlan: enough to fence it without decoding the bodies."""
+
+    version: int
+    plan_id: int
+    shard_id: str
+    epoch: int
+
+
 class CompletionReport(msgspec.Struct, frozen=True, array_like=True, gc=False):
     version: int
     plan_id: int
@@ -53,4 +62,5 @@ REPORT_VERSION = 1
 
 plan_encoder = msgspec.msgpack.Encoder()
 plan_decoder = msgspec.msgpack.Decoder(BatchPlan)
+plan_header_decoder = msgspec.msgpack.Decoder(PlanHeader)
 report_decoder = msgspec.msgpack.Decoder(CompletionReport)

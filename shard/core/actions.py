@@ -15,6 +15,7 @@ class DropReason(enum.Enum):
     NO_SLOT = "no_slot"  # no slot can serve this model (503)
     UNKNOWN_MODEL = "unknown_model"  # the core does not own this model (404)
     SHUTDOWN = "shutdown"  # the scheduler stopped while holding it (503)
+    MOVED = "moved"  # the model moved to another shard; the shell hands the request back
 
 
 class DispatchBatch(msgspec.Struct, frozen=True, gc=False):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
+from shard.core.config import ModelConfig
+
 
 class RequestArrived(msgspec.Struct, frozen=True, gc=False):
     """A request was received now. `slo_ns` 0 means the model's default SLO."""
@@ -39,6 +41,19 @@ class SlotRemoved(msgspec.Struct, frozen=True, gc=False):
     slot_id: int
 
 
+class ModelAdded(msgspec.Struct, frozen=True, gc=False):
+    """The shard now owns this model (the coordinator moved it here)."""
+
+    model: ModelConfig
+
+
+class ModelRemoved(msgspec.Struct, frozen=True, gc=False):
+    """The shard no longer owns this model: what it holds leaves with reason MOVED, for the shell
+    to hand back to the model's subject (the new owner answers it)."""
+
+    model: str
+
+
 class Shutdown(msgspec.Struct, frozen=True, gc=False):
     """Stop: every request still held leaves through a drop with reason SHUTDOWN."""
 
@@ -46,4 +61,4 @@ class Shutdown(msgspec.Struct, frozen=True, gc=False):
 WAKE_UP = WakeUp()
 SHUTDOWN = Shutdown()
 
-Event = RequestArrived | WakeUp | BatchCompleted | SlotAdded | SlotRemoved | Shutdown
+Event = RequestArrived | WakeUp | BatchCompleted | SlotAdded | SlotRemoved | ModelAdded | ModelRemoved | Shutdown

@@ -24,6 +24,8 @@ from shard.core.actions import DispatchBatch, DropReason, DropRequests, Step
 from shard.core.config import CoreConfig, DropPolicy, ModelConfig, SchedulableCondition
 from shard.core.events import (
     BatchCompleted,
+    ModelAdded,
+    ModelRemoved,
     RequestArrived,
     Shutdown,
     SlotAdded,
@@ -118,6 +120,11 @@ class SymphonyPolicy:
                 self._on_slot_added(event.slot_id, max(now_ns, event.free_at_ns), now_ns)
             case SlotRemoved():
                 self._on_slot_removed(event.slot_id, now_ns)
+            case ModelAdded():
+                if event.model.name not in self._models:
+                    self._models[event.model.name] = ModelState(event.model, self.config, now_ns)
+            case ModelRemoved():
+                self._on_model_removed(event.model)
             case Shutdown():
                 self._on_shutdown()
             case _:
@@ -178,15 +185,24 @@ class SymphonyPolicy:
 
     def _on_shutdown(self) -> None:
         for model in self._models.values():
-            held = model.queue.pop_all()
-            if held:
-                self._actions.append(DropRequests(model.name, held, DropReason.SHUTDOWN))
-            if model.parked:
-                self._unpark(model)
-            model.batch_size = 0
-            model.send_at_ns = model.drop_at_ns = model.inval_at_ns = NEVER_NS
-            self._timers.cancel(model)
+            self._release(model, DropReason.SHUTDOWN)
         self._timers.cancel(self._slot_timer)
+
+    def _on_model_removed(self, name: str) -> None:
+        model = self._models.pop(name, None)
+        if model is not None:
+            self._release(model, DropReason.MOVED)
+
+    def _release(self, model: ModelState, reason: DropReason) -> None:
+        """Everything the model holds leaves with `reason`; its candidate and timer go."""
+        held = model.queue.pop_all()
+        if held:
+            self._actions.append(DropRequests(model.name, held, reason))
+        if model.parked:
+            self._unpark(model)
+        model.batch_size = 0
+        model.send_at_ns = model.drop_at_ns = model.inval_at_ns = NEVER_NS
+        self._timers.cancel(model)
 
     # ---- timers -------------------------------------------------------------------------
     def _run_due_timers(self, now_ns: int) -> None:

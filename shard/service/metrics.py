@@ -40,7 +40,7 @@ class FastHistogram:
         return out
 
 
-OUTCOMES = ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "lost")
+OUTCOMES = ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "lost", "handed_back")
 
 
 class ShardMetrics:
@@ -59,6 +59,16 @@ class ShardMetrics:
         self.slots_lost = 0
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self, state))
+
+    def add_model(self, model: str) -> None:
+        """Series for a model this shard gained (with a coordinator, models come and go)."""
+        for table in (self.received, self.succeeded, self.failed, self.items, self.executions):
+            table.setdefault(model, 0)
+        for outcome in OUTCOMES:
+            self.outcomes.setdefault((model, outcome), 0)
+        for hists, bounds in ((self.queue_seconds, LATENCY_BUCKETS), (self.request_seconds, LATENCY_BUCKETS),
+                              (self.batch_size, BATCH_BUCKETS)):
+            hists.setdefault(model, FastHistogram(bounds))
 
     def count(self, model: str, outcome: str, n: int = 1) -> None:
         key = (model, outcome)

@@ -37,7 +37,16 @@ from schemas.status import (
 )
 from shard.core.actions import DispatchBatch, DropReason, DropRequests
 from shard.core.config import CoreConfig, ModelConfig
-from shard.core.events import SHUTDOWN, WAKE_UP, BatchCompleted, RequestArrived, SlotAdded, SlotRemoved
+from shard.core.events import (
+    SHUTDOWN,
+    WAKE_UP,
+    BatchCompleted,
+    ModelAdded,
+    ModelRemoved,
+    RequestArrived,
+    SlotAdded,
+    SlotRemoved,
+)
 from shard.core.policies import make_policy
 from shard.service.clock import MonotonicClock
 from shard.service.metrics import ShardMetrics
@@ -53,6 +62,7 @@ DROP_STATUS = {
     DropReason.NO_SLOT: (Status.UNAVAILABLE, "unavailable: no slot can serve this model"),
     DropReason.UNKNOWN_MODEL: (Status.UNKNOWN_MODEL, "unknown model"),
     DropReason.SHUTDOWN: (Status.UNAVAILABLE, "unavailable: the scheduler is stopping"),
+    DropReason.MOVED: (Status.UNAVAILABLE, "unavailable: the model moved"),
 }
 
 
@@ -63,6 +73,7 @@ class Pending:
     content_type: str
     client_request_id: str
     recv_ns: int
+    slo_header: str = ""  # as the client sent it, for a hand-back
 
 
 @dataclass(slots=True)
@@ -92,7 +103,10 @@ class ShardService:
         self._timer_at: int | None = None
         self._watchdog: asyncio.Task | None = None
         self._lost: set[str] = set()
-        self._infer_subs: list = []
+        self._model_subs: dict[str, list] = {}
+        self._released: set[str] = set()  # models given up; requests still arriving are handed back
+        self._owned: set[str] = set(self.entry.slots)
+        self.follower = None
         self._busy_s = 0.0
         self.metrics = ShardMetrics(list(self.entry.models), self._metrics_state)
 
@@ -100,37 +114,48 @@ class ShardService:
         stats = getattr(self.policy, "model_stats", None)
         return {
             "models": stats() if stats is not None else {},
-            "slots_owned": len(self.slot_names) - len(self._lost),
+            "slots_owned": len(self._owned - self._lost),
             "slots_busy": len({f.slot_id for f in self.inflight.values()}),
         }
 
     # ---- start-up -----------------------------------------------------------------------
     async def start(self, nats_url: str, *, agents_timeout_s: float = 120.0) -> None:
         self.nc = await connect_service(nats_url, f"shard-{self.entry.id}")
-        infos = await self._agent_infos(agents_timeout_s)
-        self.specs = self._model_specs(infos)
-        models = [ModelConfig(name=n, slo_ns=int(s.slo_ms * 1e6), profile=s.profile) for n, s in self.specs.items()]
         core = CoreConfig(
             queue_len_max=self.entry.queue_len_max, ctrl_ns=self.entry.ctrl_us * 1000,
             data_ns=self.entry.data_us * 1000, resp_ns=self.entry.resp_us * 1000,
             timer_jitter_ns=self.entry.jitter_us * 1000,
         )
-        self.policy = make_policy(self.entry.policy, models, core)
-        now = self.clock.now_ns()
-        for slot in self.slot_names:
-            self._apply(self.policy.handle(SlotAdded(self.slot_index[slot]), now))
+        if self.config.dynamic:
+            self.slot_index, self.slot_names = {}, []  # the assignment brings slots
+            self.policy = make_policy(self.entry.policy, [], core)
+        else:
+            infos = await self._agent_infos(agents_timeout_s)
+            self.specs = self._model_specs(infos)
+            models = [ModelConfig(name=n, slo_ns=int(s.slo_ms * 1e6), profile=s.profile) for n, s in self.specs.items()]
+            self.policy = make_policy(self.entry.policy, models, core)
+            now = self.clock.now_ns()
+            for slot in self.slot_names:
+                self._apply(self.policy.handle(SlotAdded(self.slot_index[slot]), now))
+            for model in self.entry.models:
+                await self._subscribe_model(model)
         await self._subscribe()
         self._watchdog = asyncio.create_task(self._watch_slots())
         self.service = await register_service(
-            self.nc, "symphony-shard", f"shard {self.entry.id}: models {', '.join(self.entry.models)}",
-            {"shard_id": self.entry.id}, f"{self.prefix}.shard.{self.entry.id}.status", self.status,
+            self.nc, "symphony-shard", f"shard {self.entry.id}", {"shard_id": self.entry.id},
+            f"{self.prefix}.shard.{self.entry.id}.status", self.status,
         )
         if self.entry.metrics_port:
             from prometheus_client import start_http_server
 
             start_http_server(self.entry.metrics_port, addr="0.0.0.0", registry=self.metrics.registry)
+        if self.config.dynamic:
+            from shard.service.follower import AssignmentFollower
+
+            self.follower = AssignmentFollower(self)
+            await self.follower.start()
         log.info("shard_ready", shard=self.entry.id, models=list(self.specs), slots=self.slot_names,
-                 policy=self.entry.policy)
+                 policy=self.entry.policy, coordinated=self.config.dynamic)
 
     async def _agent_infos(self, timeout_s: float) -> dict[str, AgentInfo]:
         wanted = {self.config.agent_of_slot(s) for s in self.slot_names}
@@ -164,17 +189,70 @@ class ShardService:
         return specs
 
     async def _subscribe(self) -> None:
-        for model in self.entry.models:
-            self._infer_subs.append(await self.nc.subscribe(
-                f"{self.prefix}.infer.{model}", queue=f"{self.prefix}.infer.{model}", cb=self._ingress(model),
-                pending_msgs_limit=1_000_000, pending_bytes_limit=1024 * 1024 * 1024,
-            ))
-            await self.nc.subscribe(f"{self.prefix}.meta.{model}", queue=f"{self.prefix}.meta.{model}",
-                                    cb=self._meta(model))
         await self.nc.subscribe(f"{self.prefix}.meta", queue=f"{self.prefix}.meta", cb=self._meta_list)
         await self.nc.subscribe(f"{self.prefix}.shard.{self.entry.id}.done", cb=self._on_done,
                                 pending_msgs_limit=1_000_000)
         await self.nc.flush()
+
+    async def _subscribe_model(self, model: str) -> None:
+        self.metrics.add_model(model)
+        self._model_subs[model] = [
+            await self.nc.subscribe(
+                f"{self.prefix}.infer.{model}", queue=f"{self.prefix}.infer.{model}", cb=self._ingress(model),
+                pending_msgs_limit=1_000_000, pending_bytes_limit=1024 * 1024 * 1024,
+            ),
+            await self.nc.subscribe(f"{self.prefix}.meta.{model}", queue=f"{self.prefix}.meta.{model}",
+                                    cb=self._meta(model)),
+        ]
+
+    # ---- ownership changes (a coordinator moves models and slots) -----------------------
+    async def add_model(self, spec: ModelSpec) -> None:
+        if spec.name in self.specs:
+            self._released.discard(spec.name)
+            return
+        self.specs[spec.name] = spec
+        self._released.discard(spec.name)
+        model = ModelConfig(name=spec.name, slo_ns=int(spec.slo_ms * 1e6), profile=spec.profile.monotone())
+        await self._apply_async(self.policy.handle(ModelAdded(model), self.clock.now_ns()))
+        await self._subscribe_model(spec.name)
+        log.info("model_gained", shard=self.entry.id, model=spec.name)
+
+    async def remove_model(self, name: str) -> None:
+        """Stop taking its requests (finishing the ones already delivered), then hand back what
+        it still holds: re-published to the model's subject, the new owner answers them."""
+        if name not in self.specs:
+            return
+        self._released.add(name)
+        for sub in self._model_subs.pop(name, []):
+            await sub.drain()
+        if name not in self._released:
+            return  # gained back while draining
+        del self.specs[name]
+        await self._apply_async(self.policy.handle(ModelRemoved(name), self.clock.now_ns()))
+        log.info("model_released", shard=self.entry.id, model=name)
+
+    async def add_slot(self, slot_id: str) -> None:
+        if slot_id not in self.slot_index:
+            self.slot_index[slot_id] = len(self.slot_names)
+            self.slot_names.append(slot_id)
+        self._lost.discard(slot_id)
+        self._owned.add(slot_id)
+        await self._apply_async(self.policy.handle(SlotAdded(self.slot_index[slot_id]), self.clock.now_ns()))
+
+    async def remove_slot(self, slot_id: str) -> None:
+        if slot_id not in self._owned:
+            return
+        self._owned.discard(slot_id)
+        await self._apply_async(self.policy.handle(SlotRemoved(self.slot_index[slot_id]), self.clock.now_ns()))
+
+    async def _hand_back(self, model: str, pending: Pending) -> None:
+        headers = {HEADER_CONTENT_TYPE: pending.content_type}
+        if pending.client_request_id:
+            headers[HEADER_REQUEST_ID] = pending.client_request_id
+        if pending.slo_header:
+            headers[HEADER_SLO_MS] = pending.slo_header
+        self.metrics.count(model, "handed_back")
+        await self.nc.publish(f"{self.prefix}.infer.{model}", pending.body, reply=pending.reply, headers=headers)
 
     def status(self) -> ShardStatus:
         stats = getattr(self.policy, "model_stats", None)
@@ -182,13 +260,14 @@ class ShardService:
         m = self.metrics
         return ShardStatus(
             shard_id=self.entry.id, policy=self.entry.policy,
+            epoch=self.follower.epoch if self.follower is not None else 0,
             models=[ModelStatus(name=name, pending=core.get(name, (0, 0, 0.0))[0],
                                 target_batch_size=core.get(name, (0, 0, 0.0))[1],
                                 rate_rps=core.get(name, (0, 0, 0.0))[2], received=m.received.get(name, 0),
                                 dispatched=m.outcomes.get((name, "dispatched"), 0),
                                 dropped=m.outcomes.get((name, "dropped"), 0))
-                    for name in self.entry.models],
-            slots_owned=[s for s in self.slot_names if s not in self._lost],
+                    for name in self.specs],
+            slots_owned=[s for s in self.slot_names if s in self._owned and s not in self._lost],
             slots_busy=sorted({f.slot_id for f in self.inflight.values()}),
             slots_lost=sorted(self._lost),
             busy_seconds=self._busy_s,
@@ -205,6 +284,11 @@ class ShardService:
             received[model] += 1
             if not msg.reply:
                 return  # a publish without a reply subject cannot be answered; nothing to do
+            if model in self._released:
+                await self._hand_back(model, Pending(msg.reply, msg.data, (msg.headers or {}).get(
+                    HEADER_CONTENT_TYPE, CONTENT_JSON), (msg.headers or {}).get(HEADER_REQUEST_ID, ""), now,
+                    (msg.headers or {}).get(HEADER_SLO_MS, "")))
+                return
             headers = msg.headers or {}
             client_id = headers.get(HEADER_REQUEST_ID, "")
             content_type = headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON)
@@ -235,7 +319,8 @@ class ShardService:
                 await self._error(msg.reply, Status.OVERLOADED, "overloaded: the shard's queue is full", client_id)
                 return
             rid = next(self._ids)
-            self.pending[rid] = Pending(msg.reply, msg.data, content_type, client_id, now)
+            self.pending[rid] = Pending(msg.reply, msg.data, content_type, client_id, now,
+                                        headers.get(HEADER_SLO_MS, ""))
             log.debug("request_received", request=rid, client_request_id=client_id, model=model)
             started = time.perf_counter()
             step = self.policy.handle(RequestArrived(rid, model, slo_ns), now)
@@ -286,7 +371,8 @@ class ShardService:
             requests.append(PlanRequest(rid, pending.reply, pending.body, pending.content_type,
                                         pending.client_request_id, (now - pending.recv_ns) // 1000))
         plan = BatchPlan(
-            version=PLAN_VERSION, plan_id=action.plan_id, shard_id=self.entry.id, epoch=0, slot_id=slot_id,
+            version=PLAN_VERSION, plan_id=action.plan_id, shard_id=self.entry.id, slot_id=slot_id,
+            epoch=self.follower.epoch if self.follower is not None else 0,
             model=action.model, requests=requests, exec_at_ns=action.exec_at_ns,
             deadline_us=max(0, (action.finish_at_ns - now) // 1000 + 2 * self.policy.config.resp_ns // 1000),
         )
@@ -302,6 +388,12 @@ class ShardService:
         await self.nc.publish(f"{self.prefix}.slot.{slot_id}.plan", plan_encoder.encode(plan))
 
     async def _drop(self, action: DropRequests) -> None:
+        if action.reason is DropReason.MOVED:
+            for rid in action.request_ids:
+                pending = self.pending.pop(rid, None)
+                if pending is not None:
+                    await self._hand_back(action.model, pending)
+            return
         status, reason = DROP_STATUS[action.reason]
         log.debug("requests_dropped", model=action.model, reason=action.reason.value, requests=action.request_ids)
         outcome = {Status.DROPPED: "dropped", Status.OVERLOADED: "rejected"}.get(status, "unavailable")
@@ -343,12 +435,14 @@ class ShardService:
         flight = self.inflight.pop(report.plan_id, None)
         log.debug("plan_done", plan=report.plan_id, status=report.status, compute_us=report.compute_us,
                   known=flight is not None)
-        if flight is None or flight.slot_id not in self.slot_index or flight.slot_id in self._lost:
+        if flight is None:
             return
+        self.metrics.succeeded[flight.model] = self.metrics.succeeded.get(flight.model, 0) + report.ok
+        self.metrics.failed[flight.model] = self.metrics.failed.get(flight.model, 0) + report.errors
+        if flight.slot_id not in self._owned or flight.slot_id in self._lost:
+            return  # the slot moved or was lost meanwhile: the core no longer has it
         now = self.clock.now_ns()
         self._busy_s += report.compute_us / 1e6
-        self.metrics.succeeded[flight.model] += report.ok
-        self.metrics.failed[flight.model] += report.errors
         since_sent_s = (now - flight.sent_ns) / 1e9
         latency = self.metrics.request_seconds[flight.model]
         for request in flight.requests:
@@ -385,9 +479,12 @@ class ShardService:
         """Stop taking requests, answer everything still queued, then leave."""
         if self.nc is None:
             return
-        for sub in self._infer_subs:
-            await sub.unsubscribe()
-        self._infer_subs.clear()
+        if self.follower is not None:
+            await self.follower.stop()
+        for subs in self._model_subs.values():
+            for sub in subs:
+                await sub.drain()
+        self._model_subs.clear()
         if getattr(self, "service", None) is not None:
             await self.service.stop()
         if self.policy is not None:
