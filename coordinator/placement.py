@@ -35,6 +35,9 @@ class PlacementConfig(msgspec.Struct, frozen=True, kw_only=True):
     imbalance: float = 0.25  # rebalance while the busiest shard exceeds the mean by this
     moves_max: int = 4  # models moved per epoch at most (stickiness)
     target_utilization: float = 0.8  # desired slots = demand / this
+    # Slot quotas follow demand plus this many standard deviations of it (square-root staffing):
+    # small shards need proportionally more headroom than big ones to absorb the same burstiness.
+    headroom: float = 0.0
 
 
 def plan_assignment(
@@ -50,7 +53,8 @@ def plan_assignment(
     by_name = {m.name: m for m in models}
     for model, shard in placement.items():
         demand[shard] += by_name[model].demand
-    owners = allocate_slots(previous.slots if previous else {}, placement, by_name, demand, slots)
+    weights = {s: d + config.headroom * math.sqrt(d) for s, d in demand.items()}
+    owners = allocate_slots(previous.slots if previous else {}, placement, by_name, weights, slots)
     desired = _desired(models, config)
     return Assignment(
         epoch=epoch, models=placement, slots=owners, demand=demand, desired_slots=desired,

@@ -21,21 +21,11 @@ from ops.connect import connect_service
 from ops.services import register_service
 from schemas.control import ASSIGNMENT_KEY, Assignment, encode
 from schemas.model import ModelSpec
+from schemas.status_report import CoordinatorStatus
 from schemas.profile import ModelProfile, profile_from_sleep_spec
 from shard.core.config import CoreConfig, ModelConfig
 
 log = structlog.get_logger("coordinator")
-
-
-class CoordinatorStatus(msgspec.Struct, kw_only=True):
-    coordinator_id: str
-    leading: bool
-    epoch: int
-    shards: list[str]
-    agents: list[str]
-    desired_slots: int
-    surplus_slots: int
-    slots: int
 
 
 class Coordinator:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
@@ -128,8 +129,15 @@ class _Slot:
         self.queue: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(queue_max)
         self.owner = ""  # the shard that claimed it ("" without a coordinator: anyone may send)
         self.epoch = 0
+        self.recent: deque[tuple[float, float]] = deque()  # (finished, seconds) of recent batches
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slot-{slot_id}")
         self.executions = 0
+
+    def busy_fraction(self, window_s: float = 10.0) -> float:
+        now = time.monotonic()
+        while self.recent and self.recent[0][0] < now - window_s:
+            self.recent.popleft()
+        return min(1.0, sum(d for _t, d in self.recent) / window_s)
 
 
 class Agent:
@@ -173,7 +181,8 @@ class Agent:
         return AgentStatus(
             agent_id=self.entry.id, device=self.info().slots[0].device if self.slots else "",
             slots=[SlotStatus(slot_id=s.slot_id, models=s.models, plans_queued=s.queue.qsize(),
-                              executions=s.executions) for s in self.slots.values()],
+                              executions=s.executions, owner=s.owner, epoch=s.epoch,
+                              busy_fraction=s.busy_fraction()) for s in self.slots.values()],
             compile_count={name: r.compile_count for name, r in self.runners.items()},
         )
 
@@ -349,6 +358,7 @@ class Agent:
                 continue
             slot.executions += 1
             compute_s = time.perf_counter() - started
+            slot.recent.append((time.monotonic(), compute_s))
             labels = (slot.slot_id, plan.model)
             self.metrics.executions.labels(*labels).inc()
             self.metrics.items.labels(*labels).inc(len(valid))

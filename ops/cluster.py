@@ -57,6 +57,25 @@ class LocalCluster:
     def add_shard(self, shard_id: str) -> None:
         self._spawn(f"shard-{shard_id}", "shard", "--id", shard_id)
 
+    def shard_ids(self) -> list[str]:
+        return sorted(name.removeprefix("shard-") for name in self.processes if name.startswith("shard-"))
+
+    async def scale_shards(self, count: int, timeout_s: float = 60.0) -> list[str]:
+        """Add shard processes, or drain and stop the newest ones, until `count` run."""
+        from ops.drain import drain_shard
+
+        current = self.shard_ids()
+        next_index = max((int(i.rsplit("-", 1)[1]) for i in current if i.rsplit("-", 1)[-1].isdigit()), default=-1) + 1
+        while len(current) < count:
+            shard_id = f"shard-{next_index}"
+            next_index += 1
+            self.add_shard(shard_id)
+            current.append(shard_id)
+        for shard_id in sorted(current, key=lambda i: (len(i), i))[count:]:
+            await drain_shard(self.url, shard_id, timeout_s=timeout_s, forget=True)
+            self.stop_process(f"shard-{shard_id}")
+        return self.shard_ids()
+
     def stop_process(self, name: str) -> None:
         process = self.processes.pop(name)
         if process.poll() is None:

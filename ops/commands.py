@@ -12,6 +12,7 @@ import nats
 import numpy as np
 
 from ops.client import SymphonyClient, default_nats_url
+from ops.connect import connect_client
 from ops.cluster_config import DEMO_CONFIG
 
 
@@ -43,6 +44,19 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--seconds", type=float, default=20.0)
     demo.set_defaults(handler=lambda args: __import__("ops.demo", fromlist=["main"]).main(args.seconds))
 
+    scale = subparsers.add_parser("scale", help="change the number of shard processes of a running `symphony up`")
+    scale.add_argument("what", choices=["shards"])
+    scale.add_argument("count", type=int)
+    scale.add_argument("--nats-url", default=None)
+    scale.set_defaults(handler=_scale)
+
+    drain = subparsers.add_parser("drain", help="move a shard's models and slots away (coordinated clusters)")
+    drain.add_argument("shard")
+    drain.add_argument("--undo", action="store_true", help="let the shard take models again")
+    drain.add_argument("--timeout", type=float, default=60.0)
+    drain.add_argument("--nats-url", default=None)
+    drain.set_defaults(handler=_drain)
+
     status = subparsers.add_parser("status", help="shards and agents found through the NATS services API")
     status.add_argument("--nats-url", default=None)
     status.add_argument("--json", action="store_true")
@@ -67,6 +81,7 @@ def _up(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         print("starting (models compile and profile first; this can take a minute)...", flush=True)
         url = await cluster.start()
+        ops_nc = await _serve_ops(cluster)
         print(f"symphony is up at {url}  (export NATS_URL={url}); logs in {args.logs}; Ctrl-C stops it", flush=True)
         while not stop.is_set():
             cluster.check_alive()
@@ -74,6 +89,7 @@ def _up(args: argparse.Namespace) -> int:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             except TimeoutError:
                 pass
+        await ops_nc.close()
 
     try:
         asyncio.run(main())
@@ -81,6 +97,28 @@ def _up(args: argparse.Namespace) -> int:
         cluster.stop()
         print("stopped", flush=True)
     return 0
+
+
+async def _serve_ops(cluster) -> nats.NATS:  # noqa: ANN001
+    """`symphony scale` talks to the `up` process that owns the local processes."""
+    import json as json_
+
+    nc = await connect_client(cluster.url, "symphony-up")
+
+    async def on_scale(msg) -> None:  # noqa: ANN001
+        try:
+            count = int(json_.loads(msg.data)["shards"])
+            if count < 1:
+                raise ValueError("at least one shard")
+            if not cluster.config.dynamic and count != len(cluster.shard_ids()):
+                raise ValueError("scaling needs a coordinator: add a [coordinator] section to the config")
+            shards = await cluster.scale_shards(count)
+            await msg.respond(json_.dumps({"shards": shards}).encode())
+        except (ValueError, KeyError, TimeoutError) as error:
+            await msg.respond(json_.dumps({"error": str(error)}).encode())
+
+    await nc.subscribe("symphony.ops.scale", cb=on_scale)
+    return nc
 
 
 def _role(args: argparse.Namespace) -> int:
@@ -147,16 +185,44 @@ def _models(args: argparse.Namespace) -> int:
     return asyncio.run(main())
 
 
+def _scale(args: argparse.Namespace) -> int:
+    import json as json_
+
+    async def main() -> int:
+        nc = await connect_client(default_nats_url(args.nats_url), "symphony-scale")
+        try:
+            msg = await nc.request("symphony.ops.scale", json_.dumps({"shards": args.count}).encode(), timeout=120)
+        except nats.errors.NoRespondersError:
+            print("no `symphony up` is running a local cluster here (scale works on the local cluster)")
+            return 1
+        finally:
+            await nc.close()
+        reply = json_.loads(msg.data)
+        print(reply.get("error") or f"shards now: {', '.join(reply['shards'])}")
+        return 1 if "error" in reply else 0
+
+    return asyncio.run(main())
+
+
+def _drain(args: argparse.Namespace) -> int:
+    from ops.drain import drain_shard
+
+    took = asyncio.run(drain_shard(default_nats_url(args.nats_url), args.shard, timeout_s=args.timeout,
+                                   undo=args.undo))
+    print(f"{args.shard} undrained" if args.undo else f"{args.shard} drained in {took:.1f} s: it holds no models or slots")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     import msgspec
 
     from ops.status import format_status, gather_status
 
-    shards, agents = asyncio.run(gather_status(default_nats_url(args.nats_url)))
+    shards, agents, coordinators = asyncio.run(gather_status(default_nats_url(args.nats_url)))
     if args.json:
-        print(msgspec.json.encode({"shards": shards, "agents": agents}).decode())
+        print(msgspec.json.encode({"shards": shards, "agents": agents, "coordinators": coordinators}).decode())
     else:
-        print(format_status(shards, agents))
+        print(format_status(shards, agents, coordinators))
     return 0
 
 

@@ -33,6 +33,9 @@ class SlotStatus(msgspec.Struct, kw_only=True):
     models: list[str]
     plans_queued: int
     executions: int
+    owner: str = ""
+    epoch: int = 0
+    busy_fraction: float = 0.0  # over the last 10 s
 
 
 class AgentStatus(msgspec.Struct, kw_only=True):
@@ -41,3 +44,14 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     device: str
     slots: list[SlotStatus]
     compile_count: dict[str, int]
+
+
+class CoordinatorStatus(msgspec.Struct, kw_only=True):
+    coordinator_id: str
+    leading: bool
+    epoch: int
+    shards: list[str]
+    agents: list[str]
+    desired_slots: int
+    surplus_slots: int
+    slots: int

@@ -4,7 +4,9 @@ the rates the shards measure, as the live coordinator does."""
 
 from __future__ import annotations
 
-from coordinator.placement import Assignment, ModelDemand, plan_assignment
+from coordinator.placement import Assignment, ModelDemand, PlacementConfig, plan_assignment
+
+PLACEMENT = PlacementConfig()
 from shard.core.config import CoreConfig, ModelConfig
 from shard.core.latency import LatencyModel
 from shard.core.policies import make_policy
@@ -30,7 +32,7 @@ def partitioned_shards(models: list[ModelConfig], slots: int, options, policy_na
     slot_names = [str(s) for s in range(slots)]
     demands = [model_demand(m, m.rate_hint_rps, options.core, slot_names) for m in models]
     shard_ids = [f"shard-{k}" for k in range(options.shards)]
-    assignment = plan_assignment(None, demands, shard_ids, slot_names)
+    assignment = plan_assignment(None, demands, shard_ids, slot_names, PLACEMENT)
     specs = []
     by_name = {m.name: m for m in models}
     for shard in shard_ids:
@@ -60,7 +62,7 @@ def epoch_assignment(policies: list, shards: list, owner: dict[int, int], models
         models={name: shard_ids[k] for k, spec in enumerate(shards) for name in spec.models},
         slots={str(slot): shard_ids[k] for slot, k in owner.items()},
     )
-    assignment = plan_assignment(previous, demands, shard_ids, slot_names)
+    assignment = plan_assignment(previous, demands, shard_ids, slot_names, PLACEMENT)
     index = {sid: k for k, sid in enumerate(shard_ids)}
     moves = {int(slot): index[s] for slot, s in assignment.slots.items() if index[s] != owner[int(slot)]}
     return moves, assignment.desired_slots

@@ -77,7 +77,7 @@ async def test_shards_and_agents_are_discoverable_through_the_services_api(nats_
                            content_type="application/json")
         pings = await discover(client.nc, "symphony-shard")
         assert [p["metadata"]["shard_id"] for p in pings] == ["shard-0"]
-        shards, agents = await gather_status(nats_server.url)
+        shards, agents, _coordinators = await gather_status(nats_server.url)
     (shard,) = shards
     assert shard.slots_owned == ["s0", "s1", "s2", "s3"]
     assert {m.name: m.received for m in shard.models} == {"resnet_sleep": 1, "fast_sleep": 0}
