@@ -37,6 +37,8 @@ class LocalCluster:
             [sys.executable, "-m", "ops.cli", *args, "--config", self.config_path, "--nats-url", self.url],
             stdout=out, stderr=subprocess.STDOUT if out is not subprocess.DEVNULL else subprocess.DEVNULL, env=env,
         )
+        if out is not subprocess.DEVNULL:
+            out.close()  # the child has its own copy
 
     async def start(self, timeout_s: float = 300.0) -> str:
         if not self.url:
