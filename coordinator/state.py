@@ -44,6 +44,22 @@ async def open_buckets(nc: nats.NATS, *, heartbeat_ttl_s: float, lease_s: float,
     )
 
 
+async def with_retries(call, *, timeout_s: float = 15.0, delay_s: float = 0.25):  # noqa: ANN001, ANN201
+    """Retry a KV call while JetStream is not ready (a clustered bucket elects its leader after
+    creation; a server may be restarting)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await call()
+        except (nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(delay_s)
+
+
 async def keys_with_prefix(kv: KeyValue, prefix: str) -> list[str]:
     """Keys starting with `prefix` (filtered here: nats-py's server-side key filters return
     nothing on this server version)."""

@@ -24,7 +24,7 @@ from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_r
 from ops.cluster_config import AgentEntry, ClusterConfig
 from ops.connect import connect_service
 from ops.services import register_service
-from coordinator.state import open_buckets
+from coordinator.state import open_buckets, with_retries
 from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, SlotClaim
 from schemas.control import encode as control_encode
 from schemas.status_report import AgentStatus, SlotStatus
@@ -246,7 +246,8 @@ class Agent:
         self.buckets = await open_buckets(self.nc, heartbeat_ttl_s=settings.heartbeat_ttl_s,
                                           lease_s=settings.lease_s, replicas=settings.kv_replicas)
         for runner in self.runners.values():
-            await self.buckets.state.put(f"profiles.{runner.name}.{self.entry.id}", control_encode(runner.spec()))
+            key, value = f"profiles.{runner.name}.{self.entry.id}", control_encode(runner.spec())
+            await with_retries(lambda key=key, value=value: self.buckets.state.put(key, value))
 
         async def on_claim(msg: Msg) -> None:
             claim = msgspec.json.decode(msg.data, type=SlotClaim)
@@ -262,7 +263,7 @@ class Agent:
             await msg.respond(control_encode(reply))
 
         await self.nc.subscribe(f"{self.prefix}.agent.{self.entry.id}.claim", cb=on_claim)
-        await self._heartbeat()
+        await with_retries(self._heartbeat)
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(settings.heartbeat_ttl_s / 3)))
 
     async def _heartbeat(self) -> None:

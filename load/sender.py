@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import nats
 import numpy as np
 
+from ops.connect import server_list
 from schemas.status import HEADER_BATCH_SIZE, HEADER_CONTENT_TYPE, HEADER_SLO_MS, HEADER_STATUS
 
 
@@ -47,7 +48,8 @@ async def send_schedule(
 
     `start_wall` (time.time()) lines several sender processes up on one schedule; `progress`
     gets running counts about once a second."""
-    nc = await nats.connect(url, name="symphony-sender", pending_size=64 * 1024 * 1024, flusher_queue_size=65536)
+    nc = await nats.connect(server_list(url), name="symphony-sender", pending_size=64 * 1024 * 1024,
+                            flusher_queue_size=65536)
     n = len(times_s)
     actual = np.full(n, np.nan)
     replied = np.full(n, np.nan)

@@ -14,18 +14,22 @@ from pathlib import Path
 import nats
 
 from ops.client import LOCAL_URL_FILE
+from ops.connect import server_list
 from ops.cluster_config import ClusterConfig, load_cluster_config
-from ops.nats_server import NatsServer
+from ops.nats_server import NatsCluster, NatsServer
 
 
 class LocalCluster:
-    def __init__(self, config_path: str | Path, nats_url: str | None = None, *, log_dir: Path | None = None) -> None:
+    def __init__(self, config_path: str | Path, nats_url: str | None = None, *, log_dir: Path | None = None,
+                 nats_cluster: int = 0) -> None:
         self.config_path = str(config_path)
         self.config: ClusterConfig = load_cluster_config(config_path)
         self.server: NatsServer | None = None
+        self.nats_cluster: NatsCluster | None = NatsCluster(nats_cluster) if nats_cluster > 1 else None
         self.url = nats_url or ""
         self.processes: dict[str, subprocess.Popen] = {}
         self.log_dir = log_dir
+        self._spawned = 0
 
     def _spawn(self, name: str, *args: str) -> None:
         out = subprocess.DEVNULL
@@ -33,15 +37,23 @@ class LocalCluster:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        url = self.url
+        if self.nats_cluster is not None:  # spread the roles over the servers; each fails over to the rest
+            url = self.nats_cluster.url_preferring(self._spawned % len(self.nats_cluster.servers))
+            env["SYMPHONY_KV_REPLICAS"] = str(len(self.nats_cluster.servers))
+        self._spawned += 1
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", *args, "--config", self.config_path, "--nats-url", self.url],
+            [sys.executable, "-m", "ops.cli", *args, "--config", self.config_path, "--nats-url", url],
             stdout=out, stderr=subprocess.STDOUT if out is not subprocess.DEVNULL else subprocess.DEVNULL, env=env,
         )
         if out is not subprocess.DEVNULL:
             out.close()  # the child has its own copy
 
     async def start(self, timeout_s: float = 300.0) -> str:
-        if not self.url:
+        if self.nats_cluster is not None:
+            self.nats_cluster.start()
+            self.url = self.nats_cluster.url
+        elif not self.url:
             self.server = NatsServer().start()
             self.url = self.server.url
         if self.config.coordinator is not None:
@@ -96,7 +108,7 @@ class LocalCluster:
 
     async def wait_ready(self, timeout_s: float) -> None:
         """Ready when every model answers its metadata request (its shard is serving)."""
-        nc = await nats.connect(self.url)
+        nc = await nats.connect(server_list(self.url))
         deadline = time.monotonic() + timeout_s
         try:
             for model in self.config.models:
@@ -132,6 +144,8 @@ class LocalCluster:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.nats_cluster is not None:
+            self.nats_cluster.stop()
         try:
             if Path(LOCAL_URL_FILE).read_text().strip() == self.url:
                 Path(LOCAL_URL_FILE).unlink()

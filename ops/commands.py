@@ -21,6 +21,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--config", default=str(DEMO_CONFIG))
     up.add_argument("--nats-url", default=None, help="use this server instead of starting one")
     up.add_argument("--logs", default="results/cluster-logs", help="folder for the processes' logs")
+    up.add_argument("--nats-cluster", type=int, default=0, metavar="N",
+                    help="start N routed nats-servers (JetStream clustered, KV with N replicas) instead of one")
     up.set_defaults(handler=_up)
 
     for role in ("agent", "shard", "coordinator"):
@@ -72,7 +74,7 @@ def _up(args: argparse.Namespace) -> int:
 
     from ops.cluster import LocalCluster
 
-    cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs))
+    cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs), nats_cluster=args.nats_cluster)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -9,6 +9,11 @@ import structlog
 log = structlog.get_logger("nats")
 
 
+def server_list(url: str) -> list[str]:
+    """`nats://a:1,nats://b:2` -> both, in order: the first is preferred, the others take over."""
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
 async def connect_service(url: str, name: str) -> nats.NATS:
     async def on_error(error: Exception) -> None:
         log.warning("nats_error", client=name, error=repr(error))
@@ -20,7 +25,7 @@ async def connect_service(url: str, name: str) -> nats.NATS:
         log.info("nats_reconnected", client=name)
 
     return await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+        server_list(url), name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, dont_randomize=True,
         error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
     )
 
@@ -34,7 +39,7 @@ async def connect_client(url: str, name: str = "symphony-client") -> nats.NATS:
         log.debug("nats_error", client=name, error=repr(error))
 
     try:
-        return await nats.connect(url, name=name, connect_timeout=3, max_reconnect_attempts=0,
+        return await nats.connect(server_list(url), name=name, connect_timeout=3, max_reconnect_attempts=0,
                                   allow_reconnect=False, error_cb=on_error)
     except Exception as error:  # noqa: BLE001 - nats raises several kinds here
         raise NatsUnreachable(

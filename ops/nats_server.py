@@ -30,9 +30,13 @@ def free_port() -> int:
 class NatsServer:
     """A nats-server child process; `url` once started. Ends what it starts."""
 
-    def __init__(self, port: int | None = None, *, jetstream: bool = True) -> None:
+    def __init__(self, port: int | None = None, *, jetstream: bool = True, name: str = "",
+                 cluster_port: int | None = None, routes: list[int] | None = None) -> None:
         self.port = port or free_port()
         self.jetstream = jetstream
+        self.name = name
+        self.cluster_port = cluster_port
+        self.routes = routes or []
         self.process: subprocess.Popen | None = None
         self.store = tempfile.TemporaryDirectory(prefix="symphony-nats-")
 
@@ -44,6 +48,10 @@ class NatsServer:
         args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
         if self.jetstream:
             args += ["-js", "-sd", self.store.name]
+        if self.cluster_port is not None:
+            args += ["--server_name", self.name, "--cluster_name", "symphony",
+                     "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+                     "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -71,7 +79,80 @@ class NatsServer:
         self.process = None
         self.store.cleanup()
 
+    def kill(self) -> None:
+        """Fault injection: SIGKILL, keeping the store for a restart."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            if self.process.stderr is not None:
+                self.process.stderr.close()
+            self.process = None
+
     def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class NatsCluster:
+    """`size` nats-servers routed to each other on loopback, JetStream clustered (KV buckets can
+    have `size` replicas). `url` lists every server, so clients fail over."""
+
+    def __init__(self, size: int = 3) -> None:
+        cluster_ports = [free_port() for _ in range(size)]
+        self.servers = [
+            NatsServer(name=f"n{k}", cluster_port=cluster_ports[k],
+                       routes=[p for j, p in enumerate(cluster_ports) if j != k])
+            for k in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(s.url for s in self.servers)
+
+    def url_preferring(self, k: int) -> str:
+        """Every server, server k first (a client connects to it and fails over to the rest)."""
+        order = self.servers[k:] + self.servers[:k]
+        return ",".join(s.url for s in order)
+
+    def start(self, timeout_s: float = 20.0) -> NatsCluster:
+        for server in self.servers:
+            server.start(timeout_s)
+        self.wait_for_jetstream(timeout_s)
+        return self
+
+    def wait_for_jetstream(self, timeout_s: float) -> None:
+        """JetStream in a cluster needs a meta leader before buckets can be created."""
+        import asyncio
+
+        import nats
+
+        async def ready() -> bool:
+            nc = await nats.connect(self.url.split(","))
+            try:
+                await nc.jetstream().account_info()
+                return True
+            except Exception:  # noqa: BLE001 - any failure means not ready yet
+                return False
+            finally:
+                await nc.close()
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        deadline = time.monotonic() + timeout_s
+        with ThreadPoolExecutor(max_workers=1) as pool:  # a thread of its own: callers may run a loop
+            while time.monotonic() < deadline:
+                if pool.submit(asyncio.run, ready()).result():
+                    return
+                time.sleep(0.3)
+        raise TimeoutError("the NATS cluster elected no JetStream leader")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> NatsCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

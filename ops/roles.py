@@ -28,9 +28,21 @@ def _configure() -> None:
     configure_logging(json=True, level=os.environ.get("SYMPHONY_LOG_LEVEL", "info"))
 
 
+def _config(path: str):  # noqa: ANN202
+    """The cluster config, with SYMPHONY_KV_REPLICAS (set by `symphony up --nats-cluster N`)."""
+    import msgspec
+
+    config = load_cluster_config(path)
+    replicas = os.environ.get("SYMPHONY_KV_REPLICAS")
+    if replicas and config.coordinator is not None:
+        config = msgspec.structs.replace(
+            config, coordinator=msgspec.structs.replace(config.coordinator, kv_replicas=int(replicas)))
+    return config
+
+
 async def run_agent(config_path: str, agent_id: str, nats_url: str) -> None:
     _configure()
-    agent = Agent(load_cluster_config(config_path), agent_id)
+    agent = Agent(_config(config_path), agent_id)
     await asyncio.to_thread(agent.load)
     await agent.start(nats_url)
     await _until_signalled()
@@ -40,7 +52,7 @@ async def run_agent(config_path: str, agent_id: str, nats_url: str) -> None:
 
 async def run_shard(config_path: str, shard_id: str, nats_url: str) -> None:
     _configure()
-    shard = ShardService(load_cluster_config(config_path), shard_id)
+    shard = ShardService(_config(config_path), shard_id)
     await shard.start(nats_url)
     await _until_signalled()
     log.info("shard_stopping", shard=shard_id)
@@ -51,7 +63,7 @@ async def run_coordinator(config_path: str, coordinator_id: str, nats_url: str) 
     from coordinator.service import Coordinator
 
     _configure()
-    config = load_cluster_config(config_path)
+    config = _config(config_path)
     if config.coordinator is None:
         raise ValueError(f"{config_path} has no [coordinator] section")
     coordinator = Coordinator(config, coordinator_id)

@@ -13,7 +13,7 @@ import nats
 import structlog
 from nats.js.errors import KeyNotFoundError
 
-from coordinator.state import keys_with_prefix, open_buckets, read_assignment, read_members
+from coordinator.state import keys_with_prefix, open_buckets, read_assignment, read_members, with_retries
 from schemas.control import ClaimReply, ModelLoad, ShardHeartbeat, SlotClaim, encode
 from schemas.model import ModelSpec
 from schemas.profile import ModelProfile
@@ -35,7 +35,7 @@ class AssignmentFollower:
     async def start(self) -> None:
         self.buckets = await open_buckets(self.shard.nc, heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
                                           lease_s=self.settings.lease_s, replicas=self.settings.kv_replicas)
-        await self._heartbeat()
+        await with_retries(self._heartbeat)
         self._tasks = [asyncio.create_task(self._heartbeat_loop()), asyncio.create_task(self._watch())]
 
     async def stop(self) -> None:

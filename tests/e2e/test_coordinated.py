@@ -172,3 +172,25 @@ async def _wait_until_served(url: str, models: list[str], timeout_s: float) -> f
         return time.monotonic()
     finally:
         await client.close()
+
+
+async def test_three_server_nats_cluster_keeps_serving_when_a_server_dies(tmp_path: Path) -> None:
+    """Roles spread over three routed servers (KV with three replicas); one server is killed
+    mid-load: clients and roles fail over, and the system keeps answering."""
+    path = tmp_path / "cluster.toml"
+    path.write_text(CONFIG)
+    local = LocalCluster(path, log_dir=tmp_path / "logs", nats_cluster=3)
+    await local.start(timeout_s=90)
+    try:
+        load = asyncio.create_task(steady_load(local.url, 10.0, rate=200.0))
+        await asyncio.sleep(3.0)
+        local.nats_cluster.servers[1].kill()
+        result = await load
+        assert result.duplicates == 0
+        late_half = result.sent_s >= 6.0  # well after the kill: everything must be served again
+        assert np.count_nonzero(result.status[late_half] == 200) >= 0.95 * np.count_nonzero(late_half)
+        unanswered = int(np.count_nonzero(result.status == 0))
+        print(f"\nrequests unanswered around the server's death: {unanswered} of {len(result.status)}")
+        assert unanswered <= 0.05 * len(result.status)
+    finally:
+        local.stop()
