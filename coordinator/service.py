@@ -11,6 +11,7 @@ import time
 import msgspec
 import nats
 import structlog
+from prometheus_client import CollectorRegistry, Gauge
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from coordinator.placement import PlacementConfig, plan_assignment
@@ -42,6 +43,21 @@ class Coordinator:
         self._tasks: list[asyncio.Task] = []
         self._wake = asyncio.Event()
         self._agents: list[str] = []
+        self.registry = CollectorRegistry()
+        gauges = {
+            "desired": ("symphony_coordinator_desired_slots", "Slots the measured load needs at the target "
+                        "utilisation: the load-proportional signal for an autoscaler"),
+            "surplus": ("symphony_coordinator_surplus_slots", "Slots beyond the desired count"),
+            "slots": ("symphony_coordinator_slots", "Slots in the assignment"),
+            "epoch": ("symphony_coordinator_epoch", "Epoch of the current assignment"),
+            "leading": ("symphony_coordinator_leading", "1 while this coordinator holds the lease"),
+        }
+        self.gauges = {k: Gauge(name, doc, registry=self.registry) for k, (name, doc) in gauges.items()}
+        for key, read in (("desired", lambda: self.status().desired_slots),
+                          ("surplus", lambda: self.status().surplus_slots),
+                          ("slots", lambda: self.status().slots), ("epoch", lambda: self.status().epoch),
+                          ("leading", lambda: int(self.leading))):
+            self.gauges[key].set_function(read)
 
     async def start(self, url: str) -> None:
         settings = self.settings
@@ -52,6 +68,10 @@ class Coordinator:
             self.nc, "symphony-coordinator", f"coordinator {self.id}", {"coordinator_id": self.id},
             f"{self.prefix}.coordinator.{self.id}.status", self.status)
         self._tasks = [asyncio.create_task(self._lease_loop()), asyncio.create_task(self._epoch_loop())]
+        if settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.metrics_port, addr="0.0.0.0", registry=self.registry)
         log.info("coordinator_started", coordinator=self.id)
 
     def status(self) -> CoordinatorStatus:
