@@ -78,13 +78,72 @@ def _common_hosts(members: list[ModelDemand]) -> set[str] | None:
 def place_models(
     previous: dict[str, str], models: list[ModelDemand], shards: list[str], config: PlacementConfig,
 ) -> dict[str, str]:
+    """Host classes first (models that the same slots host), then, within each class's shards,
+    sticky placement balanced by demand and grouped by SLO."""
+    classes: dict[tuple[str, ...], list[ModelDemand]] = {}
+    for model in models:
+        classes.setdefault(tuple(sorted(model.hosts)), []).append(model)
+    shards_of = _shards_per_class(previous, classes, shards)
+    placement: dict[str, str] = {}
+    for key, members_of_class in classes.items():
+        placement.update(_place_class(previous, members_of_class, shards_of[key], config))
+    return placement
+
+
+def _shards_per_class(previous: dict[str, str], classes: dict[tuple[str, ...], list[ModelDemand]],
+                      shards: list[str]) -> dict[tuple[str, ...], list[str]]:
+    """Give every host class its own shards, in proportion to its demand (at least one each;
+    with fewer shards than classes, classes share and some models get no slot). A shard keeps
+    the class most of its previous models belonged to."""
+    keys = sorted(classes, key=lambda k: (-sum(m.demand for m in classes[k]), k))
+    class_of_model = {m.name: k for k in keys for m in classes[k]}
+    votes: dict[str, dict[tuple[str, ...], int]] = {}
+    for model, shard in previous.items():
+        if shard in shards and model in class_of_model:
+            votes.setdefault(shard, {}).setdefault(class_of_model[model], 0)
+            votes[shard][class_of_model[model]] += 1
+    if len(shards) <= len(keys):
+        result = {k: [] for k in keys}
+        free = list(shards)
+        for shard in sorted(votes):  # sticky: a shard keeps its class
+            best = max(votes[shard], key=lambda k: (votes[shard][k], k))
+            if not result[best]:
+                result[best].append(shard)
+                free.remove(shard)
+        for i, k in enumerate(k for k in keys if not result[k]):
+            result[k].append(free.pop(0) if free else shards[i % len(shards)])
+        return result
+    demand = {k: sum(m.demand for m in classes[k]) for k in keys}
+    counts = {k: 1 for k in keys}
+    total = sum(demand.values()) or 1.0
+    spare = len(shards) - len(keys)
+    exact = {k: spare * demand[k] / total for k in keys}
+    for k in keys:
+        counts[k] += int(exact[k])
+    for k in sorted(keys, key=lambda k: (-(exact[k] - int(exact[k])), k))[: spare - sum(int(v) for v in exact.values())]:
+        counts[k] += 1
+    result: dict[tuple[str, ...], list[str]] = {k: [] for k in keys}
+    free = list(shards)
+    for shard in sorted(votes):  # sticky: a shard stays with its class while the class needs shards
+        best = max(votes[shard], key=lambda k: (votes[shard][k], k))
+        if len(result[best]) < counts[best]:
+            result[best].append(shard)
+            free.remove(shard)
+    for k in keys:
+        while len(result[k]) < counts[k] and free:
+            result[k].append(free.pop(0))
+    return result
+
+
+def _place_class(previous: dict[str, str], models: list[ModelDemand], shards: list[str],
+                 config: PlacementConfig) -> dict[str, str]:
     live = set(shards)
     members: dict[str, list[ModelDemand]] = {s: [] for s in shards}
     load = {s: 0.0 for s in shards}
     unplaced: list[ModelDemand] = []
     for model in sorted(models, key=lambda m: m.name):
         shard = previous.get(model.name)
-        if shard in live and _fits(members[shard], model):
+        if shard in live:
             members[shard].append(model)
             load[shard] += model.demand
         else:
@@ -93,10 +152,9 @@ def place_models(
         _place_by_slo(unplaced, members, load, shards)
     else:
         for model in sorted(unplaced, key=lambda m: (-m.demand, m.name)):
-            compatible = [s for s in shards if _fits(members[s], model)] or shards
-            least = min(load[s] for s in compatible)
+            least = min(load.values())
             # Among shards within 25% of the least loaded, join the one with the closest SLOs.
-            near = [s for s in compatible if load[s] <= least * 1.25 + 1e-12]
+            near = [s for s in shards if load[s] <= least * 1.25 + 1e-12]
             shard = min(near, key=lambda s: (_slo_distance(members[s], model), load[s], s))
             members[shard].append(model)
             load[shard] += model.demand

@@ -23,6 +23,7 @@ from gpu_agent.metrics import AgentMetrics
 from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_runner
 from ops.cluster_config import AgentEntry, ClusterConfig
 from ops.connect import connect_service
+from ops.handback import start_hand_back
 from ops.services import register_service
 from coordinator.state import open_buckets, with_retries
 from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, SlotClaim
@@ -161,6 +162,7 @@ class Agent:
                     counter.labels(slot.id, model)
         self.nc: nats.NATS | None = None
         self._tasks: list[asyncio.Task] = []
+        self._hand_backs: set[asyncio.Task] = set()
 
     def _metrics_state(self) -> dict:
         memory: dict[str, float] = {}
@@ -285,9 +287,10 @@ class Agent:
             if slot.owner:
                 header = plan_header_decoder.decode(msg.data)
                 if header.shard_id != slot.owner or header.epoch < slot.epoch:
-                    # Fencing: only the shard that claimed this slot, at its epoch or later.
-                    await self._reject_plan(msg.data, Status.UNAVAILABLE,
-                                            f"slot {slot.slot_id} now belongs to {slot.owner} (epoch {slot.epoch})")
+                    # Fencing: only the shard that claimed this slot, at its epoch or later, runs
+                    # here. A plan the old owner sent before it learned of the move is handed back
+                    # to its model's subject, where the model's current shard answers it.
+                    await self._hand_back(plan_decoder.decode(msg.data))
                     return
             try:
                 slot.queue.put_nowait((msg.data, time.monotonic()))
@@ -398,6 +401,17 @@ class Agent:
             for name, array in decoded.items():
                 arrays[name].append(array)
         return valid, arrays, errors
+
+    async def _hand_back(self, plan: BatchPlan) -> None:
+        for request in plan.requests:
+            headers = {HEADER_CONTENT_TYPE: request.content_type}
+            if request.client_request_id:
+                headers[HEADER_REQUEST_ID] = request.client_request_id
+            start_hand_back(self.nc, f"{self.prefix}.infer.{plan.model}", request.body, headers, request.reply,
+                            self._hand_backs)
+        await self._finish(plan, 0, 0, 0, 0, "handed_back")
+        log.info("plan_handed_back", plan=plan.plan_id, shard=plan.shard_id, slot=plan.slot_id,
+                 requests=len(plan.requests))
 
     async def _reply(self, request: PlanRequest, status: Status, reason: str) -> None:
         self.metrics.replies.labels("", str(int(status))).inc()

@@ -107,10 +107,13 @@ class LocalCluster:
             self.processes.pop(name).wait()
 
     async def wait_ready(self, timeout_s: float) -> None:
-        """Ready when every model answers its metadata request (its shard is serving)."""
+        """Ready when every model answers its metadata request (its shard is serving) and, with a
+        coordinator, every model's shard has applied the assignment and holds a slot."""
         nc = await nats.connect(server_list(self.url))
         deadline = time.monotonic() + timeout_s
         try:
+            if self.config.dynamic:
+                await self._wait_assigned(nc, deadline)
             for model in self.config.models:
                 while True:
                     self.check_alive()
@@ -123,6 +126,31 @@ class LocalCluster:
                         await asyncio.sleep(0.3)
         finally:
             await nc.close()
+
+    async def _wait_assigned(self, nc: nats.NATS, deadline: float) -> None:
+        from coordinator.state import open_buckets, read_assignment, read_members
+
+        settings = self.config.coordinator
+        buckets = None
+        while True:
+            self.check_alive()
+            try:
+                buckets = buckets or await open_buckets(nc, heartbeat_ttl_s=settings.heartbeat_ttl_s,
+                                                        lease_s=settings.lease_s, replicas=1)
+                assignment, _rev = await read_assignment(buckets.state)
+                shards, _agents = await read_members(buckets.members)
+            except nats.errors.Error:
+                assignment, shards = None, {}
+            if assignment is not None:
+                holders = set(assignment.slots.values())
+                ready = all(assignment.models.get(m.name) in holders for m in self.config.models) and all(
+                    shards.get(s) is not None and shards[s].epoch >= assignment.epoch
+                    for s in set(assignment.models.values()))
+                if ready:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError("the coordinator has not given every model a shard with slots")
+            await asyncio.sleep(0.3)
 
     def check_alive(self) -> None:
         for name, process in self.processes.items():

@@ -82,30 +82,38 @@ class AssignmentFollower:
         return bool(models - set(self.shard.specs)) or bool(slots - self.shard._owned)  # noqa: SLF001
 
     async def _apply(self, assignment) -> None:  # noqa: ANN001
+        """Apply an epoch. The core treats its slots as interchangeable, so at no moment may it
+        hold a slot that cannot run one of its models: slots lost go first, then models no new
+        slot can host, then models gained, then the new slots (claimed first); models lost that
+        the remaining slots still host are kept a moment while their new owner subscribes."""
         me = self.shard.entry.id
         shard = self.shard
         models = {m for m, s in assignment.models.items() if s == me}
         slots = {slot for slot, s in assignment.slots.items() if s == me}
         self.epoch = assignment.epoch
+        _shards, agents = await read_members(self.buckets.members)
+        hosted = {s.slot_id: set(s.models) for hb in agents.values() for s in hb.slots}
+        agent_of = {s.slot_id: a for a, hb in agents.items() for s in hb.slots}
+        for slot in sorted(shard._owned - slots):  # noqa: SLF001 - the follower drives the shard
+            await shard.remove_slot(slot)
+        lost = sorted(set(shard.specs) - models - self._releasing)
+        graceful = [m for m in lost if all(m in hosted.get(s, set()) for s in slots)]
+        for name in lost:
+            if name not in graceful:
+                await shard.remove_model(name)
         for name in sorted(models - set(shard.specs)):
             spec = await self._spec(name)
             if spec is None:
                 log.warning("model_without_profile", shard=me, model=name)
                 continue
             await shard.add_model(spec)
-        for slot in sorted(shard._owned - slots):  # noqa: SLF001 - the follower drives the shard
-            await shard.remove_slot(slot)
-        if slots - shard._owned:  # noqa: SLF001
-            _shards, agents = await read_members(self.buckets.members)
-            agent_of = {s.slot_id: a for a, hb in agents.items() for s in hb.slots}
-            for slot in sorted(slots - shard._owned):  # noqa: SLF001
-                if await self._claim(agent_of.get(slot), slot):
-                    await shard.add_slot(slot)
-        lost = sorted(set(shard.specs) - models - self._releasing)
-        self._releasing.update(lost)
-        if lost:
+        for slot in sorted(slots - shard._owned):  # noqa: SLF001
+            if await self._claim(agent_of.get(slot), slot):
+                await shard.add_slot(slot)
+        self._releasing.update(graceful)
+        if graceful:
             asyncio.get_running_loop().call_later(
-                HANDOVER_GRACE_S, lambda: asyncio.ensure_future(self._release(lost, assignment.epoch)))
+                HANDOVER_GRACE_S, lambda: asyncio.ensure_future(self._release(graceful, assignment.epoch)))
         log.info("assignment_applied", shard=me, epoch=self.epoch, models=sorted(models), slots=sorted(slots))
         await self._heartbeat()
 

@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 from gpu_agent.agent import AgentInfo
 from ops.cluster_config import ClusterConfig, ShardEntry
 from ops.connect import connect_service
+from ops.handback import start_hand_back
 from schemas.model import ModelList, ModelSpec, metadata_of
 from schemas.plan import PLAN_VERSION, BatchPlan, PlanRequest, plan_encoder, report_decoder
 from schemas.profile import ModelProfile
@@ -105,6 +106,7 @@ class ShardService:
         self._lost: set[str] = set()
         self._model_subs: dict[str, list] = {}
         self._released: set[str] = set()  # models given up; requests still arriving are handed back
+        self._hand_backs: set[asyncio.Task] = set()
         self._owned: set[str] = set(self.entry.slots)
         self.follower = None
         self._busy_s = 0.0
@@ -252,7 +254,8 @@ class ShardService:
         if pending.slo_header:
             headers[HEADER_SLO_MS] = pending.slo_header
         self.metrics.count(model, "handed_back")
-        await self.nc.publish(f"{self.prefix}.infer.{model}", pending.body, reply=pending.reply, headers=headers)
+        start_hand_back(self.nc, f"{self.prefix}.infer.{model}", pending.body, headers, pending.reply,
+                        self._hand_backs)
 
     def status(self) -> ShardStatus:
         stats = getattr(self.policy, "model_stats", None)
