@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from coordinator.placement import PlacementConfig, plan_assignment
-from coordinator.state import keys_with_prefix, open_buckets, read_assignment, read_members
+from coordinator.state import keys_with_prefix, open_buckets, read_assignment, read_members, with_retries
 from load.sim.partition import model_demand
 from ops.cluster_config import ClusterConfig
 from ops.connect import connect_service
@@ -64,6 +64,8 @@ class Coordinator:
         self.nc = await connect_service(url, f"coordinator-{self.id}")
         self.buckets = await open_buckets(self.nc, heartbeat_ttl_s=settings.heartbeat_ttl_s,
                                           lease_s=settings.lease_s, replicas=settings.kv_replicas)
+        for entry in self.config.models:  # the model registry, readable with `nats kv get symphony models.<name>`
+            await with_retries(lambda entry=entry: self.buckets.state.put(f"models.{entry.name}", encode(entry)))
         self.service = await register_service(
             self.nc, "symphony-coordinator", f"coordinator {self.id}", {"coordinator_id": self.id},
             f"{self.prefix}.coordinator.{self.id}.status", self.status)

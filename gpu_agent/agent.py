@@ -271,7 +271,8 @@ class Agent:
     async def _heartbeat(self) -> None:
         device = self.info().slots[0].device if self.slots else ""
         beat = AgentHeartbeat(agent_id=self.entry.id, device=device, slots=[
-            AgentSlot(slot_id=s.slot_id, models=s.models, owner=s.owner, epoch=s.epoch) for s in self.slots.values()])
+            AgentSlot(slot_id=s.slot_id, models=s.models, owner=s.owner, epoch=s.epoch) for s in self.slots.values()],
+            memory_bytes={k: int(v) for k, v in self._metrics_state()["memory"].items()})
         await self.buckets.members.put(f"agent.{self.entry.id}", control_encode(beat))
 
     async def _heartbeat_loop(self, period_s: float) -> None:

@@ -49,7 +49,7 @@ class AgentHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: str
     device: str
     slots: list[AgentSlot]
-    models: list[ModelSpec] = []  # with their measured profiles
+    memory_bytes: dict[str, int] = {}  # device -> bytes in use, where JAX exposes it
 
 
 class SlotClaim(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,92 @@
+"""The coordinator's epoch math: placement by host class, balance, stickiness, slot quotas and
+the load-proportional signal."""
+
+import pytest
+
+from coordinator.placement import ModelDemand, PlacementConfig, plan_assignment
+from schemas.control import Assignment
+
+ALL = [f"s{i}" for i in range(8)]
+
+
+def model(name: str, rate: float, cost: float = 0.001, hosts: list[str] = ALL, slo_s: float = 0.1) -> ModelDemand:
+    return ModelDemand(name=name, rate_rps=rate, cost_s=cost, hosts=hosts, slo_s=slo_s)
+
+
+def test_every_model_and_slot_is_placed_and_shards_are_balanced() -> None:
+    models = [model(f"m{i}", 100 * (i + 1)) for i in range(6)]
+    a = plan_assignment(None, models, ["A", "B", "C"], ALL)
+    assert set(a.models) == {m.name for m in models}
+    assert set(a.slots) == set(ALL)
+    loads = list(a.demand.values())
+    assert max(loads) <= 1.5 * (sum(loads) / 3)
+    assert a.epoch == 1
+
+
+def test_slots_follow_demand_with_at_least_one_each() -> None:
+    models = [model("big", 5000), model("small", 10)]
+    a = plan_assignment(None, models, ["A", "B"], ALL)
+    owners = list(a.slots.values())
+    big = a.models["big"]
+    assert owners.count(big) == 7 and len(set(owners)) == 2
+
+
+def test_placement_is_sticky_when_nothing_changes() -> None:
+    models = [model(f"m{i}", 100 * (i + 1)) for i in range(6)]
+    first = plan_assignment(None, models, ["A", "B", "C"], ALL)
+    second = plan_assignment(first, models, ["A", "B", "C"], ALL)
+    assert second.models == first.models and second.slots == first.slots
+    assert second.epoch == first.epoch + 1
+
+
+def test_a_dead_shard_models_move_and_the_rest_stay() -> None:
+    models = [model(f"m{i}", 100 * (i + 1)) for i in range(6)]
+    first = plan_assignment(None, models, ["A", "B", "C"], ALL)
+    second = plan_assignment(first, models, ["A", "B"], ALL)
+    assert set(second.models.values()) <= {"A", "B"}
+    kept = [m for m, s in first.models.items() if s in ("A", "B")]
+    moved_among_kept = [m for m in kept if second.models[m] != first.models[m]]
+    assert len(moved_among_kept) <= PlacementConfig().moves_max
+
+
+def test_models_on_different_slots_never_share_a_shard_when_shards_allow() -> None:
+    gpu = ["g0", "g1"]
+    cpu = ["c0", "c1", "c2"]
+    models = [model("jax_a", 50, hosts=gpu), model("jax_b", 50, hosts=gpu), model("sleep", 500, hosts=cpu)]
+    # A previous epoch that mixed the classes is repaired.
+    mixed = Assignment(epoch=3, models={"jax_a": "A", "sleep": "A", "jax_b": "B"})
+    a = plan_assignment(mixed, models, ["A", "B"], gpu + cpu)
+    assert a.models["jax_a"] == a.models["jax_b"] != a.models["sleep"]
+    for slot, shard in a.slots.items():
+        for name, owner in a.models.items():
+            if owner == shard:
+                assert slot in next(m.hosts for m in models if m.name == name)
+
+
+def test_a_class_keeps_its_shard_when_demand_shifts() -> None:
+    gpu, cpu = ["g0"], ["c0", "c1"]
+    first = plan_assignment(None, [model("jax", 500, hosts=gpu), model("sleep", 50, hosts=cpu)], ["A", "B"], gpu + cpu)
+    second = plan_assignment(first, [model("jax", 5, hosts=gpu), model("sleep", 5000, hosts=cpu)], ["A", "B"], gpu + cpu)
+    assert second.models == first.models
+
+
+def test_similar_slos_are_grouped_on_a_fresh_placement() -> None:
+    tight = [model(f"t{i}", 1000, slo_s=0.025) for i in range(3)]
+    loose = [model(f"l{i}", 100, cost=0.01, slo_s=0.5) for i in range(3)]
+    a = plan_assignment(None, tight + loose, ["A", "B"], ALL)
+    assert len({a.models[m.name] for m in tight}) == 1
+    assert len({a.models[m.name] for m in loose}) == 1
+
+
+def test_desired_and_surplus_slots_are_the_load_proportional_signal() -> None:
+    a = plan_assignment(None, [model("m", 2000, cost=0.001)], ["A"], ALL, PlacementConfig(target_utilization=0.8))
+    assert a.desired_slots == 3  # 2 busy slots / 0.8 = 2.5 -> 3
+    assert a.surplus_slots == 5
+    quiet = plan_assignment(a, [model("m", 0.0)], ["A"], ALL)
+    assert quiet.desired_slots == 0 and quiet.surplus_slots == 8
+
+
+@pytest.mark.parametrize("shards", [[], ["A"]])
+def test_degenerate_inputs(shards: list[str]) -> None:
+    a = plan_assignment(None, [model("m", 10)], shards, ALL)
+    assert (a.models == {}) == (not shards)
