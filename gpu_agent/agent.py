@@ -23,7 +23,7 @@ from gpu_agent.metrics import AgentMetrics
 from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_runner
 from ops.cluster_config import AgentEntry, ClusterConfig
 from ops.connect import connect_service
-from ops.handback import start_hand_back
+from ops.handback import hand_back_headers, start_hand_back
 from ops.services import register_service
 from coordinator.state import open_buckets, with_retries
 from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, SlotClaim
@@ -156,6 +156,8 @@ class Agent:
         self.metrics = AgentMetrics(self._metrics_state)
         for slot in self.entry.slots:  # every series exists from the start, at zero
             self.metrics.expired_plans.labels(slot.id)
+            self.metrics.expired_items.labels(slot.id)
+            self.metrics.late_compute_seconds.labels(slot.id)
             for model in slot.models:
                 for counter in (self.metrics.executions, self.metrics.items, self.metrics.compute_seconds,
                                 self.metrics.padding_items):
@@ -340,12 +342,23 @@ class Agent:
         while True:
             plan, runner, valid, stacked, errors, received = await ready.get()
             waited_us = int((time.monotonic() - received) * 1e6)
-            if waited_us > plan.deadline_us:
-                # Work already past its deadline is never started: answer it, spend nothing on it.
-                self.metrics.expired_plans.labels(slot.slot_id).inc()
-                errors += await self._reply_all_of(valid, Status.DROPPED, "expired before the batch could start")
-                await self._finish(plan, 0, waited_us, 0, errors, "expired")
-                continue
+            wall = time.time_ns()
+            if waited_us > plan.deadline_us or wall > plan.deadline_unix_ns > 0:
+                # Work already past its deadline is never started: answer it, spend nothing on
+                # it. The wall-clock deadline also catches plans that sat in a socket buffer
+                # while this process or the shard was paused.
+                keep = [i for i, r in enumerate(valid)
+                        if waited_us <= plan.deadline_us and not wall > r.deadline_unix_ns > 0]
+                kept = set(keep)
+                expired = [r for i, r in enumerate(valid) if i not in kept]
+                self.metrics.expired_items.labels(slot.slot_id).inc(len(expired))
+                errors += await self._reply_all_of(expired, Status.DROPPED, "expired before the batch could start")
+                if not keep:
+                    self.metrics.expired_plans.labels(slot.slot_id).inc()
+                    await self._finish(plan, 0, waited_us, 0, errors, "expired")
+                    continue
+                valid = [valid[i] for i in keep]
+                stacked = {name: rows[keep] for name, rows in stacked.items()}
             log.debug("plan_started", plan=plan.plan_id, shard=plan.shard_id, slot=slot.slot_id, model=plan.model,
                       waited_us=waited_us, requests=[r.request_id for r in valid],
                       client_request_ids=[r.client_request_id for r in valid if r.client_request_id])
@@ -368,6 +381,10 @@ class Agent:
             self.metrics.executions.labels(*labels).inc()
             self.metrics.items.labels(*labels).inc(len(valid))
             self.metrics.compute_seconds.labels(*labels).inc(compute_s)
+            finished = time.time_ns()
+            late = sum(1 for r in valid if finished > r.deadline_unix_ns > 0)
+            if late:
+                self.metrics.late_compute_seconds.labels(slot.slot_id).inc(compute_s * late / len(valid))
             if isinstance(runner, JaxRunner):
                 self.metrics.padding_items.labels(*labels).inc(bucket_for(len(valid), runner.buckets) - len(valid))
             await done.put((plan, valid, outputs, errors, waited_us, int((time.perf_counter() - started) * 1e6)))
@@ -405,9 +422,7 @@ class Agent:
 
     async def _hand_back(self, plan: BatchPlan) -> None:
         for request in plan.requests:
-            headers = {HEADER_CONTENT_TYPE: request.content_type}
-            if request.client_request_id:
-                headers[HEADER_REQUEST_ID] = request.client_request_id
+            headers = hand_back_headers(request.content_type, request.client_request_id, request.deadline_unix_ns)
             start_hand_back(self.nc, f"{self.prefix}.infer.{plan.model}", request.body, headers, request.reply,
                             self._hand_backs)
         await self._finish(plan, 0, 0, 0, 0, "handed_back")

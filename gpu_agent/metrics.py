@@ -26,6 +26,13 @@ class AgentMetrics:
         self.replies = Counter("symphony_agent_replies", "Replies sent, by status", ["model", "status"], registry=r)
         self.expired_plans = Counter("symphony_agent_expired_plans", "Plans past their budget on dequeue, not run",
                                      ["slot"], registry=r)
+        self.expired_items = Counter("symphony_agent_expired_items",
+                                     "Requests past their deadline on dequeue: answered 504, not run", ["slot"],
+                                     registry=r)
+        self.late_compute_seconds = Counter(
+            "symphony_agent_late_compute_seconds",
+            "Device time spent on requests that finished past their deadline (their share of each batch)",
+            ["slot"], registry=r)
         r.register(_StateCollector(state))
 
 

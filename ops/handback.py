@@ -10,13 +10,34 @@ import time
 
 import nats
 
-from schemas.status import Status, error_headers
+from schemas.status import (
+    HEADER_CONTENT_TYPE,
+    HEADER_DEADLINE,
+    HEADER_HANDED_BACK,
+    HEADER_REQUEST_ID,
+    Status,
+    error_headers,
+)
 
 RETRY_S = 0.1
+GRACE_S = 0.5  # past the request's deadline, for the new owner's own drop reply to arrive
 
 
-async def hand_back(nc: nats.NATS, subject: str, body: bytes, headers: dict[str, str], reply: str,
-                    budget_s: float = 5.0) -> None:
+def hand_back_headers(content_type: str, client_request_id: str, deadline_unix_ns: int) -> dict[str, str]:
+    """The request as its client sent it, with its deadline so the new owner keeps the same one,
+    marked as a hand-back so the new owner does not take it for a client's repeat."""
+    headers = {HEADER_CONTENT_TYPE: content_type, HEADER_HANDED_BACK: "1"}
+    if client_request_id:
+        headers[HEADER_REQUEST_ID] = client_request_id
+    if deadline_unix_ns:
+        headers[HEADER_DEADLINE] = f"{deadline_unix_ns / 1e6:.3f}"
+    return headers
+
+
+async def hand_back(nc: nats.NATS, subject: str, body: bytes, headers: dict[str, str], reply: str) -> None:
+    budget_s = 5.0
+    if HEADER_DEADLINE in headers:
+        budget_s = float(headers[HEADER_DEADLINE]) / 1e3 - time.time() + GRACE_S
     deadline = time.monotonic() + budget_s
     while True:
         remaining = deadline - time.monotonic()
@@ -32,7 +53,7 @@ async def hand_back(nc: nats.NATS, subject: str, body: bytes, headers: dict[str,
         await nc.publish(reply, answer.data, headers=answer.headers)
         return
     await nc.publish(reply, b"", headers=error_headers(Status.UNAVAILABLE, "unavailable: the model is moving",
-                                                       headers.get("Symphony-Request-Id")))
+                                                       headers.get(HEADER_REQUEST_ID)))
 
 
 def start_hand_back(nc: nats.NATS, subject: str, body: bytes, headers: dict[str, str], reply: str,

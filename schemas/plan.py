@@ -14,6 +14,7 @@ class PlanRequest(msgspec.Struct, frozen=True, array_like=True, gc=False):
     content_type: str
     client_request_id: str = ""  # the Symphony-Request-Id header, echoed back
     queue_us: int = 0  # time spent in the shard before the plan was sent
+    deadline_unix_ns: int = 0  # this request's deadline, wall clock; past it the agent does not run it
 
 
 class BatchPlan(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -26,6 +27,9 @@ class BatchPlan(msgspec.Struct, frozen=True, array_like=True, gc=False):
     requests: list[PlanRequest]
     exec_at_ns: int  # shard clock; the agent never compares it with its own
     deadline_us: int  # budget from send to the earliest member's deadline; past it: drop on dequeue
+    # The same deadline as wall-clock time (time.time_ns): survives a pause of either process,
+    # since a plan that waited in a socket buffer looks fresh to a receipt-time budget.
+    deadline_unix_ns: int = 0
 
 
 class PlanHeader(msgspec.Struct, frozen=True, array_like=True, gc=False):

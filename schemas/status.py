@@ -11,6 +11,11 @@ HEADER_STATUS = "Symphony-Status"
 HEADER_REASON = "Symphony-Reason"
 HEADER_SLO_MS = "Symphony-Slo-Ms"
 HEADER_REQUEST_ID = "Symphony-Request-Id"
+# Absolute deadline, Unix time in milliseconds: travels with the request through hand-backs and
+# plans, so a component that was paused never starts work whose client has given up.
+HEADER_DEADLINE = "Symphony-Deadline"
+# Set on a request re-published by the component that held it (a move): not a client's repeat.
+HEADER_HANDED_BACK = "Symphony-Handed-Back"
 HEADER_BATCH_SIZE = "Symphony-Batch-Size"
 HEADER_QUEUE_US = "Symphony-Queue-Us"
 HEADER_COMPUTE_US = "Symphony-Compute-Us"

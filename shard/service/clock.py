@@ -10,6 +10,11 @@ class MonotonicClock:
         return time.monotonic_ns()
 
     @staticmethod
+    def wall_ns() -> int:
+        """Deadlines cross processes (and hosts, NTP-synced) as wall-clock time."""
+        return time.time_ns()
+
+    @staticmethod
     def to_loop_time(at_ns: int) -> float:
         """asyncio's loop.time() is time.monotonic() in seconds."""
         return at_ns / 1e9

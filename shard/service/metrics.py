@@ -40,7 +40,8 @@ class FastHistogram:
         return out
 
 
-OUTCOMES = ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "lost", "handed_back")
+OUTCOMES = ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "lost", "handed_back", "expired",
+            "duplicate")
 
 
 class ShardMetrics:
@@ -85,7 +86,9 @@ class _Collector(Collector):
         yield _counter("symphony_shard_requests_received", "Requests received", {(k,): v for k, v in m.received.items()},
                        ["model"])
         yield _counter("symphony_shard_requests", "Requests leaving the shard, by outcome: dispatched (in a batch), "
-                       "dropped (504), rejected (413/429), bad_request (400), unavailable (503), lost (slot lost)",
+                       "dropped (504), rejected (413/429), bad_request (400), unavailable (503), lost (slot lost), "
+                       "handed_back (moved), expired (past its deadline on arrival, 504), duplicate (a repeated "
+                       "id within its deadline, not answered again)",
                        dict(m.outcomes), ["model", "outcome"])
         yield _counter("symphony_shard_requests_succeeded", "Requests agents answered 200 (nv_inference_request_success)",
                        {(k,): v for k, v in m.succeeded.items()}, ["model"])

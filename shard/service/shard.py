@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from gpu_agent.agent import AgentInfo
 from ops.cluster_config import ClusterConfig, ShardEntry
 from ops.connect import connect_service
-from ops.handback import start_hand_back
+from ops.handback import hand_back_headers, start_hand_back
 from schemas.model import ModelList, ModelSpec, metadata_of
 from schemas.plan import PLAN_VERSION, BatchPlan, PlanRequest, plan_encoder, report_decoder
 from schemas.profile import ModelProfile
@@ -30,6 +30,8 @@ from schemas.status import (
     CONTENT_JSON,
     CONTENT_MSGPACK,
     HEADER_CONTENT_TYPE,
+    HEADER_DEADLINE,
+    HEADER_HANDED_BACK,
     HEADER_REQUEST_ID,
     HEADER_SLO_MS,
     HEADER_STATUS,
@@ -67,6 +69,11 @@ DROP_STATUS = {
 }
 
 
+SEEN_IDS_MIN = 4096
+REQUEST_ID_LEN_MAX = 128
+DEADLINE_MS_MAX = 2**53  # beyond any real clock; bounds the header before it becomes an int
+
+
 @dataclass(slots=True)
 class Pending:
     reply: str
@@ -74,7 +81,7 @@ class Pending:
     content_type: str
     client_request_id: str
     recv_ns: int
-    slo_header: str = ""  # as the client sent it, for a hand-back
+    deadline_unix_ns: int  # wall clock: travels with the request in plans and hand-backs
 
 
 @dataclass(slots=True)
@@ -107,6 +114,10 @@ class ShardService:
         self._model_subs: dict[str, list] = {}
         self._released: set[str] = set()  # models given up; requests still arriving are handed back
         self._hand_backs: set[asyncio.Task] = set()
+        # Client request ids seen, with their deadlines: a repeat within its deadline is not
+        # answered again (the first copy's reply is the one reply). Pruned as it grows.
+        self._seen_ids: dict[str, int] = {}
+        self._seen_prune_at = SEEN_IDS_MIN
         self._owned: set[str] = set(self.entry.slots)
         self.follower = None
         self._busy_s = 0.0
@@ -248,11 +259,7 @@ class ShardService:
         await self._apply_async(self.policy.handle(SlotRemoved(self.slot_index[slot_id]), self.clock.now_ns()))
 
     async def _hand_back(self, model: str, pending: Pending) -> None:
-        headers = {HEADER_CONTENT_TYPE: pending.content_type}
-        if pending.client_request_id:
-            headers[HEADER_REQUEST_ID] = pending.client_request_id
-        if pending.slo_header:
-            headers[HEADER_SLO_MS] = pending.slo_header
+        headers = hand_back_headers(pending.content_type, pending.client_request_id, pending.deadline_unix_ns)
         self.metrics.count(model, "handed_back")
         start_hand_back(self.nc, f"{self.prefix}.infer.{model}", pending.body, headers, pending.reply,
                         self._hand_backs)
@@ -287,11 +294,6 @@ class ShardService:
             received[model] += 1
             if not msg.reply:
                 return  # a publish without a reply subject cannot be answered; nothing to do
-            if model in self._released:
-                await self._hand_back(model, Pending(msg.reply, msg.data, (msg.headers or {}).get(
-                    HEADER_CONTENT_TYPE, CONTENT_JSON), (msg.headers or {}).get(HEADER_REQUEST_ID, ""), now,
-                    (msg.headers or {}).get(HEADER_SLO_MS, "")))
-                return
             headers = msg.headers or {}
             client_id = headers.get(HEADER_REQUEST_ID, "")
             content_type = headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON)
@@ -300,7 +302,12 @@ class ShardService:
                 await self._error(msg.reply, Status.BAD_REQUEST, f"unsupported Content-Type {content_type!r}; "
                                   f"use {CONTENT_JSON} or {CONTENT_MSGPACK}", client_id)
                 return
-            slo_ns = 0
+            if len(client_id) > REQUEST_ID_LEN_MAX:
+                metrics.count(model, "bad_request")
+                await self._error(msg.reply, Status.BAD_REQUEST,
+                                  f"{HEADER_REQUEST_ID} longer than {REQUEST_ID_LEN_MAX} characters", "")
+                return
+            slo_ns = int(self.specs[model].slo_ms * 1e6) if model in self.specs else 0
             if HEADER_SLO_MS in headers:
                 try:
                     slo_ms = float(headers[HEADER_SLO_MS])
@@ -312,6 +319,33 @@ class ShardService:
                                       f"{HEADER_SLO_MS} must be a positive number of milliseconds", client_id)
                     return
                 slo_ns = int(slo_ms * 1e6)
+            wall = self.clock.wall_ns()
+            if HEADER_DEADLINE in headers:
+                try:
+                    deadline_ms = float(headers[HEADER_DEADLINE])
+                except ValueError:
+                    deadline_ms = -1.0
+                if not 0 < deadline_ms < DEADLINE_MS_MAX:
+                    metrics.count(model, "bad_request")
+                    await self._error(msg.reply, Status.BAD_REQUEST,
+                                      f"{HEADER_DEADLINE} must be Unix time in milliseconds", client_id)
+                    return
+                remaining = int(deadline_ms * 1e6) - wall
+                if remaining <= 0:
+                    # Its client has given up (or this shard was paused): never start dead work.
+                    metrics.count(model, "expired")
+                    await self._error(msg.reply, Status.DROPPED, "dropped: expired before it was scheduled",
+                                      client_id)
+                    return
+                slo_ns = min(slo_ns, remaining) if slo_ns else remaining
+            seen = self._seen_ids
+            if client_id and client_id in seen and seen[client_id] > now and HEADER_HANDED_BACK not in headers:
+                metrics.count(model, "duplicate")
+                return  # a repeat of a request still within its deadline: the first copy answers
+            pending = Pending(msg.reply, msg.data, content_type, client_id, now, wall + slo_ns)
+            if model in self._released:
+                await self._hand_back(model, pending)
+                return
             if len(msg.data) > self.entry.body_bytes_max:
                 metrics.count(model, "rejected")
                 await self._error(msg.reply, Status.TOO_LARGE,
@@ -322,8 +356,12 @@ class ShardService:
                 await self._error(msg.reply, Status.OVERLOADED, "overloaded: the shard's queue is full", client_id)
                 return
             rid = next(self._ids)
-            self.pending[rid] = Pending(msg.reply, msg.data, content_type, client_id, now,
-                                        headers.get(HEADER_SLO_MS, ""))
+            self.pending[rid] = pending
+            if client_id:
+                seen[client_id] = now + slo_ns
+                if len(seen) >= self._seen_prune_at:
+                    self._seen_ids = {k: v for k, v in seen.items() if v > now}
+                    self._seen_prune_at = max(SEEN_IDS_MIN, 2 * len(self._seen_ids))
             log.debug("request_received", request=rid, client_request_id=client_id, model=model)
             started = time.perf_counter()
             step = self.policy.handle(RequestArrived(rid, model, slo_ns), now)
@@ -372,12 +410,14 @@ class ShardService:
         for rid in action.request_ids:
             pending = self.pending.pop(rid)
             requests.append(PlanRequest(rid, pending.reply, pending.body, pending.content_type,
-                                        pending.client_request_id, (now - pending.recv_ns) // 1000))
+                                        pending.client_request_id, (now - pending.recv_ns) // 1000,
+                                        pending.deadline_unix_ns))
         plan = BatchPlan(
             version=PLAN_VERSION, plan_id=action.plan_id, shard_id=self.entry.id, slot_id=slot_id,
             epoch=self.follower.epoch if self.follower is not None else 0,
             model=action.model, requests=requests, exec_at_ns=action.exec_at_ns,
             deadline_us=max(0, (action.finish_at_ns - now) // 1000 + 2 * self.policy.config.resp_ns // 1000),
+            deadline_unix_ns=min(r.deadline_unix_ns for r in requests),
         )
         self.inflight[action.plan_id] = InFlight(slot_id, action.model, requests, now, action.finish_at_ns)
         metrics = self.metrics
