@@ -55,6 +55,10 @@ from schemas.tensors import InferResponseBody, TensorError, decode_request, enco
 log = structlog.get_logger("gpu_agent")
 
 
+# Replies go out only this long before the shard may declare their slot lost: the report that
+# precedes them on the same connection has that long to reach the shard first.
+WITHHOLD_MARGIN_NS = 250_000_000
+
 class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
     version: int = 1
     agent_id: str
@@ -157,6 +161,7 @@ class Agent:
         for slot in self.entry.slots:  # every series exists from the start, at zero
             self.metrics.expired_plans.labels(slot.id)
             self.metrics.expired_items.labels(slot.id)
+            self.metrics.withheld_plans.labels(slot.id)
             self.metrics.late_compute_seconds.labels(slot.id)
             for model in slot.models:
                 for counter in (self.metrics.executions, self.metrics.items, self.metrics.compute_seconds,
@@ -323,8 +328,22 @@ class Agent:
             for stage in stages:
                 stage.cancel()
 
+    async def _withheld(self, plan: BatchPlan, slot: _Slot) -> bool:
+        """Past the moment its shard may declare the slot lost, the shard answers the plan's
+        requests: this agent replies to none of them and says so in its report. Checked before
+        any reply, so a paused agent or link never adds a second reply to the shard's."""
+        if not plan.lost_after_unix_ns or time.time_ns() < plan.lost_after_unix_ns - WITHHOLD_MARGIN_NS:
+            return False
+        self.metrics.withheld_plans.labels(slot.slot_id).inc()
+        log.warning("plan_withheld", plan=plan.plan_id, shard=plan.shard_id, slot=plan.slot_id,
+                    late_ms=(time.time_ns() - plan.lost_after_unix_ns) // 1_000_000)
+        await self._finish(plan, 0, 0, 0, 0, "withheld")
+        return True
+
     async def _prepare(self, slot: _Slot, data: bytes, received: float):  # noqa: ANN202
         plan = plan_decoder.decode(data)
+        if await self._withheld(plan, slot):
+            return None
         runner = self.runners.get(plan.model)
         if runner is None or plan.model not in slot.models:
             errors = await self._reply_all(plan, Status.UNAVAILABLE, f"slot {slot.slot_id} does not host {plan.model}")
@@ -342,6 +361,8 @@ class Agent:
         while True:
             plan, runner, valid, stacked, errors, received = await ready.get()
             waited_us = int((time.monotonic() - received) * 1e6)
+            if await self._withheld(plan, slot):
+                continue
             wall = time.time_ns()
             if waited_us > plan.deadline_us or wall > plan.deadline_unix_ns > 0:
                 # Work already past its deadline is never started: answer it, spend nothing on
@@ -392,6 +413,8 @@ class Agent:
     async def _reply_stage(self, slot: _Slot, done: asyncio.Queue) -> None:
         while True:
             plan, valid, outputs, errors, waited_us, compute_us = await done.get()
+            if await self._withheld(plan, slot):
+                continue
             # The report goes out before the replies: a shard that has it never declares these
             # requests lost, and one that lacks it (this agent died first) knows none was answered.
             await self._finish(plan, compute_us, waited_us, len(valid), errors, "done")

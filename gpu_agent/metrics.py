@@ -29,6 +29,9 @@ class AgentMetrics:
         self.expired_items = Counter("symphony_agent_expired_items",
                                      "Requests past their deadline on dequeue: answered 504, not run", ["slot"],
                                      registry=r)
+        self.withheld_plans = Counter("symphony_agent_withheld_plans",
+                                      "Plans reached after their shard may have declared them lost: not answered "
+                                      "here, reported withheld (the shard answers)", ["slot"], registry=r)
         self.late_compute_seconds = Counter(
             "symphony_agent_late_compute_seconds",
             "Device time spent on requests that finished past their deadline (their share of each batch)",

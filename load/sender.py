@@ -16,7 +16,14 @@ import nats
 import numpy as np
 
 from ops.connect import server_list
-from schemas.status import HEADER_BATCH_SIZE, HEADER_CONTENT_TYPE, HEADER_SLO_MS, HEADER_STATUS
+from schemas.status import (
+    HEADER_BATCH_SIZE,
+    HEADER_CONTENT_TYPE,
+    HEADER_DEADLINE,
+    HEADER_REQUEST_ID,
+    HEADER_SLO_MS,
+    HEADER_STATUS,
+)
 
 
 @dataclass
@@ -27,6 +34,7 @@ class SendResult:
     status: np.ndarray  # int; 0 without a reply
     batch_size: np.ndarray
     duplicates: int
+    replies: np.ndarray | None = None  # replies per request: the ledger (exactly one each is the contract)
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -43,11 +51,13 @@ async def send_schedule(
     progress: Callable[[dict], None] | None = None,
     progress_every_s: float = 1.0,
     precise: bool = True,
+    ledger: bool = False,
 ) -> SendResult:
     """Send request i to `subjects[i]` with body `bodies[i]` at `times_s[i]` after start.
 
     `start_wall` (time.time()) lines several sender processes up on one schedule; `progress`
-    gets running counts about once a second."""
+    gets running counts about once a second. With `ledger`, request i carries id `i` and a
+    deadline (its send time plus its SLO, `slo_ms` or 1 s), as the reply contract describes."""
     nc = await nats.connect(server_list(url), name="symphony-sender", pending_size=64 * 1024 * 1024,
                             flusher_queue_size=65536)
     n = len(times_s)
@@ -55,6 +65,7 @@ async def send_schedule(
     replied = np.full(n, np.nan)
     status = np.zeros(n, dtype=np.int32)
     batch = np.zeros(n, dtype=np.int32)
+    replies = np.zeros(n, dtype=np.int32)
     duplicates = 0
     inbox = nc.new_inbox()
     prefix_len = len(inbox) + 1
@@ -62,6 +73,7 @@ async def send_schedule(
     async def on_reply(msg) -> None:  # noqa: ANN001
         nonlocal duplicates
         i = int(msg.subject[prefix_len:])
+        replies[i] += 1
         if status[i]:
             duplicates += 1
             return
@@ -75,6 +87,13 @@ async def send_schedule(
     shared_headers: dict[tuple[str, float], dict[str, str]] = {}
 
     def headers_for(i: int) -> dict[str, str]:
+        if ledger:
+            budget_ms = slo_ms[i] if slo_ms is not None else 1000.0
+            headers = {HEADER_CONTENT_TYPE: content_type, HEADER_REQUEST_ID: str(i),
+                       HEADER_DEADLINE: f"{time.time() * 1000 + budget_ms:.3f}"}
+            if slo_ms is not None:
+                headers[HEADER_SLO_MS] = f"{slo_ms[i]:g}"
+            return headers
         key = (content_type, slo_ms[i] if slo_ms is not None else 0.0)
         headers = shared_headers.get(key)
         if headers is None:
@@ -120,7 +139,7 @@ async def send_schedule(
         progress(_counts(n, status, replied, actual, start))
     return SendResult(
         sent_s=np.asarray(times_s), lag_s=(actual - start) - np.asarray(times_s),
-        latency_s=replied - actual, status=status, batch_size=batch, duplicates=duplicates,
+        latency_s=replied - actual, status=status, batch_size=batch, duplicates=duplicates, replies=replies,
         extra={"cpu_s": time.process_time() - cpu_started, "send_cpu_s": send_cpu_s,
                "start_wall": time.time() - (time.perf_counter() - start)},
     )

@@ -418,6 +418,7 @@ class ShardService:
             model=action.model, requests=requests, exec_at_ns=action.exec_at_ns,
             deadline_us=max(0, (action.finish_at_ns - now) // 1000 + 2 * self.policy.config.resp_ns // 1000),
             deadline_unix_ns=min(r.deadline_unix_ns for r in requests),
+            lost_after_unix_ns=self.clock.wall_ns() + action.finish_at_ns - now + int(self.entry.slot_grace_ms * 1e6),
         )
         self.inflight[action.plan_id] = InFlight(slot_id, action.model, requests, now, action.finish_at_ns)
         metrics = self.metrics
@@ -482,6 +483,13 @@ class ShardService:
             return
         self.metrics.succeeded[flight.model] = self.metrics.succeeded.get(flight.model, 0) + report.ok
         self.metrics.failed[flight.model] = self.metrics.failed.get(flight.model, 0) + report.errors
+        if report.status == "withheld":
+            # The agent got to the plan only after the moment this shard could have declared it
+            # lost, so it answered nobody: the answer is this shard's, exactly once.
+            for request in flight.requests:
+                self.metrics.count(flight.model, "lost")
+                await self._error(request.reply, Status.DROPPED, "dropped: the slot reached it too late",
+                                  request.client_request_id)
         if flight.slot_id not in self._owned or flight.slot_id in self._lost:
             return  # the slot moved or was lost meanwhile: the core no longer has it
         now = self.clock.now_ns()
@@ -495,9 +503,20 @@ class ShardService:
 
     async def _watch_slots(self) -> None:
         grace_ns = int(self.entry.slot_grace_ms * 1e6)
+        tick_ns = 100_000_000
+        last = self.clock.now_ns()
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(tick_ns / 1e9)
             now = self.clock.now_ns()
+            stalled_ns = now - last - tick_ns
+            last = now
+            if stalled_ns > 2 * tick_ns:
+                # This process was paused or starved, not the agents: reports may be waiting in
+                # its socket. Extend every plan's grace by the stall instead of declaring loss.
+                for flight in self.inflight.values():
+                    flight.finish_ns += stalled_ns
+                log.warning("shard_stalled", shard=self.entry.id, seconds=round(stalled_ns / 1e9, 2))
+                continue
             overdue = {f.slot_id for f in self.inflight.values() if now > f.finish_ns + grace_ns}
             for slot_id in sorted(overdue):
                 await self._lose_slot(slot_id, now)
