@@ -15,13 +15,22 @@ from prometheus_client import CollectorRegistry, Gauge
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from coordinator.placement import PlacementConfig, plan_assignment
-from coordinator.state import keys_with_prefix, open_buckets, read_assignment, read_members, with_retries
+from coordinator.state import (
+    count_undecodable,
+    keys_with_prefix,
+    open_buckets,
+    read_assignment,
+    read_members,
+    undecodable,
+    with_retries,
+)
 from load.sim.partition import model_demand
 from ops.cluster_config import ClusterConfig
 from ops.connect import connect_service
 from ops.services import register_service
-from schemas.control import ASSIGNMENT_KEY, Assignment, encode
-from schemas.model import ModelSpec
+from schemas.control import ASSIGNMENT_KEY, Assignment, encode, model_spec_decoder
+from schemas.limits import validate_identifier
+from schemas.model import validate_model_name
 from schemas.status_report import CoordinatorStatus
 from schemas.profile import ModelProfile, profile_from_sleep_spec
 from shard.core.config import CoreConfig, ModelConfig
@@ -33,7 +42,7 @@ class Coordinator:
     def __init__(self, config: ClusterConfig, coordinator_id: str) -> None:
         self.config = config
         self.settings = config.coordinator
-        self.id = coordinator_id
+        self.id = validate_identifier(coordinator_id, "coordinator id")  # it becomes a subject token
         self.prefix = config.subject_prefix
         self.leading = False
         self._lease_revision = 0
@@ -51,12 +60,15 @@ class Coordinator:
             "slots": ("symphony_coordinator_slots", "Slots in the assignment"),
             "epoch": ("symphony_coordinator_epoch", "Epoch of the current assignment"),
             "leading": ("symphony_coordinator_leading", "1 while this coordinator holds the lease"),
+            "undecodable": ("symphony_coordinator_undecodable_entries", "KV entries (assignment, heartbeats, "
+                            "profiles) that did not decode and were skipped, since start"),
         }
         self.gauges = {k: Gauge(name, doc, registry=self.registry) for k, (name, doc) in gauges.items()}
         for key, read in (("desired", lambda: self.status().desired_slots),
                           ("surplus", lambda: self.status().surplus_slots),
                           ("slots", lambda: self.status().slots), ("epoch", lambda: self.status().epoch),
-                          ("leading", lambda: int(self.leading))):
+                          ("leading", lambda: int(self.leading)),
+                          ("undecodable", lambda: sum(undecodable.values()))):
             self.gauges[key].set_function(read)
 
     async def start(self, url: str) -> None:
@@ -65,7 +77,8 @@ class Coordinator:
         self.buckets = await open_buckets(self.nc, heartbeat_ttl_s=settings.heartbeat_ttl_s,
                                           lease_s=settings.lease_s, replicas=settings.kv_replicas)
         for entry in self.config.models:  # the model registry, readable with `nats kv get symphony models.<name>`
-            await with_retries(lambda entry=entry: self.buckets.state.put(f"models.{entry.name}", encode(entry)))
+            key = f"models.{validate_model_name(entry.name)}"
+            await with_retries(lambda key=key, entry=entry: self.buckets.state.put(key, encode(entry)))
         self.service = await register_service(
             self.nc, "symphony-coordinator", f"coordinator {self.id}", {"coordinator_id": self.id},
             f"{self.prefix}.coordinator.{self.id}.status", self.status)
@@ -187,7 +200,11 @@ class Coordinator:
                 entry = await self.buckets.state.get(key)
             except KeyNotFoundError:
                 continue
-            spec = msgspec.json.decode(entry.value, type=ModelSpec)
+            try:
+                spec = model_spec_decoder.decode(entry.value)
+            except msgspec.DecodeError as error:
+                count_undecodable("profile", key, error)
+                continue
             if spec.profile is not None:
                 have = merged.get(spec.name)
                 merged[spec.name] = spec.profile if have is None else have.merge_slowest(spec.profile)

@@ -1,13 +1,19 @@
 """The coordinator's view of JetStream KV: three buckets (state, members with a TTL, the leader's
-lease with a TTL), opened or created idempotently by every role."""
+lease with a TTL), opened by every role; created by the coordinator (by any role on an open
+server without users)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import msgspec
 import nats
+import structlog
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from ops.connect import may_create_buckets
 from schemas.control import (
     ASSIGNMENT_KEY,
     LEADER_BUCKET,
@@ -16,7 +22,21 @@ from schemas.control import (
     AgentHeartbeat,
     Assignment,
     ShardHeartbeat,
+    agent_heartbeat_decoder,
+    assignment_decoder,
+    shard_heartbeat_decoder,
 )
+
+log = structlog.get_logger("coordinator")
+
+# KV entries that did not decode, by kind (`assignment`, `shard`, `agent`, `profile`): each is
+# logged and skipped, never raised into a role's loop (issue 7 §4).
+undecodable: dict[str, int] = {}
+
+
+def count_undecodable(kind: str, key: str, error: Exception) -> None:
+    undecodable[kind] = undecodable.get(kind, 0) + 1
+    log.error("undecodable_entry", kind=kind, key=key, error=str(error)[:200])
 
 
 class Buckets(msgspec.Struct):
@@ -25,22 +45,33 @@ class Buckets(msgspec.Struct):
     leader: KeyValue
 
 
-async def open_bucket(nc: nats.NATS, name: str, ttl_s: float | None, replicas: int = 1) -> KeyValue:
+async def open_bucket(nc: nats.NATS, name: str, ttl_s: float | None, replicas: int = 1, *,
+                      wait_s: float = 120.0) -> KeyValue:
+    """The bucket, created if missing. With NATS users (ops/nats_auth.py) only the coordinator
+    may create buckets: the other roles wait up to `wait_s` for it to have done so."""
     js = nc.jetstream()
-    try:
-        return await js.key_value(name)
-    except BucketNotFoundError:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return await js.key_value(name)
+        except BucketNotFoundError:
+            if not may_create_buckets(nc):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+                continue
         try:
             return await js.create_key_value(bucket=name, history=1, ttl=ttl_s, replicas=replicas)
         except nats.js.errors.BadRequestError:
             return await js.key_value(name)  # another role created it first
 
 
-async def open_buckets(nc: nats.NATS, *, heartbeat_ttl_s: float, lease_s: float, replicas: int = 1) -> Buckets:
+async def open_buckets(nc: nats.NATS, *, heartbeat_ttl_s: float, lease_s: float, replicas: int = 1,
+                       wait_s: float = 120.0) -> Buckets:
     return Buckets(
-        state=await open_bucket(nc, STATE_BUCKET, None, replicas),
-        members=await open_bucket(nc, MEMBERS_BUCKET, heartbeat_ttl_s, replicas),
-        leader=await open_bucket(nc, LEADER_BUCKET, lease_s, replicas),
+        state=await open_bucket(nc, STATE_BUCKET, None, replicas, wait_s=wait_s),
+        members=await open_bucket(nc, MEMBERS_BUCKET, heartbeat_ttl_s, replicas, wait_s=wait_s),
+        leader=await open_bucket(nc, LEADER_BUCKET, lease_s, replicas, wait_s=wait_s),
     )
 
 
@@ -78,7 +109,13 @@ async def read_assignment(state: KeyValue) -> tuple[Assignment | None, int]:
         return None, 0
     if entry.value is None:
         return None, entry.revision or 0
-    return msgspec.json.decode(entry.value, type=Assignment), entry.revision
+    try:
+        return assignment_decoder.decode(entry.value), entry.revision
+    except msgspec.DecodeError as error:
+        # Treated as no assignment: followers keep the one they have, and the leading
+        # coordinator overwrites it at this revision.
+        count_undecodable("assignment", ASSIGNMENT_KEY, error)
+        return None, entry.revision or 0
 
 
 async def read_members(members: KeyValue) -> tuple[dict[str, ShardHeartbeat], dict[str, AgentHeartbeat]]:
@@ -96,8 +133,11 @@ async def read_members(members: KeyValue) -> tuple[dict[str, ShardHeartbeat], di
         if entry.value is None:
             continue
         kind, _, member = key.partition(".")
-        if kind == "shard":
-            shards[member] = msgspec.json.decode(entry.value, type=ShardHeartbeat)
-        elif kind == "agent":
-            agents[member] = msgspec.json.decode(entry.value, type=AgentHeartbeat)
+        try:
+            if kind == "shard":
+                shards[member] = shard_heartbeat_decoder.decode(entry.value)
+            elif kind == "agent":
+                agents[member] = agent_heartbeat_decoder.decode(entry.value)
+        except msgspec.DecodeError as error:
+            count_undecodable(kind, key, error)  # a member that cannot be read is not counted as live
     return shards, agents

@@ -26,7 +26,7 @@ from ops.connect import connect_service
 from ops.handback import hand_back_headers, start_hand_back
 from ops.services import register_service
 from coordinator.state import open_buckets, with_retries
-from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, SlotClaim
+from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, slot_claim_decoder
 from schemas.control import encode as control_encode
 from schemas.status_report import AgentStatus, SlotStatus
 from schemas.model import ModelSpec
@@ -158,6 +158,8 @@ class Agent:
         self.slots = {s.id: _Slot(s.id, s.models, self.entry.plan_queue_max) for s in self.entry.slots}
         self.plan_subscriptions: dict[str, object] = {}
         self.metrics = AgentMetrics(self._metrics_state)
+        for kind in ("plan", "claim"):
+            self.metrics.undecodable.labels(kind)
         for slot in self.entry.slots:  # every series exists from the start, at zero
             self.metrics.expired_plans.labels(slot.id)
             self.metrics.expired_items.labels(slot.id)
@@ -259,7 +261,12 @@ class Agent:
             await with_retries(lambda key=key, value=value: self.buckets.state.put(key, value))
 
         async def on_claim(msg: Msg) -> None:
-            claim = msgspec.json.decode(msg.data, type=SlotClaim)
+            try:
+                claim = slot_claim_decoder.decode(msg.data)
+            except msgspec.DecodeError as error:
+                self.metrics.undecodable.labels("claim").inc()
+                await msg.respond(control_encode(ClaimReply(ok=False, reason=f"bad claim: {str(error)[:200]}")))
+                return
             slot = self.slots.get(claim.slot_id)
             if slot is None:
                 reply = ClaimReply(ok=False, reason=f"no slot {claim.slot_id} here")
@@ -293,12 +300,25 @@ class Agent:
     def _enqueue(self, slot: _Slot):  # noqa: ANN202
         async def on_plan(msg: Msg) -> None:
             if slot.owner:
-                header = plan_header_decoder.decode(msg.data)
+                try:
+                    header = plan_header_decoder.decode(msg.data)
+                except msgspec.DecodeError as error:
+                    self.metrics.undecodable.labels("plan").inc()
+                    log.error("undecodable_plan", slot=slot.slot_id, size=len(msg.data), error=str(error)[:200])
+                    return
                 if header.shard_id != slot.owner or header.epoch < slot.epoch:
                     # Fencing: only the shard that claimed this slot, at its epoch or later, runs
                     # here. A plan the old owner sent before it learned of the move is handed back
-                    # to its model's subject, where the model's current shard answers it.
-                    await self._hand_back(plan_decoder.decode(msg.data))
+                    # to its model's subject, where the model's current shard answers it; unless
+                    # the old owner may already have declared it lost (then it answers).
+                    try:
+                        plan = plan_decoder.decode(msg.data)
+                    except msgspec.DecodeError as error:
+                        self.metrics.undecodable.labels("plan").inc()
+                        log.error("undecodable_plan", slot=slot.slot_id, size=len(msg.data), error=str(error)[:200])
+                        return
+                    if not await self._withheld(plan, slot):
+                        await self._hand_back(plan)
                     return
             try:
                 slot.queue.put_nowait((msg.data, time.monotonic()))
@@ -318,9 +338,16 @@ class Agent:
                 data, received = await slot.queue.get()
                 try:
                     prepared = await self._prepare(slot, data, received)
+                except msgspec.DecodeError as error:
+                    self.metrics.undecodable.labels("plan").inc()
+                    log.error("undecodable_plan", slot=slot.slot_id, size=len(data), error=str(error)[:200])
+                    continue
                 except Exception:  # noqa: BLE001 - one bad plan must not stop the slot
                     log.exception("plan_failed", slot=slot.slot_id, stage="prepare")
-                    await self._reject_plan(data, Status.INTERNAL, "internal error while preparing the batch")
+                    try:
+                        await self._reject_plan(data, Status.INTERNAL, "internal error while preparing the batch")
+                    except Exception:  # noqa: BLE001 - nor may answering it
+                        log.exception("plan_failed", slot=slot.slot_id, stage="reject")
                     continue
                 if prepared is not None:
                     await ready.put(prepared)
@@ -331,7 +358,11 @@ class Agent:
     async def _withheld(self, plan: BatchPlan, slot: _Slot) -> bool:
         """Past the moment its shard may declare the slot lost, the shard answers the plan's
         requests: this agent replies to none of them and says so in its report. Checked before
-        any reply, so a paused agent or link never adds a second reply to the shard's."""
+        any reply, so a paused agent or link never adds a second reply to the shard's. While
+        disconnected it waits: replies published then would sit in the client's buffer and go
+        out after the reconnect, whatever the time."""
+        while not self.nc.is_connected:
+            await asyncio.sleep(0.05)
         if not plan.lost_after_unix_ns or time.time_ns() < plan.lost_after_unix_ns - WITHHOLD_MARGIN_NS:
             return False
         self.metrics.withheld_plans.labels(slot.slot_id).inc()

@@ -29,6 +29,9 @@ class AgentMetrics:
         self.expired_items = Counter("symphony_agent_expired_items",
                                      "Requests past their deadline on dequeue: answered 504, not run", ["slot"],
                                      registry=r)
+        self.undecodable = Counter("symphony_agent_undecodable_messages",
+                                   "Plans and claims that failed to decode: dropped (plans) or refused (claims)",
+                                   ["kind"], registry=r)
         self.withheld_plans = Counter("symphony_agent_withheld_plans",
                                       "Plans reached after their shard may have declared them lost: not answered "
                                       "here, reported withheld (the shard answers)", ["slot"], registry=r)

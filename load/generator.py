@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import re
 import sys
 import time
 
@@ -22,9 +23,10 @@ from load.sender import SendResult, send_schedule
 from load.workload import LoadedWorkload
 from ops.connect import connect_client
 from ops.status import discover
-from schemas.model import ModelMetadata
+from schemas.limits import IDENTIFIER_PATTERN
+from schemas.model import model_metadata_decoder, validate_model_name
 from schemas.status import CONTENT_JSON
-from schemas.status_report import ShardStatus
+from schemas.status_report import shard_status_decoder
 from schemas.tensors import encode_request
 
 OUTCOMES = ("ok", "late", "dropped", "rejected", "error", "noreply")
@@ -73,6 +75,7 @@ def plan_from_workload(loaded: LoadedWorkload, *, scale: float = 1.0, rate: floa
 
 def plan_from_trace(gaps_us: list[float], model: str, slo_ms: float) -> Plan:
     """A gap trace (one inter-arrival gap in microseconds per line), all of it the bench."""
+    validate_model_name(model)  # it becomes a subject: `symphony load trace --model 'a.b'` stops here
     times = np.cumsum(np.asarray(gaps_us, dtype=float)) / 1e6
     end = float(times[-1]) if len(times) else 0.0
     return Plan(times_s=times, model_index=np.zeros(len(times), dtype=np.int32), model_names=[model],
@@ -106,10 +109,13 @@ async def request_bodies(url: str, models: list[str], content_type: str, prefix:
         bodies = []
         for name in models:
             try:
-                msg = await nc.request(f"{prefix}.meta.{name}", b"", timeout=5)
+                msg = await nc.request(f"{prefix}.meta.{validate_model_name(name)}", b"", timeout=5)
             except nats.errors.NoRespondersError:
                 raise ValueError(f"no shard serves model {name!r}") from None
-            meta = msgspec.json.decode(msg.data, type=ModelMetadata)
+            try:
+                meta = model_metadata_decoder.decode(msg.data)
+            except msgspec.DecodeError as error:
+                raise ValueError(f"model {name!r}: unreadable metadata reply ({error})") from None
             inputs = {}
             for spec in meta.inputs:
                 shape = [1, *spec.shape[1:]]
@@ -131,10 +137,11 @@ class SlotsSample(msgspec.Struct, array_like=True):
 
 async def poll_slots(url: str, stop: asyncio.Event, start_wall: float, every_s: float = 0.5,
                      prefix: str = "symphony") -> list[SlotsSample]:
-    nc = await connect_client(url, "symphony-load-poll")
+    nc = await connect_client(url, "symphony-load-poll", user="operator")  # shard status is an operator call
     samples: list[SlotsSample] = []
     try:
-        shards = [i["metadata"]["shard_id"] for i in await discover(nc, "symphony-shard", 0.3)]
+        found = [i["metadata"].get("shard_id") for i in await discover(nc, "symphony-shard", 0.3)]
+        shards = [s for s in found if isinstance(s, str) and re.match(IDENTIFIER_PATTERN, s)]  # subject tokens
         while not stop.is_set():
             busy = owned = 0
             busy_seconds = 0.0
@@ -143,7 +150,10 @@ async def poll_slots(url: str, stop: asyncio.Event, start_wall: float, every_s: 
                     msg = await nc.request(f"{prefix}.shard.{shard_id}.status", b"", timeout=1)
                 except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                     continue
-                status = msgspec.json.decode(msg.data, type=ShardStatus)
+                try:
+                    status = shard_status_decoder.decode(msg.data)
+                except msgspec.DecodeError:
+                    continue  # a reply that is not a status snapshot: this sample goes without it
                 busy += len(status.slots_busy)
                 owned += len(status.slots_owned)
                 busy_seconds += status.busy_seconds

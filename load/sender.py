@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import nats
 import numpy as np
 
-from ops.connect import server_list
+from ops.connect import connect_options, resolve_creds, server_list
 from schemas.status import (
     HEADER_BATCH_SIZE,
     HEADER_CONTENT_TYPE,
     HEADER_DEADLINE,
+    HEADER_REASON,
     HEADER_REQUEST_ID,
     HEADER_SLO_MS,
     HEADER_STATUS,
@@ -35,6 +36,7 @@ class SendResult:
     batch_size: np.ndarray
     duplicates: int
     replies: np.ndarray | None = None  # replies per request: the ledger (exactly one each is the contract)
+    second_replies: list[tuple[int, str, str]] = field(default_factory=list)  # (request, status, reason)
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -59,13 +61,14 @@ async def send_schedule(
     gets running counts about once a second. With `ledger`, request i carries id `i` and a
     deadline (its send time plus its SLO, `slo_ms` or 1 s), as the reply contract describes."""
     nc = await nats.connect(server_list(url), name="symphony-sender", pending_size=64 * 1024 * 1024,
-                            flusher_queue_size=65536)
+                            flusher_queue_size=65536, **connect_options(resolve_creds(url, None, "client"), url))
     n = len(times_s)
     actual = np.full(n, np.nan)
     replied = np.full(n, np.nan)
     status = np.zeros(n, dtype=np.int32)
     batch = np.zeros(n, dtype=np.int32)
     replies = np.zeros(n, dtype=np.int32)
+    second: list[tuple[int, str, str]] = []
     duplicates = 0
     inbox = nc.new_inbox()
     prefix_len = len(inbox) + 1
@@ -76,6 +79,8 @@ async def send_schedule(
         replies[i] += 1
         if status[i]:
             duplicates += 1
+            headers = msg.headers or {}
+            second.append((i, headers.get(HEADER_STATUS, "?"), headers.get(HEADER_REASON, "")))
             return
         replied[i] = time.perf_counter()
         headers = msg.headers or {}
@@ -140,6 +145,7 @@ async def send_schedule(
     return SendResult(
         sent_s=np.asarray(times_s), lag_s=(actual - start) - np.asarray(times_s),
         latency_s=replied - actual, status=status, batch_size=batch, duplicates=duplicates, replies=replies,
+        second_replies=second,
         extra={"cpu_s": time.process_time() - cpu_started, "send_cpu_s": send_cpu_s,
                "start_wall": time.time() - (time.perf_counter() - start)},
     )

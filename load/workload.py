@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from load.arrivals import parse_arrival
+from schemas.limits import ModelName
 from schemas.profile import ModelProfile, load_profile
 
 BUILTIN_DIR = Path(__file__).parent / "workloads"
@@ -25,7 +26,7 @@ class Segment(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ModelWorkload(msgspec.Struct, frozen=True, kw_only=True):
-    name: Annotated[str, Meta(min_length=1, pattern=r"^[A-Za-z0-9_\-]+$")]
+    name: ModelName  # a subject token in live runs: schemas.model.validate_model_name's rule
     profile: str
     slo_ms: Annotated[float, Meta(gt=0)]
     arrival: str = "poisson"

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import msgspec
 import nats
 import numpy as np
 
 from ops.connect import connect_client
-from schemas.model import ModelList, ModelMetadata
+from ops.nats_auth import Creds
+from schemas.model import ModelMetadata, model_list_decoder, model_metadata_decoder, validate_model_name
 from schemas.status import (
     CONTENT_JSON,
     CONTENT_MSGPACK,
@@ -28,7 +29,7 @@ from schemas.status import (
     HEADER_STATUS,
     Status,
 )
-from schemas.tensors import decode_response, encode_request, to_array
+from schemas.tensors import TensorError, decode_response, encode_request, to_array
 
 LOCAL_URL_FILE = os.path.expanduser("~/.symphony/nats-url")
 
@@ -75,8 +76,11 @@ class SymphonyClient:
         self.prefix = prefix
 
     @classmethod
-    async def connect(cls, url: str | None = None, prefix: str = "symphony") -> SymphonyClient:
-        return cls(await connect_client(default_nats_url(url)), prefix)
+    async def connect(cls, url: str | None = None, prefix: str = "symphony",
+                      creds: Creds | str | Path | None = None) -> SymphonyClient:
+        """`creds`: a client user's credentials (ops/nats_auth.py), else $SYMPHONY_NATS_CREDS, else
+        those `symphony up` recorded for this URL, else none (an open server)."""
+        return cls(await connect_client(default_nats_url(url), creds=creds), prefix)
 
     async def close(self) -> None:
         await self.nc.drain()
@@ -91,6 +95,9 @@ class SymphonyClient:
         content_type: str = CONTENT_MSGPACK,
         timeout_s: float = 10.0,
     ) -> InferResult:
+        """One request. An invalid model name raises InvalidModelName (a ValueError) before anything
+        is sent: `a.b` or `a.*` would address other subjects, not a model."""
+        subject = f"{self.prefix}.infer.{validate_model_name(model)}"
         body = inputs if isinstance(inputs, bytes) else encode_request(inputs, content_type)
         headers = {HEADER_CONTENT_TYPE: content_type}
         if slo_ms is not None:
@@ -98,24 +105,33 @@ class SymphonyClient:
         if request_id is not None:
             headers[HEADER_REQUEST_ID] = request_id
         try:
-            msg = await self.nc.request(f"{self.prefix}.infer.{model}", body, timeout=timeout_s, headers=headers)
+            msg = await self.nc.request(subject, body, timeout=timeout_s, headers=headers)
         except nats.errors.NoRespondersError:
             return InferResult(status=Status.UNKNOWN_MODEL, reason=f"no shard serves model {model!r}")
         return parse_reply(msg.headers or {}, msg.data)
 
     async def metadata(self, model: str, timeout_s: float = 5.0) -> ModelMetadata:
-        msg = await self.nc.request(f"{self.prefix}.meta.{model}", b"", timeout=timeout_s)
-        return msgspec.json.decode(msg.data, type=ModelMetadata)
+        subject = f"{self.prefix}.meta.{validate_model_name(model)}"
+        msg = await self.nc.request(subject, b"", timeout=timeout_s)
+        return model_metadata_decoder.decode(msg.data)  # msgspec.DecodeError if it is not metadata
 
     async def models(self, timeout_s: float = 5.0) -> list[str]:
         msg = await self.nc.request(f"{self.prefix}.meta", b"", timeout=timeout_s)
-        return msgspec.json.decode(msg.data, type=ModelList).models
+        return model_list_decoder.decode(msg.data).models
 
 
 def parse_reply(headers: dict[str, str], data: bytes) -> InferResult:
-    status = int(headers.get(HEADER_STATUS, "500"))
+    """A reply as an InferResult; a reply that is not one symphony sends becomes a 500 saying why."""
+    text = headers.get(HEADER_STATUS, "500")
+    if not (text.isascii() and text.isdigit() and len(text) == 3):
+        return InferResult(status=Status.INTERNAL, reason=f"unreadable reply status {text[:20]!r}",
+                           headers=dict(headers))
+    status = int(text)
     result = InferResult(status=status, reason=headers.get(HEADER_REASON, ""), headers=dict(headers))
     if status == Status.OK and data:
-        body = decode_response(data, headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON))
-        result.outputs = {t.name: to_array(t) for t in body.outputs}
+        try:
+            body = decode_response(data, headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON))
+            result.outputs = {t.name: to_array(t) for t in body.outputs}
+        except TensorError as error:
+            return InferResult(status=Status.INTERNAL, reason=f"unreadable reply body: {error}", headers=dict(headers))
     return result

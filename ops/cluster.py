@@ -1,35 +1,56 @@
 """A local cluster: the embedded nats-server (unless a URL is given), every agent and shard of a
-cluster config as child processes, supervised; `stop()` ends all it started."""
+cluster config as child processes, supervised; `stop()` ends all it started.
+
+The embedded server has NATS users by default (ops/nats_auth.py): passwords drawn for this cluster,
+credentials files (0600) in `run_dir`, each role process told its file through
+$SYMPHONY_NATS_CREDS, and the operator's and clients' files recorded for CLI commands."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import nats
 
 from ops.client import LOCAL_URL_FILE
-from ops.connect import server_list
+from ops.connect import connect_client
 from ops.cluster_config import ClusterConfig, load_cluster_config
+from ops.nats_auth import CREDS_ENV, Auth, TlsFiles, deployment_for, forget_local, record_local
 from ops.nats_server import NatsCluster, NatsServer
 
 
 class LocalCluster:
     def __init__(self, config_path: str | Path, nats_url: str | None = None, *, log_dir: Path | None = None,
-                 nats_cluster: int = 0) -> None:
+                 nats_cluster: int = 0, auth: bool = True, clients: Sequence[str] = ("client",),
+                 tls: TlsFiles | None = None, run_dir: Path | None = None) -> None:
+        """`auth`: users and permissions on the server(s) this starts (not on a given `nats_url`,
+        whose credentials come from $SYMPHONY_NATS_CREDS); `clients`: the client users; `tls`:
+        the servers' certificate; `run_dir`: where the credentials and server configs go (a new
+        private temporary folder by default, removed by `stop()`)."""
         self.config_path = str(config_path)
         self.config: ClusterConfig = load_cluster_config(config_path)
         self.server: NatsServer | None = None
-        self.nats_cluster: NatsCluster | None = NatsCluster(nats_cluster) if nats_cluster > 1 else None
+        self.auth: Auth | None = None
+        self._own_run_dir = False
+        if auth and not nats_url:
+            self._own_run_dir = run_dir is None
+            run = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="symphony-run-"))
+            self.auth = Auth.create(deployment_for(self.config, clients, tls), run)
+        self.nats_cluster: NatsCluster | None = (NatsCluster(nats_cluster, auth=self.auth)
+                                                 if nats_cluster > 1 else None)
         self.url = nats_url or ""
         self.processes: dict[str, subprocess.Popen] = {}
         self.log_dir = log_dir
         self._spawned = 0
+        self.role_urls: dict[str, str] = {}  # process name -> its own NATS URL (fault injection: a proxy)
 
     def _spawn(self, name: str, *args: str) -> None:
         out = subprocess.DEVNULL
@@ -37,10 +58,13 @@ class LocalCluster:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.auth is not None:
+            env[CREDS_ENV] = str(self.auth.creds_path(self._user_of(args)))
         url = self.url
         if self.nats_cluster is not None:  # spread the roles over the servers; each fails over to the rest
             url = self.nats_cluster.url_preferring(self._spawned % len(self.nats_cluster.servers))
             env["SYMPHONY_KV_REPLICAS"] = str(len(self.nats_cluster.servers))
+        url = self.role_urls.get(name, url)
         self._spawned += 1
         self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", "ops.cli", *args, "--config", self.config_path, "--nats-url", url],
@@ -49,12 +73,22 @@ class LocalCluster:
         if out is not subprocess.DEVNULL:
             out.close()  # the child has its own copy
 
+    def _user_of(self, args: Sequence[str]) -> str:
+        role = args[0]
+        if role == "agent":
+            return self.auth.agent_user(args[list(args).index("--id") + 1])
+        return role
+
+    def creds_path(self, user: str) -> Path | None:
+        """The credentials file of a NATS user (`operator`, `client`, ...); None without auth."""
+        return self.auth.creds_path(user) if self.auth is not None else None
+
     async def start(self, timeout_s: float = 300.0) -> str:
         if self.nats_cluster is not None:
             self.nats_cluster.start()
             self.url = self.nats_cluster.url
         elif not self.url:
-            self.server = NatsServer().start()
+            self.server = NatsServer(auth=self.auth).start()
             self.url = self.server.url
         if self.config.coordinator is not None:
             for k in range(self.config.coordinator.count):
@@ -66,6 +100,7 @@ class LocalCluster:
         await self.wait_ready(timeout_s)
         Path(LOCAL_URL_FILE).parent.mkdir(parents=True, exist_ok=True)
         Path(LOCAL_URL_FILE).write_text(self.url + "\n")
+        record_local(self.url, self.auth)
         return self.url
 
     def add_shard(self, shard_id: str) -> None:
@@ -86,7 +121,8 @@ class LocalCluster:
             self.add_shard(shard_id)
             current.append(shard_id)
         for shard_id in sorted(current, key=lambda i: (len(i), i))[count:]:
-            await drain_shard(self.url, shard_id, timeout_s=timeout_s, forget=True)
+            await drain_shard(self.url, shard_id, timeout_s=timeout_s, forget=True,
+                              creds=self.creds_path("operator"))
             self.stop_process(f"shard-{shard_id}")
         return self.shard_ids()
 
@@ -109,7 +145,7 @@ class LocalCluster:
     async def wait_ready(self, timeout_s: float) -> None:
         """Ready when every model answers its metadata request (its shard is serving) and, with a
         coordinator, every model's shard has applied the assignment and holds a slot."""
-        nc = await nats.connect(server_list(self.url))
+        nc = await connect_client(self.url, "symphony-cluster", self.creds_path("operator"), user="operator")
         deadline = time.monotonic() + timeout_s
         try:
             if self.config.dynamic:
@@ -136,7 +172,7 @@ class LocalCluster:
             self.check_alive()
             try:
                 buckets = buckets or await open_buckets(nc, heartbeat_ttl_s=settings.heartbeat_ttl_s,
-                                                        lease_s=settings.lease_s, replicas=1)
+                                                        lease_s=settings.lease_s, replicas=1, wait_s=0.5)
                 assignment, _rev = await read_assignment(buckets.state)
                 shards, _agents = await read_members(buckets.members)
             except nats.errors.Error:
@@ -179,3 +215,11 @@ class LocalCluster:
                 Path(LOCAL_URL_FILE).unlink()
         except OSError:
             pass
+        forget_local(self.url)
+        if self.auth is not None:  # the passwords were for this cluster only
+            if self._own_run_dir:
+                shutil.rmtree(self.auth.run_dir, ignore_errors=True)
+            else:
+                shutil.rmtree(self.auth.creds_dir, ignore_errors=True)
+                for conf in self.auth.run_dir.glob("nats-server-*.conf"):
+                    conf.unlink(missing_ok=True)

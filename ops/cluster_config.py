@@ -10,21 +10,25 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from schemas.limits import BATCH_SIZE_LIMIT, Identifier, ModelName, SloMs, Text, validate_identifier
+from schemas.model import InvalidModelName, validate_model_name
 from shard.core.policies import DEFAULT_POLICY
 
-Name = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]+$", min_length=1, max_length=128)]
+# Ids and model names become subject tokens and KV keys: one token each (schemas/limits.py,
+# schemas.model.validate_model_name), checked here before any subject is formed from them.
+Name = Identifier
 
 
 class ModelEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: Name
-    kind: str  # a zoo model (mlp, cnn, encoder) or sleep:<slope_us>,<intercept_us>
-    slo_ms: Annotated[float, Meta(gt=0)]
-    batch_size_max: Annotated[int, Meta(ge=1, le=4096)] = 32
+    name: ModelName
+    kind: Text  # a zoo model (mlp, cnn, encoder) or sleep:<slope_us>,<intercept_us>
+    slo_ms: SloMs
+    batch_size_max: Annotated[int, Meta(ge=1, le=BATCH_SIZE_LIMIT)] = 32
 
 
 class SlotEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: Name
-    models: list[Name]
+    models: list[ModelName]
 
 
 class AgentEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -36,7 +40,7 @@ class AgentEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: Name
-    models: list[Name] = []  # static ownership; with a coordinator the assignment decides
+    models: list[ModelName] = []  # static ownership; with a coordinator the assignment decides
     slots: list[Name] = []
     policy: str = DEFAULT_POLICY
     queue_len_max: Annotated[int, Meta(ge=1)] = 20_000  # requests held per shard; beyond: 429
@@ -119,6 +123,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             if shard.id == shard_id:
                 return shard
         if self.dynamic:  # scaled-out shards take the first entry's settings
+            validate_identifier(shard_id, "shard id")
             return msgspec.structs.replace(self.shards[0], id=shard_id, models=[], slots=[], metrics_port=0)
         raise ValueError(f"no shard {shard_id!r} in the config")
 
@@ -136,6 +141,13 @@ def load_cluster_config(path: str | Path) -> ClusterConfig:
     path = Path(path)
     with path.open("rb") as handle:
         raw = tomllib.load(handle)
+    models = raw.get("models")
+    for entry in models if isinstance(models, list) else []:
+        if isinstance(entry, dict) and "name" in entry:
+            try:  # the same rule as the decoder's, with a message that says what a name may be
+                validate_model_name(entry["name"])
+            except InvalidModelName as error:
+                raise ValueError(f"{path}: {error}") from None
     try:
         return msgspec.convert(raw, ClusterConfig)
     except msgspec.ValidationError as error:

@@ -14,6 +14,10 @@ import numpy as np
 from ops.client import SymphonyClient, default_nats_url
 from ops.connect import connect_client
 from ops.cluster_config import DEMO_CONFIG
+from ops.nats_auth import OPS_SCALE_SUBJECT
+from schemas.model import validate_model_name
+
+CREDS_HELP = "NATS credentials file (else $SYMPHONY_NATS_CREDS, else those `symphony up` recorded for the URL)"
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +27,30 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--logs", default="results/cluster-logs", help="folder for the processes' logs")
     up.add_argument("--nats-cluster", type=int, default=0, metavar="N",
                     help="start N routed nats-servers (JetStream clustered, KV with N replicas) instead of one")
+    up.add_argument("--no-auth", action="store_true", help="start the server(s) without NATS users (open)")
+    up.add_argument("--client", action="append", default=None, metavar="NAME",
+                    help="a client NATS user (repeatable; default: one user `client`)")
+    up.add_argument("--run-dir", default=None,
+                    help="where credentials and server configs go (default: a private temp dir)")
+    up.add_argument("--tls-cert", default=None, help="server certificate (PEM): clients connect with tls://")
+    up.add_argument("--tls-key", default=None)
+    up.add_argument("--tls-ca", default=None, help="CA that signed --tls-cert (given to clients to verify it)")
     up.set_defaults(handler=_up)
+
+    auth = subparsers.add_parser("nats-auth", help="write a nats-server config with users and permissions, and "
+                                                   "one credentials file per role, for a deployment")
+    auth.add_argument("--config", default=str(DEMO_CONFIG))
+    auth.add_argument("--out", required=True, help="folder for nats-server.conf and creds/ (all 0600)")
+    auth.add_argument("--client", action="append", default=None, metavar="NAME")
+    auth.add_argument("--host", default="0.0.0.0")
+    auth.add_argument("--port", type=int, default=4222)
+    auth.add_argument("--store-dir", default="/var/lib/nats/jetstream")
+    auth.add_argument("--tls-cert", default=None)
+    auth.add_argument("--tls-key", default=None)
+    auth.add_argument("--tls-ca", default=None)
+    auth.add_argument("--tls-verify-clients", action="store_true",
+                      help="require client certificates signed by --tls-ca")
+    auth.set_defaults(handler=_nats_auth)
 
     for role in ("agent", "shard", "coordinator"):
         p = subparsers.add_parser(role, help=f"run one {role} against a NATS server")
@@ -40,6 +67,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     infer.add_argument("--slo-ms", type=float, default=None)
     infer.add_argument("--nats-url", default=None)
     infer.add_argument("--timeout", type=float, default=10.0)
+    infer.add_argument("--creds", default=None, help=CREDS_HELP)
     infer.set_defaults(handler=_infer)
 
     demo = subparsers.add_parser("demo", help="up the demo cluster, send load, print a summary, shut down")
@@ -50,6 +78,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     scale.add_argument("what", choices=["shards"])
     scale.add_argument("count", type=int)
     scale.add_argument("--nats-url", default=None)
+    scale.add_argument("--creds", default=None, help=CREDS_HELP)
     scale.set_defaults(handler=_scale)
 
     drain = subparsers.add_parser("drain", help="move a shard's models and slots away (coordinated clusters)")
@@ -57,15 +86,18 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     drain.add_argument("--undo", action="store_true", help="let the shard take models again")
     drain.add_argument("--timeout", type=float, default=60.0)
     drain.add_argument("--nats-url", default=None)
+    drain.add_argument("--creds", default=None, help=CREDS_HELP)
     drain.set_defaults(handler=_drain)
 
     status = subparsers.add_parser("status", help="shards and agents found through the NATS services API")
     status.add_argument("--nats-url", default=None)
     status.add_argument("--json", action="store_true")
+    status.add_argument("--creds", default=None, help=CREDS_HELP)
     status.set_defaults(handler=_status)
 
     models = subparsers.add_parser("models", help="list the served models and their inputs")
     models.add_argument("--nats-url", default=None)
+    models.add_argument("--creds", default=None, help=CREDS_HELP)
     models.set_defaults(handler=_models)
 
 
@@ -73,8 +105,12 @@ def _up(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ops.cluster import LocalCluster
+    from ops.nats_auth import TlsFiles
 
-    cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs), nats_cluster=args.nats_cluster)
+    tls = TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca or "") if args.tls_cert else None
+    cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs), nats_cluster=args.nats_cluster,
+                           auth=not args.no_auth, clients=args.client or ("client",), tls=tls,
+                           run_dir=Path(args.run_dir) if args.run_dir else None)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -85,6 +121,11 @@ def _up(args: argparse.Namespace) -> int:
         url = await cluster.start()
         ops_nc = await _serve_ops(cluster)
         print(f"symphony is up at {url}  (export NATS_URL={url}); logs in {args.logs}; Ctrl-C stops it", flush=True)
+        if cluster.auth is not None:
+            clients = ", ".join(str(cluster.creds_path(c)) for c in (args.client or ("client",)))
+            print(f"NATS users on: operator credentials {cluster.creds_path('operator')} (status, drain, scale), "
+                  f"client credentials {clients} (infer, models); symphony commands on this host find them, "
+                  "other programs: export SYMPHONY_NATS_CREDS=<file>", flush=True)
         while not stop.is_set():
             cluster.check_alive()
             try:
@@ -105,7 +146,7 @@ async def _serve_ops(cluster) -> nats.NATS:  # noqa: ANN001
     """`symphony scale` talks to the `up` process that owns the local processes."""
     import json as json_
 
-    nc = await connect_client(cluster.url, "symphony-up")
+    nc = await connect_client(cluster.url, "symphony-up", cluster.creds_path("operator"), user="operator")
 
     async def on_scale(msg) -> None:  # noqa: ANN001
         try:
@@ -119,7 +160,7 @@ async def _serve_ops(cluster) -> nats.NATS:  # noqa: ANN001
         except (ValueError, KeyError, TimeoutError) as error:
             await msg.respond(json_.dumps({"error": str(error)}).encode())
 
-    await nc.subscribe("symphony.ops.scale", cb=on_scale)
+    await nc.subscribe(OPS_SCALE_SUBJECT, cb=on_scale)
     return nc
 
 
@@ -144,8 +185,10 @@ def _random_inputs(meta) -> dict[str, np.ndarray]:  # noqa: ANN001
 
 
 def _infer(args: argparse.Namespace) -> int:
+    validate_model_name(args.model)  # before connecting: `symphony infer 'a.b'` says what a name may be
+
     async def main() -> int:
-        client = await SymphonyClient.connect(args.nats_url)
+        client = await SymphonyClient.connect(args.nats_url, creds=args.creds)
         try:
             if args.input:
                 body: bytes | dict = args.input.encode()
@@ -174,7 +217,7 @@ def _infer(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     async def main() -> int:
-        client = await SymphonyClient.connect(args.nats_url)
+        client = await SymphonyClient.connect(args.nats_url, creds=args.creds)
         try:
             for name in await client.models():
                 meta = await client.metadata(name)
@@ -191,9 +234,9 @@ def _scale(args: argparse.Namespace) -> int:
     import json as json_
 
     async def main() -> int:
-        nc = await connect_client(default_nats_url(args.nats_url), "symphony-scale")
+        nc = await connect_client(default_nats_url(args.nats_url), "symphony-scale", args.creds, user="operator")
         try:
-            msg = await nc.request("symphony.ops.scale", json_.dumps({"shards": args.count}).encode(), timeout=120)
+            msg = await nc.request(OPS_SCALE_SUBJECT, json_.dumps({"shards": args.count}).encode(), timeout=120)
         except nats.errors.NoRespondersError:
             print("no `symphony up` is running a local cluster here (scale works on the local cluster)")
             return 1
@@ -210,7 +253,7 @@ def _drain(args: argparse.Namespace) -> int:
     from ops.drain import drain_shard
 
     took = asyncio.run(drain_shard(default_nats_url(args.nats_url), args.shard, timeout_s=args.timeout,
-                                   undo=args.undo))
+                                   undo=args.undo, creds=args.creds))
     print(f"{args.shard} undrained" if args.undo else f"{args.shard} drained in {took:.1f} s: it holds no models or slots")
     return 0
 
@@ -220,11 +263,30 @@ def _status(args: argparse.Namespace) -> int:
 
     from ops.status import format_status, gather_status
 
-    shards, agents, coordinators = asyncio.run(gather_status(default_nats_url(args.nats_url)))
+    shards, agents, coordinators = asyncio.run(gather_status(default_nats_url(args.nats_url), creds=args.creds))
     if args.json:
         print(msgspec.json.encode({"shards": shards, "agents": agents, "coordinators": coordinators}).decode())
     else:
         print(format_status(shards, agents, coordinators))
+    return 0
+
+
+def _nats_auth(args: argparse.Namespace) -> int:
+    """For a deployment on several hosts: one server config (add `server_name` and a `cluster`
+    block per server for a NATS cluster; the users are the same on each) and the roles' files."""
+    from pathlib import Path
+
+    from ops.cluster_config import load_cluster_config
+    from ops.nats_auth import Auth, TlsFiles, deployment_for, write_private
+
+    tls = (TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca or "", verify_clients=args.tls_verify_clients)
+           if args.tls_cert else None)
+    deployment = deployment_for(load_cluster_config(args.config), args.client or ("client",), tls)
+    auth = Auth.create(deployment, Path(args.out))
+    conf = Path(args.out) / "nats-server.conf"
+    write_private(conf, auth.server_config(host=args.host, port=args.port, store_dir=args.store_dir))
+    print(f"wrote {conf} and {len(auth.users)} credentials files in {auth.creds_dir}: give each role its own "
+          "file (SYMPHONY_NATS_CREDS=<file>); every file is 0600")
     return 0
 
 

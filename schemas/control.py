@@ -3,8 +3,13 @@ put into the membership bucket, and slot claims. JSON in the KV (readable with `
 
 from __future__ import annotations
 
-import msgspec
+from typing import Annotated
 
+import msgspec
+from msgspec import Meta
+
+from schemas.codec import json_decoder
+from schemas.limits import NAMES_MAX, Count, Epoch, Identifier, MaybeIdentifier, ModelName, NonNegative, Text, Version
 from schemas.model import ModelSpec
 
 STATE_BUCKET = "symphony"  # assignment, drain requests
@@ -13,56 +18,72 @@ LEADER_BUCKET = "symphony-leader"  # the leader's lease; ages out after the leas
 ASSIGNMENT_KEY = "assignment"
 
 
+# The members a message may list: every name is a subject token, every count bounded.
+ModelNames = Annotated[list[ModelName], Meta(max_length=NAMES_MAX)]
+
+
 class Assignment(msgspec.Struct, frozen=True, kw_only=True):
-    version: int = 1
-    epoch: int = 0
-    models: dict[str, str] = {}  # model -> shard
-    slots: dict[str, str] = {}  # slot -> shard
-    demand: dict[str, float] = {}  # shard -> predicted busy slots
-    desired_slots: int = 0
-    surplus_slots: int = 0
-    coordinator: str = ""
+    version: Version = 1
+    epoch: Epoch = 0
+    models: Annotated[dict[ModelName, Identifier], Meta(max_length=NAMES_MAX)] = {}  # model -> shard
+    slots: Annotated[dict[Identifier, Identifier], Meta(max_length=NAMES_MAX)] = {}  # slot -> shard
+    demand: Annotated[dict[Identifier, NonNegative], Meta(max_length=NAMES_MAX)] = {}  # shard -> busy slots
+    desired_slots: Count = 0
+    surplus_slots: Count = 0
+    coordinator: MaybeIdentifier = ""
 
 
 class ModelLoad(msgspec.Struct, frozen=True, kw_only=True):
-    rate_rps: float
-    pending: int
+    rate_rps: NonNegative
+    pending: Count
 
 
 class ShardHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
-    version: int = 1
-    shard_id: str
-    models: dict[str, ModelLoad] = {}
-    epoch: int = 0  # the assignment it has applied
+    version: Version = 1
+    shard_id: Identifier
+    models: Annotated[dict[ModelName, ModelLoad], Meta(max_length=NAMES_MAX)] = {}
+    epoch: Epoch = 0  # the assignment it has applied
     draining: bool = False
 
 
 class AgentSlot(msgspec.Struct, frozen=True, kw_only=True):
-    slot_id: str
-    models: list[str]
-    owner: str = ""
-    epoch: int = 0
+    slot_id: Identifier
+    models: ModelNames
+    owner: MaybeIdentifier = ""
+    epoch: Epoch = 0
 
 
 class AgentHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
-    version: int = 1
-    agent_id: str
-    device: str
-    slots: list[AgentSlot]
-    memory_bytes: dict[str, int] = {}  # device -> bytes in use, where JAX exposes it
+    version: Version = 1
+    agent_id: Identifier
+    device: Text
+    slots: Annotated[list[AgentSlot], Meta(max_length=NAMES_MAX)]
+    # device -> bytes in use, where JAX exposes it
+    memory_bytes: Annotated[dict[Text, Count], Meta(max_length=NAMES_MAX)] = {}
 
 
 class SlotClaim(msgspec.Struct, frozen=True, kw_only=True):
-    slot_id: str
-    shard_id: str
-    epoch: int
+    slot_id: Identifier
+    shard_id: Identifier
+    epoch: Epoch
 
 
 class ClaimReply(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
-    reason: str = ""
-    queued_plans: int = 0
+    reason: Text = ""
+    queued_plans: Count = 0
 
 
 def encode(value: msgspec.Struct) -> bytes:
     return msgspec.json.encode(value)
+
+
+# Typed decoders, built once (STYLE §9, schemas/codec.py). Each raises msgspec.DecodeError (or
+# its subclass ValidationError), and nothing else, on anything that is not a valid message;
+# callers log, count and skip it.
+assignment_decoder = json_decoder(Assignment)
+shard_heartbeat_decoder = json_decoder(ShardHeartbeat)
+agent_heartbeat_decoder = json_decoder(AgentHeartbeat)
+slot_claim_decoder = json_decoder(SlotClaim)
+claim_reply_decoder = json_decoder(ClaimReply)
+model_spec_decoder = json_decoder(ModelSpec)

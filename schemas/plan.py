@@ -4,67 +4,109 @@ defaults, no field changes type (STYLE §9)."""
 
 from __future__ import annotations
 
+import re
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
+
+from schemas.codec import msgpack_decoder
+from schemas.limits import (
+    BATCH_SIZE_LIMIT,
+    NAMES_MAX,
+    PAYLOAD_BYTES_LIMIT,
+    Count,
+    Epoch,
+    Identifier,
+    ModelName,
+    Version,
+)
+
+# Client input the shard passes through untouched: bounded by what NATS can carry, never tighter
+# (schemas/limits.py). The shard checks the content type against the two it accepts.
+ClientText = Annotated[str, Meta(max_length=PAYLOAD_BYTES_LIMIT)]
+ClientBytes = Annotated[bytes, Meta(max_length=PAYLOAD_BYTES_LIMIT)]
+ShortText = Annotated[str, Meta(max_length=64)]
+Int64 = Annotated[int, Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
 
 
 class PlanRequest(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    request_id: int  # the shard's id
-    reply: str  # the client's inbox
-    body: bytes  # untouched request body
-    content_type: str
-    client_request_id: str = ""  # the Symphony-Request-Id header, echoed back
-    queue_us: int = 0  # time spent in the shard before the plan was sent
-    deadline_unix_ns: int = 0  # this request's deadline, wall clock; past it the agent does not run it
+    request_id: Count  # the shard's id
+    reply: ClientText  # the client's inbox; `plan_decoder` checks it is one nats-py can publish to
+    body: ClientBytes  # untouched request body
+    content_type: ClientText
+    client_request_id: ClientText = ""  # the Symphony-Request-Id header, echoed back
+    queue_us: Int64 = 0  # time spent in the shard before the plan was sent
+    deadline_unix_ns: Int64 = 0  # this request's deadline, wall clock; past it the agent does not run it
 
 
 class BatchPlan(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    version: int
-    plan_id: int
-    shard_id: str
-    epoch: int
-    slot_id: str
-    model: str
-    requests: list[PlanRequest]
-    exec_at_ns: int  # shard clock; the agent never compares it with its own
-    deadline_us: int  # budget from send to the earliest member's deadline; past it: drop on dequeue
+    version: Version
+    plan_id: Count
+    shard_id: Identifier
+    epoch: Epoch
+    slot_id: Identifier
+    model: ModelName
+    requests: Annotated[list[PlanRequest], Meta(max_length=BATCH_SIZE_LIMIT)]
+    exec_at_ns: Int64  # shard clock; the agent never compares it with its own
+    deadline_us: Int64  # budget from send to the earliest member's deadline; past it: drop on dequeue
     # The same deadline as wall-clock time (time.time_ns): survives a pause of either process,
     # since a plan that waited in a socket buffer looks fresh to a receipt-time budget.
-    deadline_unix_ns: int = 0
+    deadline_unix_ns: Int64 = 0
+    # When the shard declares this plan's slot lost if no report came (wall clock). Past it the
+    # agent sends no reply (the shard answers); it reports "withheld" instead.
+    lost_after_unix_ns: Int64 = 0
 
 
 class PlanHeader(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """The first fields of a BatchPlan: enough to fence it without decoding the bodies."""
 
-    version: int
-    plan_id: int
-    shard_id: str
-    epoch: int
+    version: Version
+    plan_id: Count
+    shard_id: Identifier
+    epoch: Epoch
 
 
 class CompletionReport(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    version: int
-    plan_id: int
-    slot_id: str
-    batch_size: int
-    compute_us: int  # measured on the agent
-    queued_us: int  # wait on the agent before the batch started
-    ok: int  # requests answered 200
-    errors: int  # requests answered with an error (bad input, expired, internal)
-    status: str = "done"  # "done" | "expired" | "failed"
+    version: Version
+    plan_id: Count
+    slot_id: Identifier
+    batch_size: Annotated[int, Meta(ge=0, le=BATCH_SIZE_LIMIT)]
+    compute_us: Count  # measured on the agent
+    queued_us: Count  # wait on the agent before the batch started
+    ok: Annotated[int, Meta(ge=0, le=BATCH_SIZE_LIMIT)]  # requests answered 200
+    errors: Annotated[int, Meta(ge=0, le=BATCH_SIZE_LIMIT)]  # answered with an error (bad input, expired, internal)
+    status: ShortText = "done"  # "done" | "expired" | "failed" | "handed_back" | "withheld"
 
 
 class SlotInfo(msgspec.Struct, frozen=True, kw_only=True):
-    version: int = 1
-    slot_id: str
-    agent_id: str
-    device: str
-    models: list[str]
+    version: Version = 1
+    slot_id: Identifier
+    agent_id: Identifier
+    device: Annotated[str, Meta(max_length=1024)]
+    models: Annotated[list[ModelName], Meta(max_length=NAMES_MAX)]
 
 
 PLAN_VERSION = 1
 REPORT_VERSION = 1
 
 plan_encoder = msgspec.msgpack.Encoder()
-plan_decoder = msgspec.msgpack.Decoder(BatchPlan)
-plan_header_decoder = msgspec.msgpack.Decoder(PlanHeader)
-report_decoder = msgspec.msgpack.Decoder(CompletionReport)
+_NOT_IN_SUBJECTS = re.compile(r"[ \t\r\n]")
+
+
+def _replies_publishable(plan: BatchPlan) -> str | None:
+    """Every reply subject is one nats-py will publish to (not empty, no whitespace): the agent
+    answers each, and a publish it refuses would fail the whole plan. NATS never delivers a reply
+    subject without these, so only a forged plan fails here. One regex over all of them: a
+    `Meta(pattern=...)` per request costs a microsecond each on the agent's hot path."""
+    replies = [r.reply for r in plan.requests]
+    if "" in replies or _NOT_IN_SUBJECTS.search("".join(replies)):
+        return "a request's reply subject is empty or has whitespace"
+    return None
+
+
+# Typed decoders (schemas/codec.py): each raises msgspec.DecodeError, and nothing else, on bytes
+# that are not a valid message within the limits above.
+plan_decoder = msgpack_decoder(BatchPlan, _replies_publishable)
+plan_header_decoder = msgpack_decoder(PlanHeader)
+report_decoder = msgpack_decoder(CompletionReport)

@@ -17,9 +17,12 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from schemas.limits import BATCH_SIZE_LIMIT, LatencyUs, Text, Version
+
 SLEEP_BATCH_SIZE_MAX = 499  # reference §2.4: sleep profiles cover b = 1..499
 
-PositiveUs = Annotated[float, Meta(ge=0)]
+PositiveUs = LatencyUs  # finite, at least 0, at most an hour
+LatencyTable = Annotated[list[PositiveUs], Meta(min_length=1, max_length=BATCH_SIZE_LIMIT)]
 
 
 class ModelProfile(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,11 +32,11 @@ class ModelProfile(msgspec.Struct, frozen=True, kw_only=True):
     from batch 1, so its length is the largest batch the profile covers.
     """
 
-    version: int = 1
-    profile_id: str = ""
-    device: str = "generic"
-    forward_mean_us: list[PositiveUs]
-    forward_std_us: list[PositiveUs]
+    version: Version = 1
+    profile_id: Text = ""
+    device: Text = "generic"
+    forward_mean_us: LatencyTable
+    forward_std_us: LatencyTable
     pre_mean_us: PositiveUs = 0.0
     pre_std_us: PositiveUs = 0.0
     post_mean_us: PositiveUs = 0.0

@@ -3,55 +3,69 @@ and shown by `symphony status`."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
+
+from schemas.codec import json_decoder
+from schemas.limits import NAMES_MAX, Count, Epoch, Identifier, MaybeIdentifier, ModelName, NonNegative, Text, Version
+
+Ids = Annotated[list[Identifier], Meta(max_length=NAMES_MAX)]
 
 
 class ModelStatus(msgspec.Struct, kw_only=True):
-    name: str
-    pending: int
-    target_batch_size: int
-    rate_rps: float
-    received: int
-    dispatched: int
-    dropped: int
+    name: ModelName
+    pending: Count
+    target_batch_size: Count
+    rate_rps: NonNegative
+    received: Count
+    dispatched: Count
+    dropped: Count
 
 
 class ShardStatus(msgspec.Struct, kw_only=True):
-    version: int = 1
-    shard_id: str
-    policy: str
-    epoch: int = 0
-    models: list[ModelStatus]
-    slots_owned: list[str]
-    slots_busy: list[str]
-    slots_lost: list[str]
-    busy_seconds: float = 0.0  # slot time of completed batches, cumulative (as agents measured it)
+    version: Version = 1
+    shard_id: Identifier
+    policy: Text
+    epoch: Epoch = 0
+    models: Annotated[list[ModelStatus], Meta(max_length=NAMES_MAX)]
+    slots_owned: Ids
+    slots_busy: Ids
+    slots_lost: Ids
+    busy_seconds: NonNegative = 0.0  # slot time of completed batches, cumulative (as agents measured it)
 
 
 class SlotStatus(msgspec.Struct, kw_only=True):
-    slot_id: str
-    models: list[str]
-    plans_queued: int
-    executions: int
-    owner: str = ""
-    epoch: int = 0
-    busy_fraction: float = 0.0  # over the last 10 s
+    slot_id: Identifier
+    models: Annotated[list[ModelName], Meta(max_length=NAMES_MAX)]
+    plans_queued: Count
+    executions: Count
+    owner: MaybeIdentifier = ""
+    epoch: Epoch = 0
+    busy_fraction: Annotated[float, Meta(ge=0, le=1)] = 0.0  # over the last 10 s
 
 
 class AgentStatus(msgspec.Struct, kw_only=True):
-    version: int = 1
-    agent_id: str
-    device: str
-    slots: list[SlotStatus]
-    compile_count: dict[str, int]
+    version: Version = 1
+    agent_id: Identifier
+    device: Text
+    slots: Annotated[list[SlotStatus], Meta(max_length=NAMES_MAX)]
+    compile_count: Annotated[dict[ModelName, Count], Meta(max_length=NAMES_MAX)]
 
 
 class CoordinatorStatus(msgspec.Struct, kw_only=True):
-    coordinator_id: str
+    coordinator_id: Identifier
     leading: bool
-    epoch: int
-    shards: list[str]
-    agents: list[str]
-    desired_slots: int
-    surplus_slots: int
-    slots: int
+    epoch: Epoch
+    shards: Ids
+    agents: Ids
+    desired_slots: Count
+    surplus_slots: Count
+    slots: Count
+
+
+# Typed decoders for `symphony status` and the load generator's slot poll (STYLE §9).
+shard_status_decoder = json_decoder(ShardStatus)
+agent_status_decoder = json_decoder(AgentStatus)
+coordinator_status_decoder = json_decoder(CoordinatorStatus)

@@ -13,8 +13,15 @@ import nats
 import structlog
 from nats.js.errors import KeyNotFoundError
 
-from coordinator.state import keys_with_prefix, open_buckets, read_assignment, read_members, with_retries
-from schemas.control import ClaimReply, ModelLoad, ShardHeartbeat, SlotClaim, encode
+from coordinator.state import (
+    count_undecodable,
+    keys_with_prefix,
+    open_buckets,
+    read_assignment,
+    read_members,
+    with_retries,
+)
+from schemas.control import ModelLoad, ShardHeartbeat, SlotClaim, claim_reply_decoder, encode, model_spec_decoder
 from schemas.model import ModelSpec
 from schemas.profile import ModelProfile
 
@@ -79,7 +86,7 @@ class AssignmentFollower:
         me = self.shard.entry.id
         models = {m for m, s in assignment.models.items() if s == me}
         slots = {slot for slot, s in assignment.slots.items() if s == me}
-        return bool(models - set(self.shard.specs)) or bool(slots - self.shard._owned)  # noqa: SLF001
+        return bool(models - set(self.shard.specs)) or bool(slots - self.shard.usable_slots())
 
     async def _apply(self, assignment) -> None:  # noqa: ANN001
         """Apply an epoch. The core treats its slots as interchangeable, so at no moment may it
@@ -107,7 +114,7 @@ class AssignmentFollower:
                 log.warning("model_without_profile", shard=me, model=name)
                 continue
             await shard.add_model(spec)
-        for slot in sorted(slots - shard._owned):  # noqa: SLF001
+        for slot in sorted(slots - shard.usable_slots()):  # new, or lost and back (claimed again)
             if await self._claim(agent_of.get(slot), slot):
                 await shard.add_slot(slot)
         self._releasing.update(graceful)
@@ -136,7 +143,12 @@ class AssignmentFollower:
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
             log.warning("claim_unanswered", shard=self.shard.entry.id, slot=slot, agent=agent_id)
             return False
-        reply = msgspec.json.decode(msg.data, type=ClaimReply)
+        try:
+            reply = claim_reply_decoder.decode(msg.data)
+        except msgspec.DecodeError as error:
+            log.error("undecodable_claim_reply", shard=self.shard.entry.id, slot=slot, agent=agent_id,
+                      error=str(error)[:200])
+            return False
         if not reply.ok:
             log.warning("claim_refused", shard=self.shard.entry.id, slot=slot, reason=reply.reason)
         return reply.ok
@@ -151,7 +163,11 @@ class AssignmentFollower:
                 entry = await self.buckets.state.get(key)
             except KeyNotFoundError:
                 continue
-            spec = msgspec.json.decode(entry.value, type=ModelSpec)
+            try:
+                spec = model_spec_decoder.decode(entry.value)
+            except msgspec.DecodeError as error:
+                count_undecodable("profile", key, error)
+                continue
             chosen = chosen or spec
             if spec.profile is not None:
                 profile = spec.profile if profile is None else profile.merge_slowest(spec.profile)

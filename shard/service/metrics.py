@@ -41,7 +41,7 @@ class FastHistogram:
 
 
 OUTCOMES = ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "lost", "handed_back", "expired",
-            "duplicate")
+            "duplicate", "unknown")
 
 
 class ShardMetrics:
@@ -88,7 +88,8 @@ class _Collector(Collector):
         yield _counter("symphony_shard_requests", "Requests leaving the shard, by outcome: dispatched (in a batch), "
                        "dropped (504), rejected (413/429), bad_request (400), unavailable (503), lost (slot lost), "
                        "handed_back (moved), expired (past its deadline on arrival, 504), duplicate (a repeated "
-                       "id within its deadline, not answered again)",
+                       "id within its deadline, not answered again), unknown (in a plan sent before a lost "
+                       "connection: not answered by the shard)",
                        dict(m.outcomes), ["model", "outcome"])
         yield _counter("symphony_shard_requests_succeeded", "Requests agents answered 200 (nv_inference_request_success)",
                        {(k,): v for k, v in m.succeeded.items()}, ["model"])

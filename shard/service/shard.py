@@ -22,7 +22,10 @@ from nats.aio.msg import Msg
 from gpu_agent.agent import AgentInfo
 from ops.cluster_config import ClusterConfig, ShardEntry
 from ops.connect import connect_service
+from ops.connect import creds_of
+from ops.nats_auth import HANDBACK_NAMESPACE
 from ops.handback import hand_back_headers, start_hand_back
+from schemas.codec import msgpack_decoder
 from schemas.model import ModelList, ModelSpec, metadata_of
 from schemas.plan import PLAN_VERSION, BatchPlan, PlanRequest, plan_encoder, report_decoder
 from schemas.profile import ModelProfile
@@ -69,7 +72,10 @@ DROP_STATUS = {
 }
 
 
+agent_info_decoder = msgpack_decoder(AgentInfo)
 SEEN_IDS_MIN = 4096
+AGENT_SILENCE_S = 3.0  # an agent that neither answers nor disappears is declared lost after this
+RECONNECT_SETTLE_S = 3.0  # after this shard reconnects, agents get this long to reconnect too
 REQUEST_ID_LEN_MAX = 128
 DEADLINE_MS_MAX = 2**53  # beyond any real clock; bounds the header before it becomes an int
 
@@ -91,6 +97,7 @@ class InFlight:
     requests: list[PlanRequest]
     sent_ns: int
     finish_ns: int
+    connection: int = 0  # this shard's reconnect count when the plan was sent
 
 
 class ShardService:
@@ -118,6 +125,9 @@ class ShardService:
         # answered again (the first copy's reply is the one reply). Pruned as it grows.
         self._seen_ids: dict[str, int] = {}
         self._seen_prune_at = SEEN_IDS_MIN
+        self._agent_of_slot = {slot.id: agent.id for agent in config.agents for slot in agent.slots}
+        self._reconnected_at = 0
+        self._reconnects = 0
         self._owned: set[str] = set(self.entry.slots)
         self.follower = None
         self._busy_s = 0.0
@@ -178,7 +188,7 @@ class ShardService:
             for agent_id in sorted(wanted - set(infos)):
                 try:
                     msg = await self.nc.request(f"{self.prefix}.agent.{agent_id}.info", b"", timeout=1.0)
-                    infos[agent_id] = msgspec.msgpack.decode(msg.data, type=AgentInfo)
+                    infos[agent_id] = agent_info_decoder.decode(msg.data)
                 except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                     if asyncio.get_running_loop().time() > deadline:
                         raise TimeoutError(f"agents {sorted(wanted - set(infos))} did not answer") from None
@@ -252,6 +262,10 @@ class ShardService:
         self._owned.add(slot_id)
         await self._apply_async(self.policy.handle(SlotAdded(self.slot_index[slot_id]), self.clock.now_ns()))
 
+    def usable_slots(self) -> set[str]:
+        """Slots this shard owns and has not declared lost."""
+        return self._owned - self._lost
+
     async def remove_slot(self, slot_id: str) -> None:
         if slot_id not in self._owned:
             return
@@ -284,6 +298,14 @@ class ShardService:
         )
 
     # ---- ingress ------------------------------------------------------------------------
+    def _handed_back(self, msg: Msg, headers: dict[str, str]) -> bool:
+        """A hand-back from a shard or agent, not a client's repeat. With NATS users the marker
+        counts only with a reply in the hand-back namespace, which clients cannot subscribe to,
+        so a client cannot use it to get past duplicate suppression."""
+        if HEADER_HANDED_BACK not in headers:
+            return False
+        return creds_of(self.nc) is None or msg.reply.startswith(HANDBACK_NAMESPACE + ".")
+
     def _ingress(self, model: str):  # noqa: ANN202
         metrics = self.metrics
         received = metrics.received
@@ -339,7 +361,7 @@ class ShardService:
                     return
                 slo_ns = min(slo_ns, remaining) if slo_ns else remaining
             seen = self._seen_ids
-            if client_id and client_id in seen and seen[client_id] > now and HEADER_HANDED_BACK not in headers:
+            if client_id and client_id in seen and seen[client_id] > now and not self._handed_back(msg, headers):
                 metrics.count(model, "duplicate")
                 return  # a repeat of a request still within its deadline: the first copy answers
             pending = Pending(msg.reply, msg.data, content_type, client_id, now, wall + slo_ns)
@@ -420,7 +442,21 @@ class ShardService:
             deadline_unix_ns=min(r.deadline_unix_ns for r in requests),
             lost_after_unix_ns=self.clock.wall_ns() + action.finish_at_ns - now + int(self.entry.slot_grace_ms * 1e6),
         )
-        self.inflight[action.plan_id] = InFlight(slot_id, action.model, requests, now, action.finish_at_ns)
+        data = plan_encoder.encode(plan)
+        if len(data) > self.nc.max_payload:
+            # Valid bodies can add up past what NATS carries in one message: answer them (not
+            # silently lose the slot) and give the core its slot back at once.
+            log.error("plan_too_large", plan=action.plan_id, bytes=len(data), max_payload=self.nc.max_payload)
+            for request in requests:
+                self.metrics.count(action.model, "rejected")
+                await self._error(request.reply, Status.TOO_LARGE,
+                                  f"batch of {len(requests)} is {len(data)} bytes, over the server's max_payload "
+                                  f"{self.nc.max_payload}; send smaller bodies", request.client_request_id)
+            await self._apply_async(self.policy.handle(
+                BatchCompleted(action.slot_id, action.plan_id, now, now), now))
+            return
+        self.inflight[action.plan_id] = InFlight(slot_id, action.model, requests, now, action.finish_at_ns,
+                                                 self.nc.stats["reconnects"])
         metrics = self.metrics
         metrics.count(action.model, "dispatched", len(requests))
         metrics.items[action.model] += len(requests)
@@ -429,7 +465,7 @@ class ShardService:
         queue = metrics.queue_seconds[action.model]
         for request in requests:
             queue.observe(request.queue_us / 1e6)
-        await self.nc.publish(f"{self.prefix}.slot.{slot_id}.plan", plan_encoder.encode(plan))
+        await self.nc.publish(f"{self.prefix}.slot.{slot_id}.plan", data)
 
     async def _drop(self, action: DropRequests) -> None:
         if action.reason is DropReason.MOVED:
@@ -509,31 +545,80 @@ class ShardService:
             await asyncio.sleep(tick_ns / 1e9)
             now = self.clock.now_ns()
             stalled_ns = now - last - tick_ns
-            last = now
             if stalled_ns > 2 * tick_ns:
                 # This process was paused or starved, not the agents: reports may be waiting in
                 # its socket. Extend every plan's grace by the stall instead of declaring loss.
                 for flight in self.inflight.values():
                     flight.finish_ns += stalled_ns
                 log.warning("shard_stalled", shard=self.entry.id, seconds=round(stalled_ns / 1e9, 2))
+                last = self.clock.now_ns()
                 continue
+            if self.nc.stats["reconnects"] != self._reconnects:
+                self._reconnects = self.nc.stats["reconnects"]
+                self._reconnected_at = now
             overdue = {f.slot_id for f in self.inflight.values() if now > f.finish_ns + grace_ns}
             for slot_id in sorted(overdue):
-                await self._lose_slot(slot_id, now)
+                if await self._slot_is_lost(slot_id, grace_ns):
+                    await self._lose_slot(slot_id, self.clock.now_ns())
+            last = self.clock.now_ns()  # the checks' own waits are not a stall
+
+    async def _slot_is_lost(self, slot_id: str, grace_ns: int) -> bool:
+        """Declare a slot lost (and answer its requests 503) only on evidence that its agent will
+        not answer them: a second reply must never follow. The server must be responsive (else
+        reports may be stuck in it); then the agent either has no subscriber left (its connection
+        is gone), or it answers a ping (ordered after any report it sent, so a plan still in
+        flight has no report and its replies will be withheld), or it has been silent past
+        AGENT_SILENCE_S (paused or cut off; its late replies are withheld by then)."""
+        try:  # a round trip through the server to this shard's own status endpoint (nats-py's
+            # flush() must not time out: a late PONG then breaks its read loop)
+            await self.nc.request(f"{self.prefix}.shard.{self.entry.id}.status", b"", timeout=0.5)
+        except nats.errors.Error:
+            return False
+        agent_id = self._agent_of_slot.get(slot_id)
+        if agent_id is not None:
+            try:
+                await self.nc.request(f"{self.prefix}.agent.{agent_id}.info", b"", timeout=0.3)
+            except nats.errors.NoRespondersError:
+                # No subscriber: the agent's connection is gone, unless this shard has only just
+                # reconnected itself (the agent may be a moment behind): then wait as for silence.
+                if self.clock.now_ns() - self._reconnected_at < int(RECONNECT_SETTLE_S * 1e9):
+                    return self._silent_too_long(slot_id, grace_ns)
+            except nats.errors.TimeoutError:
+                return self._silent_too_long(slot_id, grace_ns)
+        await asyncio.sleep(0.02)  # let reports that arrived before the answer be handled
+        now = self.clock.now_ns()
+        still = any(f.slot_id == slot_id and now > f.finish_ns + grace_ns for f in self.inflight.values())
+        return still
+
+    def _silent_too_long(self, slot_id: str, grace_ns: int) -> bool:
+        now = self.clock.now_ns()
+        oldest = min((f.finish_ns for f in self.inflight.values() if f.slot_id == slot_id), default=now)
+        return now > oldest + grace_ns + int(AGENT_SILENCE_S * 1e9)
 
     async def _lose_slot(self, slot_id: str, now: int) -> None:
         self._lost.add(slot_id)
         self.metrics.slots_lost += 1
         lost = [plan for plan, f in self.inflight.items() if f.slot_id == slot_id]
         count_ = 0
+        unknown = 0
         for plan in lost:
             flight = self.inflight.pop(plan)
+            if (flight.connection != self.nc.stats["reconnects"]
+                    or flight.sent_ns < self._reconnected_at + int(RECONNECT_SETTLE_S * 1e9)):
+                # Sent before this shard's connection broke, or while everyone was re-subscribing
+                # after it: the agent's report may have died with the server or found no
+                # subscriber yet while its replies got through, so this shard cannot know
+                # whether the client was answered. Silence (the client's timeout) is the only
+                # answer that can never be a second one.
+                unknown += len(flight.requests)
+                self.metrics.count(flight.model, "unknown", len(flight.requests))
+                continue
             for request in flight.requests:
                 count_ += 1
                 self.metrics.count(flight.model, "lost")
                 await self._error(request.reply, Status.UNAVAILABLE, f"slot {slot_id} was lost",
                                   request.client_request_id)
-        log.warning("slot_lost", shard=self.entry.id, slot=slot_id, requests=count_)
+        log.warning("slot_lost", shard=self.entry.id, slot=slot_id, requests=count_, unknown=unknown)
         await self._apply_async(self.policy.handle(SlotRemoved(self.slot_index[slot_id]), now))
 
     # ---- shutdown -----------------------------------------------------------------------

@@ -145,7 +145,7 @@ async def test_a_killed_leader_is_replaced(cluster: LocalCluster) -> None:
 
 
 async def _assignment(url: str):  # noqa: ANN202
-    nc = await connect_client(url, "test")
+    nc = await connect_client(url, "test", user="operator")  # reading KV is the operator's
     try:
         buckets = await open_buckets(nc, heartbeat_ttl_s=1.5, lease_s=1.5)
         assignment, _rev = await read_assignment(buckets.state)

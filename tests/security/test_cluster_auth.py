@@ -1,0 +1,100 @@
+"""A whole coordinated cluster with NATS users on (LocalCluster's default): two clients are
+served, the operator sees and rescales it, a client cannot, and no role ever trips a permission
+(the server logs every violation; the roles log the ones they are told of)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ops.client import SymphonyClient
+from ops.cluster import LocalCluster
+from ops.status import gather_status
+
+pytestmark = pytest.mark.asyncio
+
+CONFIG = """
+subject_prefix = "symphony"
+[coordinator]
+count = 1
+epoch_s = 1.0
+lease_s = 1.5
+heartbeat_ttl_s = 1.5
+[[models]]
+name = "resnet_sleep"
+kind = "sleep:1082,5204"
+slo_ms = 100
+batch_size_max = 64
+[[models]]
+name = "fast_sleep"
+kind = "sleep:20,500"
+slo_ms = 40
+batch_size_max = 64
+[[agents]]
+id = "agent-a"
+slots = [{id = "a0", models = ["resnet_sleep", "fast_sleep"]}, {id = "a1", models = ["resnet_sleep", "fast_sleep"]}]
+[[agents]]
+id = "agent-b"
+slots = [{id = "b0", models = ["resnet_sleep", "fast_sleep"]}, {id = "b1", models = ["resnet_sleep", "fast_sleep"]}]
+[[shards]]
+id = "shard-0"
+slot_grace_ms = 1500
+"""
+BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'
+
+
+async def test_a_cluster_with_users_serves_two_clients_and_only_the_operator_manages_it(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(CONFIG)
+    cluster = LocalCluster(path, log_dir=tmp_path / "logs", clients=("alice", "bob"))
+    await cluster.start(timeout_s=60)
+    alice = bob = None
+    try:
+        assert cluster.auth is not None and cluster.server is not None
+        alice = await SymphonyClient.connect(cluster.url, creds=cluster.creds_path("alice"))
+        bob = await SymphonyClient.connect(cluster.url, creds=cluster.creds_path("bob"))
+        for client in (alice, bob):
+            result = await client.infer("resnet_sleep", BODY, content_type="application/json", timeout_s=5)
+            assert result.ok, result.reason
+
+        assert await gather_status(cluster.url, creds=cluster.creds_path("alice")) == ([], [], [])  # refused
+        shards, agents, coordinators = await gather_status(cluster.url, creds=cluster.creds_path("operator"))
+        assert ([s.shard_id for s in shards], len(agents), len(coordinators)) == (["shard-0"], 2, 1)
+
+        async def steady(client: SymphonyClient, model: str, seconds: float) -> list[int]:
+            statuses = []
+            loop = asyncio.get_running_loop()
+            end = loop.time() + seconds
+            pending = []
+            while loop.time() < end:
+                pending.append(asyncio.ensure_future(
+                    client.infer(model, BODY, content_type="application/json", timeout_s=6)))
+                await asyncio.sleep(0.01)
+            for result in await asyncio.gather(*pending):
+                statuses.append(result.status)
+            return statuses
+
+        async def rescale() -> None:  # moves models between shards: drains, hand-backs, claims
+            await asyncio.sleep(0.5)
+            assert await cluster.scale_shards(2) == ["shard-0", "shard-1"]
+            await asyncio.sleep(1.5)
+            assert await cluster.scale_shards(1) == ["shard-0"]
+
+        served_alice, served_bob, _ = await asyncio.gather(
+            steady(alice, "resnet_sleep", 6.0), steady(bob, "fast_sleep", 6.0), rescale())
+        for statuses in (served_alice, served_bob):
+            assert all(s in (200, 503, 504) for s in statuses), sorted(set(statuses))  # every request answered
+            assert statuses.count(200) >= 0.9 * len(statuses)
+
+        violations = [line for line in cluster.server.log().splitlines() if "Violation" in line]
+        assert violations and all('"$G/user:alice"' in line for line in violations)  # only alice's status attempt
+        for log in (tmp_path / "logs").glob("*.log"):
+            assert "permissions violation" not in log.read_text().lower(), log.name
+    finally:
+        for client in (alice, bob):
+            if client is not None:
+                await client.close()
+        cluster.stop()
+    assert not cluster.auth.run_dir.exists()  # the cluster's passwords go with it

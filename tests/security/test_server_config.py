@@ -1,0 +1,90 @@
+"""The generated nats-server configuration: limits, durable JetStream, TLS and route auth, each
+checked in the text and, where cheap, by the real server (`nats-server -t` parses a config; a
+TLS server is started when `openssl` can make a self-signed certificate)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+
+import nats
+import pytest
+
+from ops.connect import NatsUnreachable, connect_client
+from ops.nats_auth import MAX_PAYLOAD, Auth, Deployment, TlsFiles, role_permissions
+from ops.nats_server import NatsServer, nats_server_binary
+
+
+def server_accepts(config: str, tmp_path: Path) -> None:
+    path = tmp_path / "server.conf"
+    path.write_text(config)
+    checked = subprocess.run([nats_server_binary(), "-c", str(path), "-t"], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+
+
+def test_the_config_sets_limits_durable_jetstream_and_every_user(tmp_path: Path) -> None:
+    auth = Auth.create(Deployment(agents={"a": ("a0",)}, clients=("alice", "bob")), tmp_path / "run")
+    config = auth.server_config(host="127.0.0.1", port=4222, store_dir=str(tmp_path / "js"))
+    assert f"max_payload: {MAX_PAYLOAD}" in config and "max_connections:" in config
+    assert "sync_interval: always" in config
+    for user in ("coordinator", "shard", "operator", "agent-a", "alice", "bob"):
+        assert f'user: "{user}", password: "{auth.passwords[user]}"' in config
+    server_accepts(config, tmp_path)
+
+
+def test_three_servers_share_the_users_and_authenticate_their_routes(tmp_path: Path) -> None:
+    tls = TlsFiles(cert="/etc/symphony/server.pem", key="/etc/symphony/server.key", ca="/etc/symphony/ca.pem",
+                   verify_clients=True)
+    auth = Auth.create(Deployment(tls=tls), tmp_path / "run")
+    configs = [auth.server_config(host="127.0.0.1", port=4222 + k, store_dir=f"/tmp/js{k}", server_name=f"n{k}",
+                                  cluster_port=6222 + k, routes=[6222 + j for j in range(3) if j != k])
+               for k in range(3)]
+    route = f'authorization {{ user: "route", password: "{auth.passwords["route"]}", timeout: 2 }}'
+    for k, config in enumerate(configs):
+        assert route in config
+        assert f'nats-route://route:{auth.passwords["route"]}@127.0.0.1:{6222 + (k + 1) % 3}' in config
+        assert auth.users_block() in config  # the same users on every server
+        assert 'ca_file: "/etc/symphony/ca.pem"' in config and "verify: true" in config
+        assert config.count("cert_file") == 2  # clients and routes
+    assert auth.creds("client").tls_ca == "/etc/symphony/ca.pem"
+
+
+def test_permission_lists_stay_least_privilege() -> None:
+    users = {u.user: u for u in role_permissions(Deployment(agents={"a": ("a0",)}, clients=("alice",)))}
+    assert users["alice"].publish == ("symphony.infer.*", "symphony.meta", "symphony.meta.*")
+    assert users["alice"].subscribe == ("_INBOX_client.alice.>",)
+    assert users["alice"].allow_responses is None
+    everyone_but_coordinator = [u for name, u in users.items() if name != "coordinator"]
+    assert not any("STREAM.CREATE" in s for u in everyone_but_coordinator for s in u.publish)
+    assert not any(s.endswith(".plan") for u in users.values() if u.role != "shard" for s in u.publish)
+    assert not any(s in (">", "$JS.API.>", "$KV.>") for u in users.values() for s in u.publish + u.subscribe)
+    assert users["shard"].allow_responses is None  # tracking every client request would cost the server
+    agent = users["agent-a"]
+    assert "symphony.slot.a0.plan" in agent.subscribe and "symphony.slot.*.plan" not in agent.subscribe
+    assert not any(s.startswith(("_INBOX_shard", "_INBOX_operator", "_INBOX_coordinator")) for s in agent.publish)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl makes the test certificate")
+@pytest.mark.asyncio
+async def test_a_tls_server_takes_tls_clients_with_the_ca_only(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"], check=True, capture_output=True)
+    auth = Auth.create(Deployment(tls=TlsFiles(cert=str(cert), key=str(key), ca=str(cert))), tmp_path / "run")
+    with NatsServer(auth=auth) as server:
+        assert server.url.startswith("tls://")
+        nc = await connect_client(server.url, creds=auth.creds_path("client"))
+        try:
+            reply = asyncio.ensure_future(nc.request("symphony.meta", b"", timeout=0.5))
+            with pytest.raises(nats.errors.NoRespondersError):  # connected and allowed; nobody serves it
+                await reply
+        finally:
+            await nc.close()
+        no_ca = tmp_path / "no-ca.json"
+        no_ca.write_text(auth.creds_path("client").read_text().replace(str(cert), ""))
+        no_ca.chmod(0o600)
+        with pytest.raises(NatsUnreachable):  # the self-signed certificate is not trusted without the CA
+            await connect_client(server.url, creds=no_ca)
