@@ -16,6 +16,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from coordinator.placement import PlacementConfig, plan_assignment
 from coordinator.state import (
+    LEADER_BUCKET,
     count_undecodable,
     keys_with_prefix,
     open_buckets,
@@ -74,11 +75,7 @@ class Coordinator:
     async def start(self, url: str) -> None:
         settings = self.settings
         self.nc = await connect_service(url, f"coordinator-{self.id}")
-        self.buckets = await open_buckets(self.nc, heartbeat_ttl_s=settings.heartbeat_ttl_s,
-                                          lease_s=settings.lease_s, replicas=settings.kv_replicas)
-        for entry in self.config.models:  # the model registry, readable with `nats kv get symphony models.<name>`
-            key = f"models.{validate_model_name(entry.name)}"
-            await with_retries(lambda key=key, entry=entry: self.buckets.state.put(key, encode(entry)))
+        await self._open_state()
         self.service = await register_service(
             self.nc, "symphony-coordinator", f"coordinator {self.id}", {"coordinator_id": self.id},
             f"{self.prefix}.coordinator.{self.id}.status", self.status)
@@ -88,6 +85,24 @@ class Coordinator:
 
             start_http_server(settings.metrics_port, addr="0.0.0.0", registry=self.registry)
         log.info("coordinator_started", coordinator=self.id)
+
+    async def _open_state(self) -> None:
+        """The buckets (created if missing) and the model registry, readable with
+        `nats kv get symphony models.<name>`. Run again whenever the buckets have gone: KV is
+        soft state, and a server that restarts with an empty store gets it all back."""
+        settings = self.settings
+        self.buckets = await open_buckets(self.nc, heartbeat_ttl_s=settings.heartbeat_ttl_s,
+                                          lease_s=settings.lease_s, replicas=settings.kv_replicas)
+        for entry in self.config.models:
+            key = f"models.{validate_model_name(entry.name)}"
+            await with_retries(lambda key=key, entry=entry: self.buckets.state.put(key, encode(entry)))
+
+    async def _state_lost(self) -> bool:
+        try:
+            await self.nc.jetstream().stream_info(f"KV_{LEADER_BUCKET}")
+        except nats.js.errors.NotFoundError:
+            return True
+        return False
 
     def status(self) -> CoordinatorStatus:
         a = self._latest or Assignment()
@@ -104,6 +119,12 @@ class Coordinator:
             except (nats.errors.Error, OSError) as error:
                 log.warning("lease_error", coordinator=self.id, error=repr(error))
                 self.leading = False
+                try:
+                    if await self._state_lost():
+                        log.warning("kv_state_lost", coordinator=self.id)
+                        await self._open_state()
+                except (nats.errors.Error, OSError) as reopen_error:
+                    log.warning("kv_reopen_failed", coordinator=self.id, error=repr(reopen_error))
             await asyncio.sleep(period)
 
     async def _hold_lease(self) -> None:
@@ -173,7 +194,10 @@ class Coordinator:
         previous, revision = await read_assignment(self.buckets.state)
         new = plan_assignment(previous, demands, live, sorted(slot_models), PlacementConfig(
             target_utilization=self.settings.target_utilization))
-        new = msgspec.structs.replace(new, coordinator=self.id)
+        # Epochs never go back, even when the KV lost the assignment: agents fence by epoch.
+        floor = max([previous.epoch if previous else 0, self._latest.epoch if self._latest else 0]
+                    + [hb.epoch for hb in shards.values()])
+        new = msgspec.structs.replace(new, coordinator=self.id, epoch=max(new.epoch, floor + 1))
         same = previous is not None and previous.models == new.models and previous.slots == new.slots
         if same and not force and previous.desired_slots == new.desired_slots:
             self._latest = previous

@@ -256,9 +256,7 @@ class Agent:
         settings = self.config.coordinator
         self.buckets = await open_buckets(self.nc, heartbeat_ttl_s=settings.heartbeat_ttl_s,
                                           lease_s=settings.lease_s, replicas=settings.kv_replicas)
-        for runner in self.runners.values():
-            key, value = f"profiles.{runner.name}.{self.entry.id}", control_encode(runner.spec())
-            await with_retries(lambda key=key, value=value: self.buckets.state.put(key, value))
+        await self._publish_profiles()
 
         async def on_claim(msg: Msg) -> None:
             try:
@@ -289,12 +287,22 @@ class Agent:
             memory_bytes={k: int(v) for k, v in self._metrics_state()["memory"].items()})
         await self.buckets.members.put(f"agent.{self.entry.id}", control_encode(beat))
 
+    async def _publish_profiles(self) -> None:
+        for runner in self.runners.values():
+            key, value = f"profiles.{runner.name}.{self.entry.id}", control_encode(runner.spec())
+            await with_retries(lambda key=key, value=value: self.buckets.state.put(key, value))
+
     async def _heartbeat_loop(self, period_s: float) -> None:
+        failing = False
         while True:
             await asyncio.sleep(period_s)
             try:
                 await self._heartbeat()
+                if failing:  # the KV may have come back empty (soft state): publish profiles again
+                    await self._publish_profiles()
+                    failing = False
             except (nats.errors.Error, OSError) as error:
+                failing = True
                 log.warning("heartbeat_failed", agent=self.entry.id, error=repr(error))
 
     def _enqueue(self, slot: _Slot):  # noqa: ANN202

@@ -379,6 +379,14 @@ async def _restart_nats(run: Run) -> None:
     await asyncio.get_running_loop().run_in_executor(None, run.cluster.server.start)
 
 
+async def _restart_nats_empty(run: Run) -> None:
+    """A replacement server with an empty store: the KV is soft state and must be rebuilt."""
+    import shutil
+
+    shutil.rmtree(Path(run.cluster.server.store.name) / "jetstream", ignore_errors=True)
+    await _restart_nats(run)
+
+
 async def _lame_duck(run: Run) -> None:
     run.notes["victim"] = "nats-server"
     os.kill(run.cluster.server.process.pid, signal.SIGUSR2)
@@ -435,6 +443,7 @@ FAULTS = {
         Fault("coordinator-kill", _signal(_leader, signal.SIGKILL), _restart),
         Fault("coordinator-stop", _signal(_leader, signal.SIGSTOP), _signal(_leader, signal.SIGCONT)),
         Fault("nats-kill", _kill_nats, _restart_nats, may_lose=True),
+        Fault("nats-kill-empty-store", _kill_nats, _restart_nats_empty, may_lose=True),
         Fault("nats-stop", _signal(_nats, signal.SIGSTOP), _signal(_nats, signal.SIGCONT), may_lose=True),
         Fault("nats-lame-duck", _lame_duck, _restart_after_lame_duck, may_lose=True),
         Fault("link-latency", _link("delay_s", 0.05), _link("delay_s", 0.0), proxied="agent-agent-b"),
