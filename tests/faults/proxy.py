@@ -101,3 +101,5 @@ class LinkProxy:
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()  # its self-pipe sockets too, or they warn when collected later
