@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from gpu_agent.metrics import AgentMetrics
 from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_runner
 from ops.cluster_config import AgentEntry, ClusterConfig
-from ops.connect import connect_service
+from ops.connect import connect_service, flush_ordered
 from ops.handback import hand_back_headers, start_hand_back
 from ops.services import register_service
 from coordinator.state import open_buckets, with_retries
@@ -238,7 +238,7 @@ class Agent:
                 pending_msgs_limit=100_000, pending_bytes_limit=512 * 1024 * 1024,
             )
             self._tasks.append(asyncio.create_task(self._serve(slot)))
-        await self.nc.flush()
+        await flush_ordered(self.nc)
         self.service = await register_service(
             self.nc, "symphony-agent", f"agent {self.entry.id}: slots {', '.join(self.slots)}",
             {"agent_id": self.entry.id}, f"{self.prefix}.agent.{self.entry.id}.status", self.status,

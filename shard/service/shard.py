@@ -21,8 +21,7 @@ from nats.aio.msg import Msg
 
 from gpu_agent.agent import AgentInfo
 from ops.cluster_config import ClusterConfig, ShardEntry
-from ops.connect import connect_service
-from ops.connect import creds_of
+from ops.connect import connect_service, creds_of, flush_ordered
 from ops.nats_auth import HANDBACK_NAMESPACE
 from ops.handback import hand_back_headers, start_hand_back
 from schemas.codec import msgpack_decoder
@@ -215,7 +214,7 @@ class ShardService:
         await self.nc.subscribe(f"{self.prefix}.meta", queue=f"{self.prefix}.meta", cb=self._meta_list)
         await self.nc.subscribe(f"{self.prefix}.shard.{self.entry.id}.done", cb=self._on_done,
                                 pending_msgs_limit=1_000_000)
-        await self.nc.flush()
+        await flush_ordered(self.nc)
 
     async def _subscribe_model(self, model: str) -> None:
         self.metrics.add_model(model)
@@ -227,6 +226,7 @@ class ShardService:
             await self.nc.subscribe(f"{self.prefix}.meta.{model}", queue=f"{self.prefix}.meta.{model}",
                                     cb=self._meta(model)),
         ]
+        await flush_ordered(self.nc)  # the server has our interest before we count the model as gained
 
     # ---- ownership changes (a coordinator moves models and slots) -----------------------
     async def add_model(self, spec: ModelSpec) -> None:
