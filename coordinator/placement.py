@@ -4,9 +4,10 @@ the load-proportional signal (desired and surplus slots). Pure: no I/O, no clock
 Demand is predicted slot time per second: rate x per-request cost at the target batch (from the
 profile). Placement is sticky (a model stays with its live shard) and balances demand across
 shards within a tolerance, moving as few models as it can. A shard's models must share slots
-that host all of them (the shard's core treats its slots as interchangeable). Slots go to shards
-in proportion to demand (largest remainder), at least one per shard with models, keeping
-current owners where the quota allows.
+that host all of them (the shard's core treats its slots as interchangeable). Slot quotas keep
+the expected number of late requests lowest (each shard an M/M/c queue of batches, Erlang C;
+or, on request, plain shares of demand), at least one per shard with models; current owners
+keep their slots where the quota allows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class ModelDemand(msgspec.Struct, frozen=True, kw_only=True):
     cost_s: float  # slot-seconds per request at the target batch
     hosts: list[str]  # slots that can run this model
     slo_s: float = 0.0  # models of similar SLO share shards: a long batch blocks a tight model's window
+    batch_s: float = 0.0  # execution time of one batch at the target batch (0: unknown)
 
     @property
     def demand(self) -> float:
@@ -35,9 +37,7 @@ class PlacementConfig(msgspec.Struct, frozen=True, kw_only=True):
     imbalance: float = 0.25  # rebalance while the busiest shard exceeds the mean by this
     moves_max: int = 4  # models moved per epoch at most (stickiness)
     target_utilization: float = 0.8  # desired slots = demand / this
-    # Slot quotas follow demand plus this many standard deviations of it (square-root staffing):
-    # small shards need proportionally more headroom than big ones to absorb the same burstiness.
-    headroom: float = 0.0
+    quotas: str = "delay"  # slot quotas: "delay" (fewest expected late requests) or "demand" (proportional)
 
 
 def plan_assignment(
@@ -53,8 +53,10 @@ def plan_assignment(
     by_name = {m.name: m for m in models}
     for model, shard in placement.items():
         demand[shard] += by_name[model].demand
-    weights = {s: d + config.headroom * math.sqrt(d) for s, d in demand.items()}
-    owners = allocate_slots(previous.slots if previous else {}, placement, by_name, weights, slots)
+    busy = sorted(set(placement.values()))
+    quota = (delay_quotas(placement, by_name, busy, len(slots)) if config.quotas == "delay"
+             else _quotas(demand, busy, len(slots)))
+    owners = allocate_slots(previous.slots if previous else {}, placement, by_name, demand, slots, quota)
     desired = _desired(models, config)
     return Assignment(
         epoch=epoch, models=placement, slots=owners, demand=demand, desired_slots=desired,
@@ -221,9 +223,10 @@ def _rebalance(members: dict[str, list[ModelDemand]], load: dict[str, float], sh
 
 def allocate_slots(
     previous: dict[str, str], placement: dict[str, str], models: dict[str, ModelDemand],
-    demand: dict[str, float], slots: list[str],
+    demand: dict[str, float], slots: list[str], quota: dict[str, int] | None = None,
 ) -> dict[str, str]:
-    """Every slot to a shard whose models it hosts; quotas in proportion to demand."""
+    """Every slot to a shard whose models it hosts, up to each shard's quota (default: in
+    proportion to demand); what no quota takes goes where demand per slot is highest."""
     busy_shards = sorted({s for s in placement.values()})
     if not busy_shards or not slots:
         return {}
@@ -231,7 +234,7 @@ def allocate_slots(
     for shard in busy_shards:
         hosts = _common_hosts([models[m] for m, s in placement.items() if s == shard])
         eligible[shard] = (hosts or set()) & set(slots)
-    quota = _quotas(demand, busy_shards, len(slots))
+    quota = quota or _quotas(demand, busy_shards, len(slots))
     owners: dict[str, str] = {}
     count = {s: 0 for s in busy_shards}
     # 1. keep current owners while within quota
@@ -270,4 +273,52 @@ def _quotas(demand: dict[str, float], shards: list[str], slots: int) -> dict[str
     left = spare - sum(int(exact[s]) for s in shards)
     for s in sorted(shards, key=lambda s: (-(exact[s] - int(exact[s])), s))[:left]:
         quota[s] += 1
+    return quota
+
+
+def erlang_c(servers: int, load: float) -> float:
+    """Probability that an arrival waits in an M/M/c queue with `load` erlangs offered."""
+    if load <= 0:
+        return 0.0
+    if load >= servers:
+        return 1.0
+    blocking = 1.0
+    for k in range(1, servers + 1):  # Erlang B by its recurrence, stable for any c
+        blocking = load * blocking / (k + load * blocking)
+    return servers * blocking / (servers - load * (1 - blocking))
+
+
+def late_rate(members: list[ModelDemand], servers: int) -> float:
+    """Requests per second expected to miss their SLO waiting for a slot: a due batch waits for
+    the next free slot (M/M/c with the shard's batches as jobs), and is late when the wait is
+    longer than what its SLO leaves after execution."""
+    load = sum(m.demand for m in members)
+    batches_per_s = sum(m.demand / m.batch_s for m in members if m.batch_s > 0)
+    if load <= 0 or batches_per_s <= 0:
+        return 0.0
+    if load >= servers:
+        return sum(max(m.rate_rps, 1.0) for m in members)
+    mean_batch_s = load / batches_per_s
+    waits = erlang_c(servers, load)
+    decay = (servers - load) / mean_batch_s
+    return sum(max(m.rate_rps, 1.0) * waits * math.exp(-decay * max(0.0, m.slo_s - m.batch_s)) for m in members)
+
+
+def delay_quotas(placement: dict[str, str], models: dict[str, ModelDemand], shards: list[str],
+                 slots: int) -> dict[str, int]:
+    """Slot quotas that minimise the expected late requests across shards: each slot in turn
+    goes to the shard where it saves the most. Proportional shares ignore that a pool of tight
+    SLOs needs more idle headroom than one of loose SLOs at the same demand."""
+    members = {s: [models[m] for m, owner in placement.items() if owner == s] for s in shards}
+    # Start each shard at the fewest slots that keep up with its demand: below that everything
+    # is late and one more slot saves nothing, so the greedy steps below would not see the need.
+    quota = {s: max(1, math.floor(sum(m.demand for m in members[s])) + 1) for s in shards}
+    if sum(quota.values()) > slots:
+        return _quotas({s: sum(m.demand for m in members[s]) for s in shards}, shards, slots)
+    late = {s: late_rate(members[s], quota[s]) for s in shards}
+    after = {s: late_rate(members[s], quota[s] + 1) for s in shards}  # only the chosen shard's changes
+    for _ in range(slots - sum(quota.values())):
+        best = max(shards, key=lambda s: (late[s] - after[s], sum(m.demand for m in members[s]) / quota[s], s))
+        quota[best] += 1
+        late[best], after[best] = after[best], late_rate(members[best], quota[best] + 1)
     return quota

@@ -49,6 +49,7 @@ class SimOptions(msgspec.Struct, frozen=True, kw_only=True):
     slot_events: list[SimEvent] = []
     shards: int = 1  # > 1: models and slots partitioned by the coordinator's algorithm
     epoch_s: float = 0.0  # > 0: re-allocate slots between shards every epoch
+    quotas: str = "delay"  # the coordinator's slot quotas (coordinator.placement.PlacementConfig)
 
 
 class Batch(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -256,7 +257,7 @@ def run_shards(shards: list[ShardSpec], models: list[ModelConfig], schedule: Sch
 
         window = sum(min(b.finish_ns, now) - max(b.start_ns, now - epoch_ns) for b in batches[-50_000:]
                      if b.finish_ns > now - epoch_ns and b.start_ns < now)
-        moves, desired = epoch_assignment(policies, shards, owner, models)
+        moves, desired = epoch_assignment(policies, shards, owner, models, quotas=options.quotas)
         epochs.append(EpochSample(now, desired, window / epoch_ns, len(owner)))
         for slot_id, k in moves.items():
             old = owner[slot_id]

@@ -5,8 +5,6 @@ the rates the shards measure, as the live coordinator does."""
 from __future__ import annotations
 
 from coordinator.placement import Assignment, ModelDemand, PlacementConfig, plan_assignment
-
-PLACEMENT = PlacementConfig()
 from shard.core.config import CoreConfig, ModelConfig
 from shard.core.latency import LatencyModel
 from shard.core.policies import make_policy
@@ -23,7 +21,7 @@ def model_demand(model: ModelConfig, rate_rps: float, config: CoreConfig, hosts:
         target = max_batch_with_full_budget(latency, model.slo_ns // 2)
     target = max(1, min(target, latency.batch_size_max))
     return ModelDemand(name=model.name, rate_rps=rate_rps, cost_s=latency.exec_ns[target] / target / 1e9,
-                       hosts=hosts, slo_s=model.slo_ns / 1e9)
+                       hosts=hosts, slo_s=model.slo_ns / 1e9, batch_s=latency.exec_ns[target] / 1e9)
 
 
 def partitioned_shards(models: list[ModelConfig], slots: int, options, policy_name: str) -> list:  # noqa: ANN001
@@ -32,7 +30,7 @@ def partitioned_shards(models: list[ModelConfig], slots: int, options, policy_na
     slot_names = [str(s) for s in range(slots)]
     demands = [model_demand(m, m.rate_hint_rps, options.core, slot_names) for m in models]
     shard_ids = [f"shard-{k}" for k in range(options.shards)]
-    assignment = plan_assignment(None, demands, shard_ids, slot_names, PLACEMENT)
+    assignment = plan_assignment(None, demands, shard_ids, slot_names, PlacementConfig(quotas=options.quotas))
     specs = []
     by_name = {m.name: m for m in models}
     for shard in shard_ids:
@@ -46,7 +44,7 @@ def partitioned_shards(models: list[ModelConfig], slots: int, options, policy_na
 
 
 def epoch_assignment(policies: list, shards: list, owner: dict[int, int], models: list[ModelConfig],
-                     config: CoreConfig | None = None) -> tuple[dict[int, int], int]:
+                     config: CoreConfig | None = None, quotas: str = "delay") -> tuple[dict[int, int], int]:
     """Slot moves {slot: new shard index} from the shards' measured rates, and desired slots."""
     config = config or CoreConfig()
     slot_names = [str(s) for s in sorted(owner)]
@@ -62,7 +60,7 @@ def epoch_assignment(policies: list, shards: list, owner: dict[int, int], models
         models={name: shard_ids[k] for k, spec in enumerate(shards) for name in spec.models},
         slots={str(slot): shard_ids[k] for slot, k in owner.items()},
     )
-    assignment = plan_assignment(previous, demands, shard_ids, slot_names, PLACEMENT)
+    assignment = plan_assignment(previous, demands, shard_ids, slot_names, PlacementConfig(quotas=quotas))
     index = {sid: k for k, sid in enumerate(shard_ids)}
     moves = {int(slot): index[s] for slot, s in assignment.slots.items() if index[s] != owner[int(slot)]}
     return moves, assignment.desired_slots

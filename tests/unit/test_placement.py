@@ -3,14 +3,15 @@ the load-proportional signal."""
 
 import pytest
 
-from coordinator.placement import ModelDemand, PlacementConfig, plan_assignment
+from coordinator.placement import ModelDemand, PlacementConfig, delay_quotas, erlang_c, late_rate, plan_assignment
 from schemas.control import Assignment
 
 ALL = [f"s{i}" for i in range(8)]
 
 
-def model(name: str, rate: float, cost: float = 0.001, hosts: list[str] = ALL, slo_s: float = 0.1) -> ModelDemand:
-    return ModelDemand(name=name, rate_rps=rate, cost_s=cost, hosts=hosts, slo_s=slo_s)
+def model(name: str, rate: float, cost: float = 0.001, hosts: list[str] = ALL, slo_s: float = 0.1,
+          batch_s: float = 0.0) -> ModelDemand:
+    return ModelDemand(name=name, rate_rps=rate, cost_s=cost, hosts=hosts, slo_s=slo_s, batch_s=batch_s)
 
 
 def test_every_model_and_slot_is_placed_and_shards_are_balanced() -> None:
@@ -90,3 +91,40 @@ def test_desired_and_surplus_slots_are_the_load_proportional_signal() -> None:
 def test_degenerate_inputs(shards: list[str]) -> None:
     a = plan_assignment(None, [model("m", 10)], shards, ALL)
     assert (a.models == {}) == (not shards)
+
+
+def test_erlang_c_matches_known_values() -> None:
+    assert erlang_c(1, 0.5) == pytest.approx(0.5)  # M/M/1: the chance of waiting is the utilisation
+    assert erlang_c(2, 1.0) == pytest.approx(1 / 3)
+    assert erlang_c(4, 4.0) == 1.0 and erlang_c(4, 0.0) == 0.0
+
+
+def test_late_rate_falls_with_slots_and_rises_with_tighter_slos() -> None:
+    loose = [model("m", 3000, cost=0.001, slo_s=0.3, batch_s=0.02)]  # 3 slots busy
+    tight = [model("m", 3000, cost=0.001, slo_s=0.03, batch_s=0.02)]
+    assert late_rate(tight, 3) == 3000  # cannot keep up: all late
+    assert late_rate(tight, 4) > late_rate(tight, 5) > late_rate(tight, 6) > 0
+    assert late_rate(loose, 4) < late_rate(tight, 4)
+
+
+def test_delay_quotas_give_tight_slos_more_headroom_than_demand_shares() -> None:
+    """Two shards of equal demand: the one whose SLOs leave little time to wait for a slot gets
+    the spare slots; proportional shares would split them evenly."""
+    twelve = [f"s{i}" for i in range(12)]
+    tight = model("tight", 3000, cost=0.001, slo_s=0.03, batch_s=0.02, hosts=twelve)
+    loose = model("loose", 3000, cost=0.001, slo_s=0.5, batch_s=0.02, hosts=twelve)
+    placement = {"tight": "A", "loose": "B"}
+    quota = delay_quotas(placement, {"tight": tight, "loose": loose}, ["A", "B"], 12)
+    assert sum(quota.values()) == 12 and quota["B"] >= 4  # both keep up
+    assert quota["A"] > quota["B"]
+    a = plan_assignment(None, [tight, loose], ["A", "B"], twelve)
+    owners = list(a.slots.values())
+    assert owners.count(a.models["tight"]) == quota["A"]
+    even = plan_assignment(None, [tight, loose], ["A", "B"], twelve, PlacementConfig(quotas="demand"))
+    assert sorted(list(even.slots.values()).count(s) for s in ("A", "B")) == [6, 6]
+
+
+def test_delay_quotas_fall_back_to_demand_shares_when_slots_cannot_keep_up() -> None:
+    models = {"a": model("a", 6000, batch_s=0.02), "b": model("b", 2000, batch_s=0.02)}
+    quota = delay_quotas({"a": "A", "b": "B"}, models, ["A", "B"], 6)
+    assert quota == {"A": 4, "B": 2}
