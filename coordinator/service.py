@@ -1,7 +1,7 @@
-"""The coordinator: one leader (a lease in JetStream KV, renewed by compare-and-swap) computes an
-assignment every epoch, and at once when membership changes, from the members' heartbeats;
-standbys wait for the lease to age out and take over. The assignment is written with epoch + 1
-only while leading, and with compare-and-swap on the previous revision."""
+"""The coordinator service: a thin shell around coordinator/core.py. It watches the members and
+state buckets and turns what it sees into events, ticks the core, and carries out the commands
+the core returns against JetStream KV, feeding each result back as exactly one event. Every
+decision (leadership, who is alive, when to write which assignment) is the core's."""
 
 from __future__ import annotations
 
@@ -11,32 +11,57 @@ import time
 import msgspec
 import nats
 import structlog
-from prometheus_client import CollectorRegistry, Gauge
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KV_DEL, KV_PURGE
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from coordinator.placement import PlacementConfig, plan_assignment
+from coordinator.core import (
+    AssignmentRead,
+    AssignmentSeen,
+    AssignmentWritten,
+    Command,
+    CoordinatorCore,
+    CoordinatorTiming,
+    DrainUpdate,
+    Event,
+    LeaseOutcome,
+    LeaseResult,
+    MemberRead,
+    MemberUpdate,
+    Note,
+    ProfileUpdate,
+    ReadAssignment,
+    ReadMember,
+    ReleaseLease,
+    RenewLease,
+    RestartWatches,
+    TakeLease,
+    Tick,
+    WriteAssignment,
+    WriteOutcome,
+)
+from coordinator.epoch import ModelSettings
+from coordinator.membership import ReadOutcome
+from coordinator.placement import PlacementConfig
 from coordinator.state import (
     LEADER_BUCKET,
     count_undecodable,
-    keys_with_prefix,
+    decode_member,
     open_buckets,
     read_assignment,
-    read_members,
     undecodable,
     with_retries,
 )
-from load.sim.partition import model_demand
 from ops.cluster_config import ClusterConfig
 from ops.connect import connect_service
 from ops.services import register_service
-from schemas.control import ASSIGNMENT_KEY, Assignment, encode, model_spec_decoder
+from schemas.control import ASSIGNMENT_KEY, Assignment, assignment_decoder, encode, model_spec_decoder
 from schemas.limits import validate_identifier
 from schemas.model import validate_model_name
 from schemas.status_report import CoordinatorStatus
-from schemas.profile import ModelProfile, profile_from_sleep_spec
-from shard.core.config import CoreConfig, ModelConfig
 
 log = structlog.get_logger("coordinator")
+TICK_S_MAX = 0.25
 
 
 class Coordinator:
@@ -45,15 +70,17 @@ class Coordinator:
         self.settings = config.coordinator
         self.id = validate_identifier(coordinator_id, "coordinator id")  # it becomes a subject token
         self.prefix = config.subject_prefix
-        self.leading = False
-        self._lease_revision = 0
-        self._members_seen: frozenset[str] = frozenset()
-        self._last_epoch = 0.0
-        self._latest: Assignment | None = None
+        settings = self.settings
+        self.timing = CoordinatorTiming(epoch_ns=int(settings.epoch_s * 1e9), lease_ns=int(settings.lease_s * 1e9),
+                                        heartbeat_ttl_ns=int(settings.heartbeat_ttl_s * 1e9))
+        self.core: CoordinatorCore | None = None
         self._tasks: list[asyncio.Task] = []
-        self._wake = asyncio.Event()
-        self._agents: list[str] = []
+        self._watches: list[asyncio.Task] = []
+        self._commands: set[asyncio.Task] = set()
         self.registry = CollectorRegistry()
+        self.notes = Counter("symphony_coordinator_events_total", "Control-plane events the coordinator "
+                             "decided or observed (member_gone, watch_stale, assignment_raced, ...)",
+                             ["event"], registry=self.registry)
         gauges = {
             "desired": ("symphony_coordinator_desired_slots", "Slots the measured load needs at the target "
                         "utilisation: the load-proportional signal for an autoscaler"),
@@ -61,6 +88,7 @@ class Coordinator:
             "slots": ("symphony_coordinator_slots", "Slots in the assignment"),
             "epoch": ("symphony_coordinator_epoch", "Epoch of the current assignment"),
             "leading": ("symphony_coordinator_leading", "1 while this coordinator holds the lease"),
+            "members": ("symphony_coordinator_members", "Shards and agents alive in this coordinator's view"),
             "undecodable": ("symphony_coordinator_undecodable_entries", "KV entries (assignment, heartbeats, "
                             "profiles) that did not decode and were skipped, since start"),
         }
@@ -69,17 +97,29 @@ class Coordinator:
                           ("surplus", lambda: self.status().surplus_slots),
                           ("slots", lambda: self.status().slots), ("epoch", lambda: self.status().epoch),
                           ("leading", lambda: int(self.leading)),
+                          ("members", lambda: len(self.core.view.members) if self.core else 0),
                           ("undecodable", lambda: sum(undecodable.values()))):
             self.gauges[key].set_function(read)
+
+    @property
+    def leading(self) -> bool:
+        return self.core is not None and self.core.leading(time.monotonic_ns())
 
     async def start(self, url: str) -> None:
         settings = self.settings
         self.nc = await connect_service(url, f"coordinator-{self.id}")
         await self._open_state()
+        shard_template = self.config.shard(self.config.shards[0].id)
+        self.core = CoordinatorCore(
+            self.id, [ModelSettings(name=m.name, slo_ms=m.slo_ms, kind=m.kind, batch_size_max=m.batch_size_max)
+                      for m in self.config.models],
+            self.timing, core=shard_template.core_config(),
+            placement=PlacementConfig(target_utilization=settings.target_utilization), now_ns=time.monotonic_ns())
         self.service = await register_service(
             self.nc, "symphony-coordinator", f"coordinator {self.id}", {"coordinator_id": self.id},
             f"{self.prefix}.coordinator.{self.id}.status", self.status)
-        self._tasks = [asyncio.create_task(self._lease_loop()), asyncio.create_task(self._epoch_loop())]
+        self._start_watches()
+        self._tasks = [asyncio.create_task(self._tick_loop())]
         if settings.metrics_port:
             from prometheus_client import start_http_server
 
@@ -105,148 +145,181 @@ class Coordinator:
         return False
 
     def status(self) -> CoordinatorStatus:
-        a = self._latest or Assignment()
+        a = (self.core.latest if self.core else None) or Assignment()
+        agents = sorted(self.core.view.agents()) if self.core else []
         return CoordinatorStatus(coordinator_id=self.id, leading=self.leading, epoch=a.epoch,
-                                 shards=sorted(set(a.models.values())), agents=self._agents,
+                                 shards=sorted(set(a.models.values())), agents=agents,
                                  desired_slots=a.desired_slots, surplus_slots=a.surplus_slots, slots=len(a.slots))
 
-    # ---- leadership ---------------------------------------------------------------------
-    async def _lease_loop(self) -> None:
-        period = self.settings.lease_s / 3
+    # ---- driving the core -----------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        period_s = min(TICK_S_MAX, self.settings.heartbeat_ttl_s / 6, self.settings.lease_s / 6)
         while True:
-            try:
-                await self._hold_lease()
-            except (nats.errors.Error, OSError) as error:
-                log.warning("lease_error", coordinator=self.id, error=repr(error))
-                self.leading = False
-                try:
-                    if await self._state_lost():
-                        log.warning("kv_state_lost", coordinator=self.id)
-                        await self._open_state()
-                except (nats.errors.Error, OSError) as reopen_error:
-                    log.warning("kv_reopen_failed", coordinator=self.id, error=repr(reopen_error))
-            await asyncio.sleep(period)
+            self._feed(Tick())
+            await asyncio.sleep(period_s)
 
-    async def _hold_lease(self) -> None:
-        leader = self.buckets.leader
-        if self.leading:
-            try:
-                self._lease_revision = await leader.update("leader", self.id.encode(), last=self._lease_revision)
-            except KeyWrongLastSequenceError:
-                self.leading = False
-                log.warning("leadership_lost", coordinator=self.id)
-            return
-        try:
-            self._lease_revision = await leader.create("leader", self.id.encode())
-        except KeyWrongLastSequenceError:
-            return  # someone leads; its lease has not aged out
-        self.leading = True
-        log.info("leadership_taken", coordinator=self.id)
-        self._wake.set()
-
-    # ---- epochs -------------------------------------------------------------------------
-    async def _epoch_loop(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            if not self.leading:
-                continue
-            try:
-                await self._maybe_run_epoch()
-            except (nats.errors.Error, OSError) as error:
-                log.warning("epoch_error", coordinator=self.id, error=repr(error))
-
-    async def _maybe_run_epoch(self) -> None:
-        shards, agents = await read_members(self.buckets.members)
-        drains = await self._drains()
-        members = frozenset([f"shard.{s}" for s, hb in shards.items() if not hb.draining and s not in drains]
-                            + [f"agent.{a}" for a in agents])
-        due = time.monotonic() - self._last_epoch >= self.settings.epoch_s
-        if members == self._members_seen and not due:
-            return
-        changed = members != self._members_seen
-        self._members_seen = members
-        self._last_epoch = time.monotonic()
-        await self._run_epoch(shards, agents, drains, force=changed)
-
-    async def _drains(self) -> set[str]:
-        return {k.split(".", 1)[1] for k in await keys_with_prefix(self.buckets.state, "drain.")}
-
-    async def _run_epoch(self, shards: dict, agents: dict, drains: set[str], *, force: bool) -> None:
-        live = sorted(s for s, hb in shards.items() if not hb.draining and s not in drains)
-        slot_models = {slot.slot_id: slot.models for hb in agents.values() for slot in hb.slots}
-        self._agents = sorted(agents)
-        rates: dict[str, float] = {}
-        for hb in shards.values():
-            for name, load in hb.models.items():
-                rates[name] = max(rates.get(name, 0.0), load.rate_rps)
-        profiles = await self._profiles()
-        core = CoreConfig()
-        demands = []
-        for entry in self.config.models:
-            hosts = sorted(s for s, models in slot_models.items() if entry.name in models)
-            profile = profiles.get(entry.name) or _fallback_profile(entry.kind, entry.batch_size_max)
-            model = ModelConfig(name=entry.name, slo_ns=int(entry.slo_ms * 1e6), profile=profile)
-            demands.append(model_demand(model, rates.get(entry.name, 0.0), core, hosts))
-        previous, revision = await read_assignment(self.buckets.state)
-        new = plan_assignment(previous, demands, live, sorted(slot_models), PlacementConfig(
-            target_utilization=self.settings.target_utilization))
-        # Epochs never go back, even when the KV lost the assignment: agents fence by epoch.
-        floor = max([previous.epoch if previous else 0, self._latest.epoch if self._latest else 0]
-                    + [hb.epoch for hb in shards.values()])
-        new = msgspec.structs.replace(new, coordinator=self.id, epoch=max(new.epoch, floor + 1))
-        same = previous is not None and previous.models == new.models and previous.slots == new.slots
-        if same and not force and previous.desired_slots == new.desired_slots:
-            self._latest = previous
-            return
-        if not self.leading:
-            return
-        try:
-            if revision:
-                await self.buckets.state.update(ASSIGNMENT_KEY, encode(new), last=revision)
+    def _feed(self, event: Event) -> None:
+        """One event into the core; its commands start at once, each ending in one event."""
+        assert self.core is not None
+        for command in self.core.handle(event, time.monotonic_ns()):
+            if isinstance(command, Note):
+                self._note(command)
+            elif isinstance(command, RestartWatches):
+                self._start_watches()
             else:
-                await self.buckets.state.create(ASSIGNMENT_KEY, encode(new))
-        except KeyWrongLastSequenceError:
-            log.warning("assignment_raced", coordinator=self.id)
-            return
-        self._latest = new
-        log.info("assignment_written", coordinator=self.id, epoch=new.epoch, models=new.models,
-                 slots=new.slots, desired_slots=new.desired_slots, surplus_slots=new.surplus_slots)
+                task = asyncio.create_task(self._carry_out(command))
+                self._commands.add(task)
+                task.add_done_callback(self._commands.discard)
 
-    async def _profiles(self) -> dict[str, ModelProfile]:
-        """The slowest profile per model among the agents that published one (reference §2.2)."""
-        merged: dict[str, ModelProfile] = {}
-        for key in await keys_with_prefix(self.buckets.state, "profiles."):
+    def _note(self, note: Note) -> None:
+        self.notes.labels(note.event).inc()
+        getattr(log, note.level)(note.event, coordinator=self.id, **note.fields)
+
+    async def _carry_out(self, command: Command) -> None:
+        try:
+            result = await self._execute(command)
+        except (nats.errors.Error, OSError) as error:
+            log.warning("kv_call_failed", coordinator=self.id, command=type(command).__name__, error=repr(error))
+            result = _failure(command)
+            if isinstance(command, (TakeLease, RenewLease)):
+                await self._reopen_if_lost()
+        except Exception:  # noqa: BLE001 - a bug here must not leave the core waiting forever
+            log.exception("kv_call_crashed", coordinator=self.id, command=type(command).__name__)
+            result = _failure(command)
+        if result is not None:
+            self._feed(result)
+
+    async def _execute(self, command: Command) -> Event | None:
+        leader, state, members = self.buckets.leader, self.buckets.state, self.buckets.members
+        match command:
+            case TakeLease():
+                try:
+                    return LeaseResult(outcome=LeaseOutcome.HELD, revision=await leader.create("leader", self.id.encode()))
+                except KeyWrongLastSequenceError:
+                    return LeaseResult(outcome=LeaseOutcome.TAKEN_ELSEWHERE)
+            case RenewLease(revision=revision):
+                try:
+                    return LeaseResult(outcome=LeaseOutcome.HELD,
+                                       revision=await leader.update("leader", self.id.encode(), last=revision))
+                except KeyWrongLastSequenceError:
+                    return LeaseResult(outcome=LeaseOutcome.TAKEN_ELSEWHERE)
+            case ReleaseLease(revision=revision):
+                await leader.delete("leader", last=revision)
+                return None
+            case ReadMember(key=key):
+                try:
+                    entry = await members.get(key)
+                except KeyNotFoundError:  # also KeyDeletedError: gone
+                    return MemberRead(key=key, outcome=ReadOutcome.NOT_FOUND)
+                beat = decode_member(key, entry.value)
+                if beat is None:
+                    return MemberRead(key=key, outcome=ReadOutcome.NOT_FOUND)  # unreadable: not alive
+                return MemberRead(key=key, outcome=ReadOutcome.FOUND, heartbeat=beat, revision=entry.revision)
+            case ReadAssignment():
+                assignment, revision = await read_assignment(state)
+                return AssignmentRead(assignment=assignment, revision=revision)
+            case WriteAssignment(assignment=assignment, revision=revision):
+                try:
+                    if revision:
+                        await state.update(ASSIGNMENT_KEY, encode(assignment), last=revision)
+                    else:
+                        await state.create(ASSIGNMENT_KEY, encode(assignment))
+                except KeyWrongLastSequenceError:
+                    return AssignmentWritten(outcome=WriteOutcome.RACED)
+                return AssignmentWritten(outcome=WriteOutcome.WRITTEN)
+        raise AssertionError(f"unknown command {command!r}")
+
+    async def _reopen_if_lost(self) -> None:
+        try:
+            if await self._state_lost():
+                log.warning("kv_state_lost", coordinator=self.id)
+                await self._open_state()
+                self._start_watches()
+        except (nats.errors.Error, OSError) as error:
+            log.warning("kv_reopen_failed", coordinator=self.id, error=repr(error))
+
+    # ---- watches ----------------------------------------------------------------------------------
+    def _start_watches(self) -> None:
+        for task in self._watches:
+            task.cancel()
+        self._watches = [asyncio.create_task(self._watch(self.buckets.members, self._member_event)),
+                         asyncio.create_task(self._watch(self.buckets.state, self._state_event))]
+
+    async def _watch(self, kv, to_event) -> None:  # noqa: ANN001
+        """Every update of the bucket, for as long as this task runs (restarted on the core's
+        request). Starting fails while JetStream has no leader for the bucket: retried."""
+        while True:
             try:
-                entry = await self.buckets.state.get(key)
-            except KeyNotFoundError:
-                continue
+                watcher = await kv.watchall()
+                break
+            except (nats.errors.Error, OSError) as error:
+                log.warning("watch_start_failed", coordinator=self.id, bucket=kv._name, error=repr(error))  # noqa: SLF001
+                await asyncio.sleep(0.5)
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    continue  # "the initial values are delivered": this shell does not rely on it
+                event = to_event(entry)
+                if event is not None:
+                    self._feed(event)
+        finally:
+            try:
+                await watcher.stop()
+            except (nats.errors.Error, OSError):
+                pass
+
+    @staticmethod
+    def _member_event(entry) -> Event | None:  # noqa: ANN001
+        if entry.operation in (KV_DEL, KV_PURGE):
+            return MemberUpdate(key=entry.key, heartbeat=None, revision=entry.revision)
+        beat = decode_member(entry.key, entry.value)
+        return None if beat is None else MemberUpdate(key=entry.key, heartbeat=beat, revision=entry.revision)
+
+    @staticmethod
+    def _state_event(entry) -> Event | None:  # noqa: ANN001
+        deleted = entry.operation in (KV_DEL, KV_PURGE)
+        kind, _, rest = entry.key.partition(".")
+        if kind == "drain" and rest:
+            return DrainUpdate(shard=rest, draining=not deleted)
+        if kind == "profiles" and rest.count(".") == 1:
+            model, agent = rest.split(".")
+            if deleted:
+                return ProfileUpdate(model=model, agent=agent, profile=None)
             try:
                 spec = model_spec_decoder.decode(entry.value)
             except msgspec.DecodeError as error:
-                count_undecodable("profile", key, error)
-                continue
-            if spec.profile is not None:
-                have = merged.get(spec.name)
-                merged[spec.name] = spec.profile if have is None else have.merge_slowest(spec.profile)
-        return merged
+                count_undecodable("profile", entry.key, error)
+                return None
+            return None if spec.profile is None else ProfileUpdate(model=model, agent=agent, profile=spec.profile)
+        if entry.key == ASSIGNMENT_KEY and not deleted:
+            try:
+                return AssignmentSeen(assignment=assignment_decoder.decode(entry.value))
+            except msgspec.DecodeError as error:
+                count_undecodable("assignment", entry.key, error)
+        return None
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._watches, *self._commands]:
             task.cancel()
-        if self.leading:
-            try:  # hand over at once instead of waiting for the lease to age out
-                await self.buckets.leader.delete("leader", last=self._lease_revision)
-            except (nats.errors.Error, KeyWrongLastSequenceError):
-                pass
+        if self.core is not None:
+            for command in self.core.stop(time.monotonic_ns()):
+                try:  # hand over at once instead of waiting for the lease to age out
+                    await self._execute(command)
+                except (nats.errors.Error, KeyWrongLastSequenceError):
+                    pass
         await self.service.stop()
         await self.nc.drain()
 
 
-def _fallback_profile(kind: str, batch_size_max: int) -> ModelProfile:
-    if kind.startswith(("sleep:", "sleep#")):
-        return profile_from_sleep_spec(kind, batch_size_max)
-    return profile_from_sleep_spec("sleep:1000,5000", batch_size_max)  # until an agent has measured it
+def _failure(command: Command) -> Event | None:
+    """The event that says a command's KV call failed."""
+    match command:
+        case TakeLease() | RenewLease():
+            return LeaseResult(outcome=LeaseOutcome.FAILED)
+        case ReadMember(key=key):
+            return MemberRead(key=key, outcome=ReadOutcome.FAILED)
+        case ReadAssignment():
+            return AssignmentRead(assignment=None, revision=0, failed=True)
+        case WriteAssignment():
+            return AssignmentWritten(outcome=WriteOutcome.FAILED)
+    return None

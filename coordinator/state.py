@@ -78,9 +78,6 @@ async def open_buckets(nc: nats.NATS, *, heartbeat_ttl_s: float, lease_s: float,
 async def with_retries(call, *, timeout_s: float = 15.0, delay_s: float = 0.25):  # noqa: ANN001, ANN201
     """Retry a KV call while JetStream is not ready (a clustered bucket elects its leader after
     creation; a server may be restarting)."""
-    import asyncio
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -89,16 +86,6 @@ async def with_retries(call, *, timeout_s: float = 15.0, delay_s: float = 0.25):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(delay_s)
-
-
-async def keys_with_prefix(kv: KeyValue, prefix: str) -> list[str]:
-    """Keys starting with `prefix` (filtered here: nats-py's server-side key filters return
-    nothing on this server version)."""
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
-    return sorted(k for k in keys if k.startswith(prefix))
 
 
 async def read_assignment(state: KeyValue) -> tuple[Assignment | None, int]:
@@ -118,7 +105,35 @@ async def read_assignment(state: KeyValue) -> tuple[Assignment | None, int]:
         return None, entry.revision or 0
 
 
-async def read_members(members: KeyValue) -> tuple[dict[str, ShardHeartbeat], dict[str, AgentHeartbeat]]:
+def decode_member(key: str, value: bytes | None) -> ShardHeartbeat | AgentHeartbeat | None:
+    """A heartbeat from its key (`shard.<id>` or `agent.<id>`) and value; None (logged and
+    counted) when it does not decode: a member that cannot be read is not counted as live."""
+    if value is None:
+        return None
+    kind, _, member = key.partition(".")
+    try:
+        if kind == "shard":
+            return shard_heartbeat_decoder.decode(value)
+        if kind == "agent":
+            return agent_heartbeat_decoder.decode(value)
+    except msgspec.DecodeError as error:
+        count_undecodable(kind, key, error)
+    return None
+
+
+async def read_member(members: KeyValue, key: str) -> ShardHeartbeat | AgentHeartbeat | None:
+    """One member's heartbeat by its key, read directly (None: absent or unreadable)."""
+    try:
+        entry = await members.get(key)
+    except KeyNotFoundError:
+        return None
+    return decode_member(key, entry.value)
+
+
+async def list_members(members: KeyValue) -> tuple[dict[str, ShardHeartbeat], dict[str, AgentHeartbeat]]:
+    """A snapshot of every member, for displays and test checks only. It is a listing, and a
+    listing can miss keys rewritten while it is delivered (coordinator/membership.py): nothing
+    that decides may read membership this way."""
     shards: dict[str, ShardHeartbeat] = {}
     agents: dict[str, AgentHeartbeat] = {}
     try:
@@ -126,18 +141,9 @@ async def read_members(members: KeyValue) -> tuple[dict[str, ShardHeartbeat], di
     except nats.js.errors.NoKeysError:
         return shards, agents
     for key in keys:
-        try:
-            entry = await members.get(key)
-        except KeyNotFoundError:
-            continue  # aged out between listing and reading
-        if entry.value is None:
-            continue
-        kind, _, member = key.partition(".")
-        try:
-            if kind == "shard":
-                shards[member] = shard_heartbeat_decoder.decode(entry.value)
-            elif kind == "agent":
-                agents[member] = agent_heartbeat_decoder.decode(entry.value)
-        except msgspec.DecodeError as error:
-            count_undecodable(kind, key, error)  # a member that cannot be read is not counted as live
+        beat = await read_member(members, key)
+        if isinstance(beat, ShardHeartbeat):
+            shards[key.partition(".")[2]] = beat
+        elif isinstance(beat, AgentHeartbeat):
+            agents[key.partition(".")[2]] = beat
     return shards, agents

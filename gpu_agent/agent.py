@@ -19,11 +19,12 @@ import numpy as np
 import structlog
 from nats.aio.msg import Msg
 
+from gpu_agent.fencing import SlotOwner, decide_claim, plan_fenced
 from gpu_agent.metrics import AgentMetrics
 from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_runner
 from ops.cluster_config import AgentEntry, ClusterConfig
 from ops.connect import connect_service, flush_ordered
-from ops.handback import hand_back_headers, start_hand_back
+from ops.handback import finish_hand_backs, hand_back_headers, start_hand_back
 from ops.services import register_service
 from coordinator.state import open_buckets, with_retries
 from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, slot_claim_decoder
@@ -268,12 +269,12 @@ class Agent:
             slot = self.slots.get(claim.slot_id)
             if slot is None:
                 reply = ClaimReply(ok=False, reason=f"no slot {claim.slot_id} here")
-            elif claim.epoch < slot.epoch:
-                reply = ClaimReply(ok=False, reason=f"epoch {claim.epoch} is older than {slot.epoch}")
             else:
-                slot.owner, slot.epoch = claim.shard_id, claim.epoch
-                reply = ClaimReply(ok=True, queued_plans=slot.queue.qsize())
-                log.info("slot_claimed", slot=slot.slot_id, shard=claim.shard_id, epoch=claim.epoch)
+                decision = decide_claim(SlotOwner(shard=slot.owner, epoch=slot.epoch), claim.shard_id, claim.epoch)
+                slot.owner, slot.epoch = decision.owner.shard, decision.owner.epoch
+                reply = ClaimReply(ok=decision.granted, reason=decision.reason, queued_plans=slot.queue.qsize())
+                if decision.granted:
+                    log.info("slot_claimed", slot=slot.slot_id, shard=claim.shard_id, epoch=claim.epoch)
             await msg.respond(control_encode(reply))
 
         await self.nc.subscribe(f"{self.prefix}.agent.{self.entry.id}.claim", cb=on_claim)
@@ -314,7 +315,7 @@ class Agent:
                     self.metrics.undecodable.labels("plan").inc()
                     log.error("undecodable_plan", slot=slot.slot_id, size=len(msg.data), error=str(error)[:200])
                     return
-                if header.shard_id != slot.owner or header.epoch < slot.epoch:
+                if plan_fenced(SlotOwner(shard=slot.owner, epoch=slot.epoch), header.shard_id, header.epoch):
                     # Fencing: only the shard that claimed this slot, at its epoch or later, runs
                     # here. A plan the old owner sent before it learned of the move is handed back
                     # to its model's subject, where the model's current shard answers it; unless
@@ -530,6 +531,7 @@ class Agent:
                 pass
         for task in self._tasks:
             task.cancel()
+        await finish_hand_backs(self._hand_backs)
         if self.nc is not None:
             await self.nc.drain()
         for slot in self.slots.values():

@@ -164,7 +164,7 @@ class LocalCluster:
             await nc.close()
 
     async def _wait_assigned(self, nc: nats.NATS, deadline: float) -> None:
-        from coordinator.state import open_buckets, read_assignment, read_members
+        from coordinator.state import open_buckets, read_assignment, read_member
 
         settings = self.config.coordinator
         buckets = None
@@ -174,14 +174,14 @@ class LocalCluster:
                 buckets = buckets or await open_buckets(nc, heartbeat_ttl_s=settings.heartbeat_ttl_s,
                                                         lease_s=settings.lease_s, replicas=1, wait_s=0.5)
                 assignment, _rev = await read_assignment(buckets.state)
-                shards, _agents = await read_members(buckets.members)
+                shards = {} if assignment is None else {
+                    s: await read_member(buckets.members, f"shard.{s}") for s in set(assignment.models.values())}
             except nats.errors.Error:
                 assignment, shards = None, {}
             if assignment is not None:
                 holders = set(assignment.slots.values())
                 ready = all(assignment.models.get(m.name) in holders for m in self.config.models) and all(
-                    shards.get(s) is not None and shards[s].epoch >= assignment.epoch
-                    for s in set(assignment.models.values()))
+                    beat is not None and beat.epoch >= assignment.epoch for beat in shards.values())
                 if ready:
                     return
             if time.monotonic() > deadline:

@@ -12,6 +12,7 @@ from msgspec import Meta
 
 from schemas.limits import BATCH_SIZE_LIMIT, Identifier, ModelName, SloMs, Text, validate_identifier
 from schemas.model import InvalidModelName, validate_model_name
+from shard.core.config import CoreConfig
 from shard.core.policies import DEFAULT_POLICY
 
 # Ids and model names become subject tokens and KV keys: one token each (schemas/limits.py,
@@ -57,6 +58,11 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     data_us: Annotated[int, Meta(ge=0)] = 10
     resp_us: Annotated[int, Meta(ge=0)] = 2000
     jitter_us: Annotated[int, Meta(ge=0)] = 5000
+
+    def core_config(self) -> CoreConfig:
+        """The scheduling core's settings for this shard (the coordinator plans with the same)."""
+        return CoreConfig(queue_len_max=self.queue_len_max, ctrl_ns=self.ctrl_us * 1000, data_ns=self.data_us * 1000,
+                          resp_ns=self.resp_us * 1000, timer_jitter_ns=self.jitter_us * 1000)
 
 
 class CoordinatorEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -132,6 +138,10 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             if agent.id == agent_id:
                 return agent
         raise ValueError(f"no agent {agent_id!r} in the config")
+
+    def slot_models(self) -> dict[str, frozenset[str]]:
+        """slot -> the models it can run (its agent loads them all at start)."""
+        return {slot.id: frozenset(slot.models) for agent in self.agents for slot in agent.slots}
 
     def agent_of_slot(self, slot_id: str) -> str:
         return next(a.id for a in self.agents for s in a.slots if s.id == slot_id)

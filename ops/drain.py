@@ -7,7 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from coordinator.state import open_buckets, read_assignment, read_members
+from coordinator.state import open_buckets, read_assignment, read_member
 from ops.connect import connect_client
 from ops.nats_auth import Creds
 from schemas.limits import validate_identifier
@@ -28,10 +28,9 @@ async def drain_shard(url: str, shard_id: str, *, timeout_s: float = 60.0, forge
         started = time.monotonic()
         while time.monotonic() - started < timeout_s:
             assignment, _rev = await read_assignment(buckets.state)
-            shards, _agents = await read_members(buckets.members)
+            beat = await read_member(buckets.members, f"shard.{shard_id}")
             named = assignment is not None and (shard_id in assignment.models.values()
                                                 or shard_id in assignment.slots.values())
-            beat = shards.get(shard_id)
             holding = beat is not None and (bool(beat.models) or (assignment is not None and beat.epoch < assignment.epoch))
             if not named and not holding:
                 if forget:

@@ -63,3 +63,10 @@ def start_hand_back(nc: nats.NATS, subject: str, body: bytes, headers: dict[str,
     task = asyncio.get_running_loop().create_task(hand_back(nc, subject, body, headers, reply))
     tasks.add(task)
     task.add_done_callback(tasks.discard)
+
+
+async def finish_hand_backs(tasks: set[asyncio.Task], timeout_s: float = 10.0) -> None:
+    """Wait for hand-backs in flight before a process leaves: each is the one path to its
+    client's reply, and ends by its request's deadline (plus GRACE_S) at the latest."""
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=timeout_s)

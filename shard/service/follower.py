@@ -1,8 +1,9 @@
 """A coordinated shard follows the assignment: it heartbeats its models' load into the members
-bucket, watches the assignment, and applies each new epoch: models gained are subscribed first;
-slots are claimed from their agents with the epoch before use; slots lost stop at once; models
-lost keep being served for a grace period (the new owner subscribes meanwhile), then drain and
-hand back what is still queued."""
+bucket, reads the assignment, and applies each new epoch in the order shard/core/ownership.py
+plans: slots lost stop at once; models lost that every remaining slot runs keep being served for
+a grace period (the new owner subscribes meanwhile), then drain and hand back what is still
+queued; models gained are subscribed; slots gained are claimed from their agents with the epoch
+before use. What each slot can run comes from the cluster config, not from a KV listing."""
 
 from __future__ import annotations
 
@@ -13,17 +14,27 @@ import nats
 import structlog
 from nats.js.errors import KeyNotFoundError
 
-from coordinator.state import (
-    count_undecodable,
-    keys_with_prefix,
-    open_buckets,
-    read_assignment,
-    read_members,
-    with_retries,
+from coordinator.state import count_undecodable, open_buckets, read_assignment, with_retries
+from schemas.control import (
+    Assignment,
+    ModelLoad,
+    ShardHeartbeat,
+    SlotClaim,
+    claim_reply_decoder,
+    encode,
+    model_spec_decoder,
 )
-from schemas.control import ModelLoad, ShardHeartbeat, SlotClaim, claim_reply_decoder, encode, model_spec_decoder
 from schemas.model import ModelSpec
 from schemas.profile import ModelProfile
+from shard.core.ownership import (
+    AddModel,
+    ClaimSlot,
+    Holding,
+    RemoveModel,
+    RemoveSlot,
+    plan_release,
+    plan_transition,
+)
 
 log = structlog.get_logger("shard")
 HANDOVER_GRACE_S = 1.0
@@ -37,7 +48,8 @@ class AssignmentFollower:
         self.draining = False
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()
-        self._releasing: set[str] = set()
+        self._releasing: set[str] = set()  # lost models kept for the handover grace
+        self._models: frozenset[str] = frozenset()  # the models the latest assignment gives this shard
 
     async def start(self) -> None:
         self.buckets = await open_buckets(self.shard.nc, heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
@@ -81,57 +93,75 @@ class AssignmentFollower:
                 log.warning("assignment_read_failed", shard=self.shard.entry.id, error=repr(error))
             await asyncio.sleep(0.2)
 
-    def _behind(self, assignment) -> bool:  # noqa: ANN001
-        """Models or slots the assignment gives this shard that it could not take up yet."""
-        me = self.shard.entry.id
-        models = {m for m, s in assignment.models.items() if s == me}
-        slots = {slot for slot, s in assignment.slots.items() if s == me}
-        return bool(models - set(self.shard.specs)) or bool(slots - self.shard.usable_slots())
+    def _holding(self) -> Holding:
+        shard = self.shard
+        return Holding(models=frozenset(shard.specs), slots=frozenset(shard.usable_slots()),
+                       releasing=frozenset(self._releasing))
 
-    async def _apply(self, assignment) -> None:  # noqa: ANN001
-        """Apply an epoch. The core treats its slots as interchangeable, so at no moment may it
-        hold a slot that cannot run one of its models: slots lost go first, then models no new
-        slot can host, then models gained, then the new slots (claimed first); models lost that
-        the remaining slots still host are kept a moment while their new owner subscribes."""
+    def _mine(self, assignment: Assignment) -> tuple[frozenset[str], frozenset[str]]:
+        me = self.shard.entry.id
+        return (frozenset(m for m, s in assignment.models.items() if s == me),
+                frozenset(slot for slot, s in assignment.slots.items() if s == me))
+
+    def _behind(self, assignment: Assignment) -> bool:
+        """Steps of this epoch not taken yet (a claim refused, a model without a profile)."""
+        models, slots = self._mine(assignment)
+        return bool(plan_transition(self._holding(), models, slots, self.shard.slot_models).steps)
+
+    async def _apply(self, assignment: Assignment) -> None:
+        """Apply an epoch in the order shard/core/ownership.py plans, which keeps every slot in
+        the core able to run every model in it at each step."""
         me = self.shard.entry.id
         shard = self.shard
-        models = {m for m, s in assignment.models.items() if s == me}
-        slots = {slot for slot, s in assignment.slots.items() if s == me}
+        models, slots = self._mine(assignment)
+        new_epoch = assignment.epoch != self.epoch
         self.epoch = assignment.epoch
-        _shards, agents = await read_members(self.buckets.members)
-        hosted = {s.slot_id: set(s.models) for hb in agents.values() for s in hb.slots}
-        agent_of = {s.slot_id: a for a, hb in agents.items() for s in hb.slots}
-        for slot in sorted(shard._owned - slots):  # noqa: SLF001 - the follower drives the shard
-            await shard.remove_slot(slot)
-        lost = sorted(set(shard.specs) - models - self._releasing)
-        graceful = [m for m in lost if all(m in hosted.get(s, set()) for s in slots)]
-        for name in lost:
-            if name not in graceful:
-                await shard.remove_model(name)
-        for name in sorted(models - set(shard.specs)):
-            spec = await self._spec(name)
-            if spec is None:
-                log.warning("model_without_profile", shard=me, model=name)
-                continue
-            await shard.add_model(spec)
-        for slot in sorted(slots - shard.usable_slots()):  # new, or lost and back (claimed again)
-            if await self._claim(agent_of.get(slot), slot):
-                await shard.add_slot(slot)
-        self._releasing.update(graceful)
+        self._models = models
+        transition = plan_transition(self._holding(), models, slots, shard.slot_models)
+        steps = shard.metrics.assignment_steps
+        if new_epoch:
+            for slot in transition.refused_slots:
+                steps["slot_refused"] += 1
+                log.error("slot_refused", shard=me, slot=slot, epoch=self.epoch,
+                          models=sorted(models - shard.slot_models.get(slot, frozenset())))
+        for step in transition.steps:
+            match step:
+                case RemoveSlot(slot=slot):
+                    steps["remove_slot"] += 1
+                    await shard.remove_slot(slot)
+                case RemoveModel(model=name):
+                    steps["remove_model"] += 1
+                    self._releasing.discard(name)
+                    await shard.remove_model(name)
+                case AddModel(model=name):
+                    spec = await self._spec(name)
+                    if spec is None:
+                        log.warning("model_without_profile", shard=me, model=name)
+                        continue
+                    steps["add_model"] += 1
+                    await shard.add_model(spec)
+                case ClaimSlot(slot=slot):
+                    if await self._claim(self.shard.agent_of_slot(slot), slot):
+                        steps["claim_slot"] += 1
+                        await shard.add_slot(slot)
+                    else:
+                        steps["claim_refused"] += 1
+        graceful = sorted(transition.releasing - self._releasing)
+        self._releasing = set(transition.releasing)
         if graceful:
             asyncio.get_running_loop().call_later(
-                HANDOVER_GRACE_S, lambda: asyncio.ensure_future(self._release(graceful, assignment.epoch)))
-        log.info("assignment_applied", shard=me, epoch=self.epoch, models=sorted(models), slots=sorted(slots))
+                HANDOVER_GRACE_S, lambda: asyncio.ensure_future(self._release(frozenset(graceful))))
+        log.info("assignment_applied", shard=me, epoch=self.epoch, models=sorted(models), slots=sorted(slots),
+                 kept_for_grace=sorted(transition.releasing))
         await self._heartbeat()
 
-    async def _release(self, names: list[str], epoch: int) -> None:
+    async def _release(self, names: frozenset[str]) -> None:
+        """The grace period of models lost is over: those not given back leave."""
         async with self._lock:
-            assignment, _rev = await read_assignment(self.buckets.state)
-            for name in names:
-                self._releasing.discard(name)
-                if assignment is not None and assignment.models.get(name) == self.shard.entry.id:
-                    continue  # it came back
-                await self.shard.remove_model(name)
+            for step in plan_release(self._holding(), names & frozenset(self._releasing), self._models):
+                self.shard.metrics.assignment_steps["remove_model"] += 1
+                self._releasing.discard(step.model)
+                await self.shard.remove_model(step.model)
 
     async def _claim(self, agent_id: str | None, slot: str) -> bool:
         if agent_id is None:
@@ -154,11 +184,14 @@ class AssignmentFollower:
         return reply.ok
 
     async def _spec(self, name: str) -> ModelSpec | None:
-        """The model's spec with the slowest profile any agent published for it."""
-        keys = await keys_with_prefix(self.buckets.state, f"profiles.{name}.")
+        """The model's spec with the slowest profile among the agents that host it (reference
+        §2.2), read key by key (`profiles.<model>.<agent>`): a listing can miss keys."""
         chosen: ModelSpec | None = None
         profile: ModelProfile | None = None
-        for key in keys:
+        for agent in self.shard.config.agents:
+            if not any(name in slot.models for slot in agent.slots):
+                continue
+            key = f"profiles.{name}.{agent.id}"
             try:
                 entry = await self.buckets.state.get(key)
             except KeyNotFoundError:

@@ -43,6 +43,9 @@ class FastHistogram:
 OUTCOMES = ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "lost", "handed_back", "expired",
             "duplicate", "unknown")
 
+PLAN_REFUSALS = ("slot_cannot_run_model", "too_large")
+ASSIGNMENT_STEPS = ("remove_slot", "remove_model", "add_model", "claim_slot", "claim_refused", "slot_refused")
+
 
 class ShardMetrics:
     def __init__(self, models: list[str], state: Callable[[], dict]) -> None:
@@ -58,6 +61,10 @@ class ShardMetrics:
         self.decision_seconds = FastHistogram(DECISION_BUCKETS)
         self.late_wake_ups = 0
         self.slots_lost = 0
+        # Plans the shell would not send, by reason: "slot_cannot_run_model" (a grant the core
+        # must never make: issue 11 §2) and "too_large" (over the server's max_payload).
+        self.plans_refused = dict.fromkeys(PLAN_REFUSALS, 0)
+        self.assignment_steps = dict.fromkeys(ASSIGNMENT_STEPS, 0)  # ownership changes applied
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self, state))
 
@@ -107,6 +114,12 @@ class _Collector(Collector):
         yield _counter("symphony_shard_late_wake_ups", "Wake-ups later than the timer jitter",
                        {(): m.late_wake_ups}, [])
         yield _counter("symphony_shard_slots_lost", "Slots declared lost", {(): m.slots_lost}, [])
+        yield _counter("symphony_shard_plans_refused", "Batches the shard refused to send, by reason: "
+                       "slot_cannot_run_model (the granted slot does not host the model; its requests get 503), "
+                       "too_large (over the server's max_payload; 413)",
+                       {(k,): v for k, v in m.plans_refused.items()}, ["reason"])
+        yield _counter("symphony_shard_assignment_steps", "Ownership changes applied from assignments, by step",
+                       {(k,): v for k, v in m.assignment_steps.items()}, ["step"])
         state = self.state()
         pending = GaugeMetricFamily("symphony_shard_pending_requests", "Requests held by the core", labels=["model"])
         target = GaugeMetricFamily("symphony_shard_target_batch_size", "Current target batch size", labels=["model"])

@@ -23,7 +23,7 @@ from gpu_agent.agent import AgentInfo
 from ops.cluster_config import ClusterConfig, ShardEntry
 from ops.connect import connect_service, creds_of, flush_ordered
 from ops.nats_auth import HANDBACK_NAMESPACE
-from ops.handback import hand_back_headers, start_hand_back
+from ops.handback import finish_hand_backs, hand_back_headers, start_hand_back
 from schemas.codec import msgpack_decoder
 from schemas.model import ModelList, ModelSpec, metadata_of
 from schemas.plan import PLAN_VERSION, BatchPlan, PlanRequest, plan_encoder, report_decoder
@@ -41,7 +41,7 @@ from schemas.status import (
     error_headers,
 )
 from shard.core.actions import DispatchBatch, DropReason, DropRequests
-from shard.core.config import CoreConfig, ModelConfig
+from shard.core.config import ModelConfig
 from shard.core.events import (
     SHUTDOWN,
     WAKE_UP,
@@ -125,6 +125,7 @@ class ShardService:
         self._seen_ids: dict[str, int] = {}
         self._seen_prune_at = SEEN_IDS_MIN
         self._agent_of_slot = {slot.id: agent.id for agent in config.agents for slot in agent.slots}
+        self.slot_models = config.slot_models()  # what each slot can run: a plan elsewhere is refused
         self._reconnected_at = 0
         self._reconnects = 0
         self._owned: set[str] = set(self.entry.slots)
@@ -143,11 +144,7 @@ class ShardService:
     # ---- start-up -----------------------------------------------------------------------
     async def start(self, nats_url: str, *, agents_timeout_s: float = 120.0) -> None:
         self.nc = await connect_service(nats_url, f"shard-{self.entry.id}")
-        core = CoreConfig(
-            queue_len_max=self.entry.queue_len_max, ctrl_ns=self.entry.ctrl_us * 1000,
-            data_ns=self.entry.data_us * 1000, resp_ns=self.entry.resp_us * 1000,
-            timer_jitter_ns=self.entry.jitter_us * 1000,
-        )
+        core = self.entry.core_config()
         if self.config.dynamic:
             self.slot_index, self.slot_names = {}, []  # the assignment brings slots
             self.policy = make_policy(self.entry.policy, [], core)
@@ -261,6 +258,9 @@ class ShardService:
         self._lost.discard(slot_id)
         self._owned.add(slot_id)
         await self._apply_async(self.policy.handle(SlotAdded(self.slot_index[slot_id]), self.clock.now_ns()))
+
+    def agent_of_slot(self, slot_id: str) -> str | None:
+        return self._agent_of_slot.get(slot_id)
 
     def usable_slots(self) -> set[str]:
         """Slots this shard owns and has not declared lost."""
@@ -443,17 +443,20 @@ class ShardService:
             lost_after_unix_ns=self.clock.wall_ns() + action.finish_at_ns - now + int(self.entry.slot_grace_ms * 1e6),
         )
         data = plan_encoder.encode(plan)
+        if action.model not in self.slot_models.get(slot_id, ()):
+            # The core granted a slot that cannot run the model: a bug in how ownership changed
+            # (shard/core/ownership.py keeps this from happening). Never send it: answer it.
+            log.error("plan_refused", shard=self.entry.id, plan=action.plan_id, slot=slot_id, model=action.model)
+            await self._refuse_plan(action, requests, now, "slot_cannot_run_model", Status.UNAVAILABLE,
+                                    f"unavailable: slot {slot_id} cannot run {action.model}")
+            return
         if len(data) > self.nc.max_payload:
             # Valid bodies can add up past what NATS carries in one message: answer them (not
             # silently lose the slot) and give the core its slot back at once.
             log.error("plan_too_large", plan=action.plan_id, bytes=len(data), max_payload=self.nc.max_payload)
-            for request in requests:
-                self.metrics.count(action.model, "rejected")
-                await self._error(request.reply, Status.TOO_LARGE,
-                                  f"batch of {len(requests)} is {len(data)} bytes, over the server's max_payload "
-                                  f"{self.nc.max_payload}; send smaller bodies", request.client_request_id)
-            await self._apply_async(self.policy.handle(
-                BatchCompleted(action.slot_id, action.plan_id, now, now), now))
+            await self._refuse_plan(action, requests, now, "too_large", Status.TOO_LARGE,
+                                    f"batch of {len(requests)} is {len(data)} bytes, over the server's max_payload "
+                                    f"{self.nc.max_payload}; send smaller bodies")
             return
         self.inflight[action.plan_id] = InFlight(slot_id, action.model, requests, now, action.finish_at_ns,
                                                  self.nc.stats["reconnects"])
@@ -466,6 +469,16 @@ class ShardService:
         for request in requests:
             queue.observe(request.queue_us / 1e6)
         await self.nc.publish(f"{self.prefix}.slot.{slot_id}.plan", data)
+
+    async def _refuse_plan(self, action: DispatchBatch, requests: list[PlanRequest], now: int, why: str,
+                           status: Status, reason: str) -> None:
+        """Answer every request of a batch that will not be sent, and give the core its slot back."""
+        self.metrics.plans_refused[why] += 1
+        outcome = "unavailable" if status is Status.UNAVAILABLE else "rejected"
+        for request in requests:
+            self.metrics.count(action.model, outcome)
+            await self._error(request.reply, status, reason, request.client_request_id)
+        await self._apply_async(self.policy.handle(BatchCompleted(action.slot_id, action.plan_id, now, now), now))
 
     async def _drop(self, action: DropRequests) -> None:
         if action.reason is DropReason.MOVED:
@@ -636,6 +649,7 @@ class ShardService:
             await self.service.stop()
         if self.policy is not None:
             await self._apply_async(self.policy.handle(SHUTDOWN, self.clock.now_ns()))
+        await finish_hand_backs(self._hand_backs)
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._timer is not None:

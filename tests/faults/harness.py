@@ -18,7 +18,7 @@ import msgspec
 import nats
 import numpy as np
 
-from coordinator.state import open_buckets, read_assignment, read_members
+from coordinator.state import open_buckets, read_assignment, list_members
 from load.bound import best_batch
 from load.sender import SendResult, send_schedule
 from ops.cluster import LocalCluster
@@ -240,7 +240,7 @@ async def _kv_names_only_live(run: Run, timeout_s: float = 8.0) -> tuple[bool, s
     while time.monotonic() < deadline:
         try:
             buckets = await open_buckets(run.nc, heartbeat_ttl_s=1.5, lease_s=1.5)
-            shards, agents = await read_members(buckets.members)
+            shards, agents = await list_members(buckets.members)
             assignment, _ = await read_assignment(buckets.state)
             owners = set(assignment.models.values()) | set(assignment.slots.values()) if assignment else set()
             detail = (f"members shards={sorted(shards)} agents={sorted(agents)}; assignment owners={sorted(owners)}; "

@@ -11,7 +11,7 @@ import asyncio
 import nats
 import pytest
 
-from coordinator.state import open_buckets, read_assignment, read_members, undecodable
+from coordinator.state import open_buckets, read_assignment, list_members, undecodable
 from load.bench.bad_input import VALID, Expect, corpus, report, run_corpus, still_serving
 from schemas.control import ASSIGNMENT_KEY, ShardHeartbeat, encode
 from tests.integration.conftest import SLEEP_CONFIG, running_cluster
@@ -64,7 +64,7 @@ async def test_undecodable_kv_entries_are_skipped_and_counted_not_raised(nats_se
         await buckets.members.put("agent.deep", b'{"agent_id": "x", "device": "d", "slots": [], "u": ' + deep + b"}")
         await buckets.state.put(ASSIGNMENT_KEY, b"\xff\xfe")
         before = sum(undecodable.values())
-        shards, agents = await read_members(buckets.members)
+        shards, agents = await list_members(buckets.members)
         assignment, revision = await read_assignment(buckets.state)
         assert list(shards) == ["good"] and agents == {}
         assert assignment is None and revision > 0  # the leader overwrites it at this revision

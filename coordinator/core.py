@@ -1,0 +1,326 @@
+"""The coordinator's control logic as a state machine without I/O (issue 11 §4): events in, with
+an explicit `now_ns`; commands out, for a shell to carry out against JetStream KV and feed the
+results back as events. The live service (coordinator/service.py) and the control-plane
+simulator (load/sim/control.py) drive this same class.
+
+Idea. Leadership is a lease: a key created with compare-and-swap in a bucket whose entries age
+out, renewed every third of its life. This coordinator counts itself leader only until the lease
+it last wrote could have aged out, measured from when it *sent* the write, so a paused leader
+stops acting before a standby can take over. Each epoch period, and at once when the live
+members change, the leader reads the assignment, decides the next one (coordinator/epoch.py)
+and writes it with compare-and-swap on the revision it read, so two coordinators that both think
+they lead can never both write, and epochs only go up. Membership comes from the coordinator's
+own view (coordinator/membership.py), which only grows from what it observes and shrinks only on
+evidence; a coordinator decides nothing about departures before its view has watched for a TTL.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+from coordinator.epoch import EpochInputs, ModelSettings, decide_epoch, membership_of
+from coordinator.membership import Heartbeat, MemberView, ReadOutcome
+from coordinator.placement import PlacementConfig
+from schemas.control import Assignment
+from schemas.profile import ModelProfile
+from shard.core.config import CoreConfig
+
+
+class CoordinatorTiming(msgspec.Struct, frozen=True, kw_only=True):
+    epoch_ns: int
+    lease_ns: int
+    heartbeat_ttl_ns: int
+
+
+# ---- events: what the shell tells the core ---------------------------------------------------
+class Tick(msgspec.Struct, frozen=True):
+    """Periodic: time passed."""
+
+
+class LeaseOutcome(enum.Enum):
+    HELD = "held"  # created or renewed
+    TAKEN_ELSEWHERE = "taken_elsewhere"  # the key exists (create) or changed (update)
+    FAILED = "failed"  # the write failed: no answer about the lease
+
+
+class LeaseResult(msgspec.Struct, frozen=True, kw_only=True):
+    outcome: LeaseOutcome
+    revision: int = 0
+
+
+class MemberUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """From the members watch: a heartbeat, or (heartbeat None) a delete or purge."""
+
+    key: str
+    heartbeat: Heartbeat | None
+    revision: int
+
+
+class MemberRead(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+    outcome: ReadOutcome
+    heartbeat: Heartbeat | None = None
+    revision: int = 0
+
+
+class DrainUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    shard: str
+    draining: bool
+
+
+class ProfileUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent's measured profile of a model (None: withdrawn)."""
+
+    model: str
+    agent: str
+    profile: ModelProfile | None
+
+
+class AssignmentSeen(msgspec.Struct, frozen=True, kw_only=True):
+    """The assignment as written by anyone (from the state watch)."""
+
+    assignment: Assignment
+
+
+class AssignmentRead(msgspec.Struct, frozen=True, kw_only=True):
+    assignment: Assignment | None
+    revision: int
+    failed: bool = False
+
+
+class WriteOutcome(enum.Enum):
+    WRITTEN = "written"
+    RACED = "raced"  # the revision moved: someone else wrote
+    FAILED = "failed"
+
+
+class AssignmentWritten(msgspec.Struct, frozen=True, kw_only=True):
+    outcome: WriteOutcome
+
+
+Event = (Tick | LeaseResult | MemberUpdate | MemberRead | DrainUpdate | ProfileUpdate | AssignmentSeen
+         | AssignmentRead | AssignmentWritten)
+
+
+# ---- commands: what the core asks of the shell -----------------------------------------------
+class TakeLease(msgspec.Struct, frozen=True):
+    """Create the lease key; fails if someone holds it."""
+
+
+class RenewLease(msgspec.Struct, frozen=True, kw_only=True):
+    revision: int
+
+
+class ReleaseLease(msgspec.Struct, frozen=True, kw_only=True):
+    revision: int
+
+
+class ReadMember(msgspec.Struct, frozen=True, kw_only=True):
+    key: str
+
+
+class RestartWatches(msgspec.Struct, frozen=True):
+    """A direct read found what the watch never delivered: start the watches again."""
+
+
+class ReadAssignment(msgspec.Struct, frozen=True):
+    pass
+
+
+class WriteAssignment(msgspec.Struct, frozen=True, kw_only=True):
+    assignment: Assignment
+    revision: int  # compare-and-swap on this revision (0: create)
+
+
+class Note(msgspec.Struct, frozen=True, kw_only=True):
+    """Something worth a log line and a metric, decided here and reported by the shell."""
+
+    event: str
+    level: str = "info"
+    fields: dict = {}
+
+
+Command = TakeLease | RenewLease | ReleaseLease | ReadMember | RestartWatches | ReadAssignment | WriteAssignment | Note
+
+
+class CoordinatorCore:
+    def __init__(self, coordinator_id: str, models: list[ModelSettings], timing: CoordinatorTiming, *,
+                 core: CoreConfig, placement: PlacementConfig, now_ns: int) -> None:
+        self.id = coordinator_id
+        self.models = models
+        self.timing = timing
+        self.core = core
+        self.placement = placement
+        self.view = MemberView(timing.heartbeat_ttl_ns, now_ns)
+        self.drains: set[str] = set()
+        self.profiles: dict[tuple[str, str], ModelProfile] = {}  # (model, agent) -> profile
+        self.latest: Assignment | None = None  # the newest assignment written or seen
+        # Lease state: one lease write in flight at a time.
+        self.lease_revision = 0
+        self.lease_valid_until_ns = 0
+        self._lease_sent_ns: int | None = None
+        self._lease_due_ns = now_ns
+        # Epoch state: one read-decide-write at a time.
+        self._epoch_op: str | None = None  # None, "reading" or "writing"
+        self._epoch_membership: tuple | None = None
+        self._pending: Assignment | None = None
+        self._membership_done: tuple | None = None
+        self._last_epoch_ns: int | None = None
+        self._confirming: set[str] = set()
+
+    # ---- queries ------------------------------------------------------------------------------
+    def leading(self, now_ns: int) -> bool:
+        return self.lease_revision > 0 and now_ns < self.lease_valid_until_ns
+
+    def view_warm(self, now_ns: int) -> bool:
+        """Every live member has had a TTL to show itself to this view."""
+        return not self.view.outage and now_ns - self.view.trusted_from_ns >= self.timing.heartbeat_ttl_ns
+
+    # ---- the step function ----------------------------------------------------------------------
+    def handle(self, event: Event, now_ns: int) -> list[Command]:
+        match event:
+            case Tick():
+                return self._tick(now_ns)
+            case LeaseResult():
+                return self._lease_result(event, now_ns)
+            case MemberUpdate(key=key, heartbeat=None):
+                return [Note(event="member_left", fields={"member": key})] if self.view.left(key, now_ns) else []
+            case MemberUpdate(key=key, heartbeat=beat, revision=revision):
+                new = self.view.observe(key, beat, revision, now_ns)
+                return [Note(event="member_joined", fields={"member": key})] if new else []
+            case MemberRead():
+                return self._member_read(event, now_ns)
+            case DrainUpdate(shard=shard, draining=draining):
+                (self.drains.add if draining else self.drains.discard)(shard)
+                return []
+            case ProfileUpdate(model=model, agent=agent, profile=profile):
+                if profile is None:
+                    self.profiles.pop((model, agent), None)
+                else:
+                    self.profiles[(model, agent)] = profile
+                return []
+            case AssignmentSeen(assignment=assignment):
+                if self.latest is None or assignment.epoch > self.latest.epoch:
+                    self.latest = assignment
+                return []
+            case AssignmentRead():
+                return self._assignment_read(event, now_ns)
+            case AssignmentWritten():
+                return self._assignment_written(event, now_ns)
+        raise AssertionError(f"unknown event {event!r}")
+
+    def stop(self, now_ns: int) -> list[Command]:
+        """Hand the lease over at once instead of letting it age out."""
+        if self.leading(now_ns):
+            revision, self.lease_revision = self.lease_revision, 0
+            return [ReleaseLease(revision=revision)]
+        return []
+
+    # ---- leadership ---------------------------------------------------------------------------
+    def _tick(self, now_ns: int) -> list[Command]:
+        commands: list[Command] = []
+        if self._lease_sent_ns is None and now_ns >= self._lease_due_ns:
+            self._lease_sent_ns = now_ns
+            # A lease this coordinator held may still be its own on the server (its TTL started
+            # after the write was sent): renewing at that revision either extends it or fails.
+            commands.append(RenewLease(revision=self.lease_revision) if self.lease_revision else TakeLease())
+        for key in self.view.suspects(now_ns):
+            if key not in self._confirming:
+                self._confirming.add(key)
+                commands.append(ReadMember(key=key))
+        if self.leading(now_ns):
+            commands += self._maybe_start_epoch(now_ns)
+        return commands
+
+    def _lease_result(self, result: LeaseResult, now_ns: int) -> list[Command]:
+        sent_ns = self._lease_sent_ns
+        assert sent_ns is not None, "a lease result without a lease write"
+        self._lease_sent_ns = None
+        self._lease_due_ns = now_ns + self.timing.lease_ns // 3
+        was_leading = self.leading(now_ns)
+        if result.outcome is LeaseOutcome.HELD:
+            self.lease_revision = result.revision
+            self.lease_valid_until_ns = sent_ns + self.timing.lease_ns  # the server's TTL started later
+            if not was_leading:
+                return [Note(event="leadership_taken")]
+            return []
+        if result.outcome is LeaseOutcome.TAKEN_ELSEWHERE:
+            self.lease_revision = 0
+            self.lease_valid_until_ns = 0
+            return [Note(event="leadership_lost", level="warning")] if was_leading else []
+        # FAILED: the lease may still be ours until it ages out; retry soon.
+        self._lease_due_ns = now_ns + self.timing.lease_ns // 10
+        return [Note(event="lease_write_failed", level="warning")]
+
+    # ---- membership -----------------------------------------------------------------------------
+    def _member_read(self, read: MemberRead, now_ns: int) -> list[Command]:
+        self._confirming.discard(read.key)
+        result = self.view.confirm(read.key, read.outcome, read.heartbeat, read.revision, now_ns)
+        if result.removed:
+            return [Note(event="member_gone", level="warning", fields={"member": read.key})]
+        if result.watch_stale:
+            return [Note(event="watch_stale", level="warning", fields={"member": read.key}), RestartWatches()]
+        return []
+
+    def _inputs(self, previous: Assignment | None, previous_written: bool = True) -> EpochInputs:
+        merged: dict[str, ModelProfile] = {}
+        for (model, _agent), profile in sorted(self.profiles.items()):
+            have = merged.get(model)
+            merged[model] = profile if have is None else have.merge_slowest(profile)  # reference §2.2
+        return EpochInputs(shards=self.view.shards(), agents=self.view.agents(), drains=frozenset(self.drains),
+                           previous=previous, previous_written=previous_written, latest_epoch=self.latest.epoch if self.latest else 0,
+                           profiles=merged)
+
+    # ---- epochs ---------------------------------------------------------------------------------
+    def _maybe_start_epoch(self, now_ns: int) -> list[Command]:
+        if self._epoch_op is not None or not self.view_warm(now_ns):
+            return []
+        membership = membership_of(self._inputs(None))
+        due = self._last_epoch_ns is None or now_ns - self._last_epoch_ns >= self.timing.epoch_ns
+        if membership == self._membership_done and not due:
+            return []
+        self._epoch_op = "reading"
+        self._epoch_membership = membership
+        return [ReadAssignment()]
+
+    def _assignment_read(self, read: AssignmentRead, now_ns: int) -> list[Command]:
+        assert self._epoch_op == "reading"
+        self._epoch_op = None
+        if read.failed:
+            return [Note(event="assignment_read_failed", level="warning")]
+        if read.assignment is not None and (self.latest is None or read.assignment.epoch > self.latest.epoch):
+            self.latest = read.assignment
+        if not self.leading(now_ns):
+            return []
+        # A KV that lost its assignment (or holds one that does not decode) gets a new one, placed
+        # from the newest this coordinator saw so that models stay where they are.
+        basis = read.assignment or self.latest
+        decision = decide_epoch(self.models, self._inputs(basis, read.assignment is not None), core=self.core,
+                                placement=self.placement, coordinator_id=self.id)
+        if decision.assignment is None:
+            self._epoch_done(now_ns)
+            if decision.reason == "unchanged":
+                return []
+            return [Note(event=f"epoch_{decision.reason}", level="error" if decision.errors else "warning",
+                         fields={"errors": decision.errors})]
+        self._epoch_op = "writing"
+        self._pending = decision.assignment
+        return [WriteAssignment(assignment=decision.assignment, revision=read.revision)]
+
+    def _assignment_written(self, written: AssignmentWritten, now_ns: int) -> list[Command]:
+        assert self._epoch_op == "writing" and self._pending is not None
+        self._epoch_op = None
+        new, self._pending = self._pending, None
+        if written.outcome is not WriteOutcome.WRITTEN:
+            return [Note(event=f"assignment_{written.outcome.value}", level="warning", fields={"epoch": new.epoch})]
+        self.latest = new
+        self._epoch_done(now_ns)
+        return [Note(event="assignment_written", fields={
+            "epoch": new.epoch, "models": new.models, "slots": new.slots,
+            "desired_slots": new.desired_slots, "surplus_slots": new.surplus_slots})]
+
+    def _epoch_done(self, now_ns: int) -> None:
+        self._last_epoch_ns = now_ns
+        self._membership_done = self._epoch_membership

@@ -1,0 +1,120 @@
+"""One epoch's decision: from the members the coordinator sees, the drains, the profiles and the
+previous assignment, the next assignment, or why none is written. Pure: the live coordinator
+and the control-plane simulator call the same function.
+
+Rules the decision keeps (issue 11 §1):
+- No live shard means no new assignment: the last one stays. An assignment without models is
+  never written, so nothing a reader sees can take every model away at once.
+- Placement is sticky (coordinator/placement.py): a model moves only when its shard leaves or
+  drains, or when the balance rule asks.
+- Nothing changed (models, slots, the autoscaling signal): nothing is written.
+- Epochs never go back: the floor is the highest epoch anyone reported.
+- The new assignment is checked before it is written (`assignment_errors`): every model and
+  slot on a live shard, every slot of a live agent, a shard's slots hosting all its models.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from coordinator.demand import model_demand
+from coordinator.placement import PlacementConfig, plan_assignment
+from schemas.control import AgentHeartbeat, Assignment, ShardHeartbeat
+from schemas.profile import ModelProfile, profile_from_sleep_spec
+from shard.core.config import CoreConfig, ModelConfig
+
+
+class ModelSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """What the coordinator knows of a model before any agent measured it."""
+
+    name: str
+    slo_ms: float
+    kind: str
+    batch_size_max: int
+
+    def fallback_profile(self) -> ModelProfile:
+        if self.kind.startswith(("sleep:", "sleep#")):
+            return profile_from_sleep_spec(self.kind, self.batch_size_max)
+        return profile_from_sleep_spec("sleep:1000,5000", self.batch_size_max)  # until an agent has measured it
+
+
+class EpochInputs(msgspec.Struct, frozen=True, kw_only=True):
+    shards: dict[str, ShardHeartbeat]  # alive in the coordinator's view
+    agents: dict[str, AgentHeartbeat]
+    drains: frozenset[str]  # shards asked to give everything up
+    previous: Assignment | None  # the basis for sticky placement
+    previous_written: bool = True  # False: the KV holds no readable assignment; write one anyway
+    latest_epoch: int = 0  # the highest epoch this coordinator wrote or saw
+    profiles: dict[str, ModelProfile] = {}  # slowest measured profile per model
+
+
+class EpochDecision(msgspec.Struct, frozen=True, kw_only=True):
+    assignment: Assignment | None  # to write; None: write nothing
+    reason: str  # "changed", "unchanged", "no_live_shards", "invalid"
+    errors: list[str] = []
+
+
+def live_shards(inputs: EpochInputs) -> list[str]:
+    return sorted(s for s, beat in inputs.shards.items() if not beat.draining and s not in inputs.drains)
+
+
+def membership_of(inputs: EpochInputs) -> tuple[tuple[str, ...], tuple[tuple[str, tuple[str, ...]], ...]]:
+    """What a change of triggers an epoch at once: the live shards and each agent's slots."""
+    agents = tuple((a, tuple(sorted(s.slot_id for s in beat.slots))) for a, beat in sorted(inputs.agents.items()))
+    return tuple(live_shards(inputs)), agents
+
+
+def slot_hosts(agents: dict[str, AgentHeartbeat]) -> dict[str, frozenset[str]]:
+    """slot -> the models it can run, from the agents' heartbeats."""
+    return {slot.slot_id: frozenset(slot.models) for beat in agents.values() for slot in beat.slots}
+
+
+def decide_epoch(models: list[ModelSettings], inputs: EpochInputs, *, core: CoreConfig,
+                 placement: PlacementConfig, coordinator_id: str) -> EpochDecision:
+    live = live_shards(inputs)
+    if not live:
+        return EpochDecision(assignment=None, reason="no_live_shards")
+    hosts = slot_hosts(inputs.agents)
+    rates: dict[str, float] = {}
+    for beat in inputs.shards.values():  # a model moving is reported by both shards for a moment
+        for name, load in beat.models.items():
+            rates[name] = max(rates.get(name, 0.0), load.rate_rps)
+    demands = []
+    for entry in models:
+        profile = inputs.profiles.get(entry.name) or entry.fallback_profile()
+        model = ModelConfig(name=entry.name, slo_ns=int(entry.slo_ms * 1e6), profile=profile)
+        can_run = sorted(s for s, names in hosts.items() if entry.name in names)
+        demands.append(model_demand(model, rates.get(entry.name, 0.0), core, can_run))
+    previous = inputs.previous
+    new = plan_assignment(previous, demands, live, sorted(hosts), placement)
+    floor = max([previous.epoch if previous else 0, inputs.latest_epoch]
+                + [beat.epoch for beat in inputs.shards.values()])
+    new = msgspec.structs.replace(new, coordinator=coordinator_id, epoch=max(new.epoch, floor + 1))
+    if (inputs.previous_written and previous is not None and previous.models == new.models and previous.slots == new.slots
+            and previous.desired_slots == new.desired_slots):
+        return EpochDecision(assignment=None, reason="unchanged")
+    errors = assignment_errors(new, live, hosts, [m.name for m in models])
+    if errors:
+        return EpochDecision(assignment=None, reason="invalid", errors=errors)
+    return EpochDecision(assignment=new, reason="changed")
+
+
+def assignment_errors(assignment: Assignment, live: list[str], hosts: dict[str, frozenset[str]],
+                      models: list[str]) -> list[str]:
+    """Why an assignment must not be written (empty: it may)."""
+    errors = []
+    alive = set(live)
+    if models and live and not assignment.models:
+        errors.append("no model is assigned while shards are live")
+    errors += [f"model {m} on shard {s}, which is not live" for m, s in sorted(assignment.models.items())
+               if s not in alive]
+    for slot, shard in sorted(assignment.slots.items()):
+        if shard not in alive:
+            errors.append(f"slot {slot} on shard {shard}, which is not live")
+        elif slot not in hosts:
+            errors.append(f"slot {slot} belongs to no live agent")
+        else:
+            missing = sorted(m for m, s in assignment.models.items() if s == shard and m not in hosts[slot])
+            if missing:
+                errors.append(f"slot {slot} of shard {shard} does not host {missing}")
+    return errors
