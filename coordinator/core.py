@@ -23,9 +23,13 @@ import msgspec
 from coordinator.epoch import EpochInputs, ModelSettings, decide_epoch, membership_of
 from coordinator.membership import Heartbeat, MemberView, ReadOutcome
 from coordinator.placement import PlacementConfig
+from coordinator.rates import RateMemory
 from schemas.control import Assignment
 from schemas.profile import ModelProfile
 from shard.core.config import CoreConfig
+
+
+RATE_HOLD_EPOCHS = 3  # a model's planning rate falls only after this many epochs lower (plus a TTL)
 
 
 class CoordinatorTiming(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,8 +89,12 @@ class AssignmentSeen(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class AssignmentRead(msgspec.Struct, frozen=True, kw_only=True):
+    """The assignment with its revision, and which of the shards asked about are drained (read
+    key by key: a watch that missed a drain mark must not hide it for long)."""
+
     assignment: Assignment | None
     revision: int
+    drains: frozenset[str] = frozenset()
     failed: bool = False
 
 
@@ -125,8 +133,10 @@ class RestartWatches(msgspec.Struct, frozen=True):
     """A direct read found what the watch never delivered: start the watches again."""
 
 
-class ReadAssignment(msgspec.Struct, frozen=True):
-    pass
+class ReadAssignment(msgspec.Struct, frozen=True, kw_only=True):
+    """Read the assignment, and the drain mark of each of these shards."""
+
+    shards: list[str]
 
 
 class WriteAssignment(msgspec.Struct, frozen=True, kw_only=True):
@@ -154,6 +164,7 @@ class CoordinatorCore:
         self.core = core
         self.placement = placement
         self.view = MemberView(timing.heartbeat_ttl_ns, now_ns)
+        self.rates = RateMemory(RATE_HOLD_EPOCHS * timing.epoch_ns + timing.heartbeat_ttl_ns)
         self.drains: set[str] = set()
         self.profiles: dict[tuple[str, str], ModelProfile] = {}  # (model, agent) -> profile
         self.latest: Assignment | None = None  # the newest assignment written or seen
@@ -169,6 +180,8 @@ class CoordinatorCore:
         self._membership_done: tuple | None = None
         self._last_epoch_ns: int | None = None
         self._confirming: set[str] = set()
+        self._member_update_ns = now_ns  # the last update the members watch delivered
+        self._watches_started_ns = now_ns
 
     # ---- queries ------------------------------------------------------------------------------
     def leading(self, now_ns: int) -> bool:
@@ -186,8 +199,10 @@ class CoordinatorCore:
             case LeaseResult():
                 return self._lease_result(event, now_ns)
             case MemberUpdate(key=key, heartbeat=None):
+                self._member_update_ns = now_ns
                 return [Note(event="member_left", fields={"member": key})] if self.view.left(key, now_ns) else []
             case MemberUpdate(key=key, heartbeat=beat, revision=revision):
+                self._member_update_ns = now_ns
                 new = self.view.observe(key, beat, revision, now_ns)
                 return [Note(event="member_joined", fields={"member": key})] if new else []
             case MemberRead():
@@ -230,6 +245,11 @@ class CoordinatorCore:
             if key not in self._confirming:
                 self._confirming.add(key)
                 commands.append(ReadMember(key=key))
+        ttl_ns = self.timing.heartbeat_ttl_ns
+        if now_ns - max(self._member_update_ns, self._watches_started_ns) > ttl_ns:
+            # Members heartbeat three times a TTL: a watch silent for a whole TTL has most likely
+            # died (or everyone left, and then a restart costs nothing).
+            commands += self._restart_watches(now_ns, "watch_silent")
         if self.leading(now_ns):
             commands += self._maybe_start_epoch(now_ns)
         return commands
@@ -261,15 +281,21 @@ class CoordinatorCore:
         if result.removed:
             return [Note(event="member_gone", level="warning", fields={"member": read.key})]
         if result.watch_stale:
-            return [Note(event="watch_stale", level="warning", fields={"member": read.key}), RestartWatches()]
+            return self._restart_watches(now_ns, "watch_stale", read.key)
         return []
 
-    def _inputs(self, previous: Assignment | None, previous_written: bool = True) -> EpochInputs:
+    def _restart_watches(self, now_ns: int, why: str, member: str = "") -> list[Command]:
+        self._watches_started_ns = now_ns
+        return [Note(event=why, level="warning", fields={"member": member} if member else {}), RestartWatches()]
+
+    def _inputs(self, previous: Assignment | None, now_ns: int, previous_written: bool = True) -> EpochInputs:
         merged: dict[str, ModelProfile] = {}
         for (model, _agent), profile in sorted(self.profiles.items()):
             have = merged.get(model)
             merged[model] = profile if have is None else have.merge_slowest(profile)  # reference §2.2
-        return EpochInputs(shards=self.view.shards(), agents=self.view.agents(), drains=frozenset(self.drains),
+        shards = self.view.shards()
+        return EpochInputs(shards=shards, agents=self.view.agents(), drains=frozenset(self.drains),
+                           rates=self.rates.update(shards, now_ns),
                            previous=previous, previous_written=previous_written, latest_epoch=self.latest.epoch if self.latest else 0,
                            profiles=merged)
 
@@ -277,19 +303,21 @@ class CoordinatorCore:
     def _maybe_start_epoch(self, now_ns: int) -> list[Command]:
         if self._epoch_op is not None or not self.view_warm(now_ns):
             return []
-        membership = membership_of(self._inputs(None))
+        membership = membership_of(EpochInputs(shards=self.view.shards(), agents=self.view.agents(),
+                                               drains=frozenset(self.drains), previous=None))
         due = self._last_epoch_ns is None or now_ns - self._last_epoch_ns >= self.timing.epoch_ns
         if membership == self._membership_done and not due:
             return []
         self._epoch_op = "reading"
         self._epoch_membership = membership
-        return [ReadAssignment()]
+        return [ReadAssignment(shards=sorted(self.view.shards()))]
 
     def _assignment_read(self, read: AssignmentRead, now_ns: int) -> list[Command]:
         assert self._epoch_op == "reading"
         self._epoch_op = None
         if read.failed:
             return [Note(event="assignment_read_failed", level="warning")]
+        self.drains = set(read.drains)
         if read.assignment is not None and (self.latest is None or read.assignment.epoch > self.latest.epoch):
             self.latest = read.assignment
         if not self.leading(now_ns):
@@ -297,7 +325,7 @@ class CoordinatorCore:
         # A KV that lost its assignment (or holds one that does not decode) gets a new one, placed
         # from the newest this coordinator saw so that models stay where they are.
         basis = read.assignment or self.latest
-        decision = decide_epoch(self.models, self._inputs(basis, read.assignment is not None), core=self.core,
+        decision = decide_epoch(self.models, self._inputs(basis, now_ns, read.assignment is not None), core=self.core,
                                 placement=self.placement, coordinator_id=self.id)
         if decision.assignment is None:
             self._epoch_done(now_ns)

@@ -45,6 +45,7 @@ class EpochInputs(msgspec.Struct, frozen=True, kw_only=True):
     previous: Assignment | None  # the basis for sticky placement
     previous_written: bool = True  # False: the KV holds no readable assignment; write one anyway
     latest_epoch: int = 0  # the highest epoch this coordinator wrote or saw
+    rates: dict[str, float] = {}  # planning rate per model (coordinator/rates.py)
     profiles: dict[str, ModelProfile] = {}  # slowest measured profile per model
 
 
@@ -75,10 +76,7 @@ def decide_epoch(models: list[ModelSettings], inputs: EpochInputs, *, core: Core
     if not live:
         return EpochDecision(assignment=None, reason="no_live_shards")
     hosts = slot_hosts(inputs.agents)
-    rates: dict[str, float] = {}
-    for beat in inputs.shards.values():  # a model moving is reported by both shards for a moment
-        for name, load in beat.models.items():
-            rates[name] = max(rates.get(name, 0.0), load.rate_rps)
+    rates = inputs.rates
     demands = []
     for entry in models:
         profile = inputs.profiles.get(entry.name) or entry.fallback_profile()

@@ -95,12 +95,12 @@ class MemberView:
 
     # ---- departures -----------------------------------------------------------------------
     def _silent(self, member: Member, now_ns: int) -> bool:
+        """Not seen for the TTL (counted from the end of the last outage at the earliest)."""
         return now_ns - max(member.seen_ns, self.trusted_from_ns) > self.ttl_ns
 
     def suspects(self, now_ns: int) -> list[str]:
-        """Members silent for longer than the TTL: to be read directly before anything else."""
-        if self.outage:
-            return []
+        """Members silent for longer than the TTL: to be read directly. Also during an outage:
+        those reads are how the view learns that it ended (a watch may have died with it)."""
         return sorted(k for k, m in self.members.items() if self._silent(m, now_ns))
 
     def confirm(self, key: str, outcome: ReadOutcome, heartbeat: Heartbeat | None, revision: int,

@@ -215,9 +215,16 @@ class Coordinator:
                 if beat is None:
                     return MemberRead(key=key, outcome=ReadOutcome.NOT_FOUND)  # unreadable: not alive
                 return MemberRead(key=key, outcome=ReadOutcome.FOUND, heartbeat=beat, revision=entry.revision)
-            case ReadAssignment():
+            case ReadAssignment(shards=shards):
                 assignment, revision = await read_assignment(state)
-                return AssignmentRead(assignment=assignment, revision=revision)
+                drains = []
+                for shard in shards:
+                    try:
+                        await state.get(f"drain.{shard}")
+                        drains.append(shard)
+                    except KeyNotFoundError:
+                        pass
+                return AssignmentRead(assignment=assignment, revision=revision, drains=frozenset(drains))
             case WriteAssignment(assignment=assignment, revision=revision):
                 try:
                     if revision:

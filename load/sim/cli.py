@@ -1,4 +1,4 @@
-"""`symphony sim ...`: run, capacity, min-slots, compare, fuzz. Human tables by default,
+"""`symphony sim ...`: run, capacity, min-slots, compare, fuzz, control. Human tables by default,
 `--json` for machines. Progress of long searches goes to stderr."""
 
 from __future__ import annotations
@@ -67,6 +67,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fuzz.add_argument("--seed", type=int, required=True)
     fuzz.add_argument("--count", type=int, default=1, help="seeds seed..seed+count-1")
     fuzz.set_defaults(handler=_fuzz)
+
+    control = commands.add_parser("control", help="the control plane (coordinators, shard followers, agents) "
+                                  "against a simulated KV with faults, under checkers")
+    control.add_argument("--seed", type=int, required=True)
+    control.add_argument("--count", type=int, default=1, help="seeds seed..seed+count-1")
+    control.add_argument("--seconds", type=float, default=60.0, help="virtual seconds of faults per seed")
+    control.add_argument("--trace", action="store_true", help="print each seed's faults and coordinator events")
+    control.add_argument("--json", action="store_true", help="one JSON line per seed")
+    control.set_defaults(handler=_control)
 
 
 def core_config(settings: list[str]) -> CoreConfig:
@@ -207,6 +216,27 @@ def _fuzz(args: argparse.Namespace) -> int:
             print(f"seed {seed}: FAIL {error}\n  replay: symphony sim fuzz --seed {seed}", file=sys.stderr)
         else:
             print(f"seed {seed}: ok", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _control(args: argparse.Namespace) -> int:
+    from load.sim.control import run_control_seed
+
+    failures = 0
+    for seed in range(args.seed, args.seed + args.count):
+        result = run_control_seed(seed, duration_s=args.seconds, trace=args.trace)
+        failures += not result.ok
+        if args.json:
+            print(msgspec.json.encode(result).decode())
+        if args.trace:
+            print("\n".join(result.trace), file=sys.stderr)
+        if not result.ok:
+            print(f"seed {seed}: FAIL\n  " + "\n  ".join(result.violations)
+                  + f"\n  replay: symphony sim control --seed {seed} --trace", file=sys.stderr)
+        elif args.count <= 20 or seed % 100 == 0:
+            print(f"seed {seed}: ok ({result.epochs_written} epochs, {result.model_moves} model moves)",
+                  file=sys.stderr)
+    print(f"{args.count - failures} of {args.count} seeds ok", file=sys.stderr)
     return 1 if failures else 0
 
 
