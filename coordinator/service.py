@@ -62,6 +62,7 @@ from schemas.status_report import CoordinatorStatus
 
 log = structlog.get_logger("coordinator")
 TICK_S_MAX = 0.25
+WATCH_INACTIVE_S = 30.0
 
 
 class Coordinator:
@@ -257,7 +258,9 @@ class Coordinator:
         request). Starting fails while JetStream has no leader for the bucket: retried."""
         while True:
             try:
-                watcher = await kv.watchall()
+                # A stopped watch's consumer lingers on the server until this long without
+                # interest (nats-py's default is five minutes).
+                watcher = await kv.watchall(inactive_threshold=WATCH_INACTIVE_S)
                 break
             except (nats.errors.Error, OSError) as error:
                 log.warning("watch_start_failed", coordinator=self.id, bucket=kv._name, error=repr(error))  # noqa: SLF001
