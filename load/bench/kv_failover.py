@@ -41,6 +41,10 @@ async def _probe(call, every_s: float, since: list[float], gaps: dict, name: str
         await asyncio.sleep(every_s)
 
 
+async def _quiet(_error: Exception) -> None:
+    """The connection to the killed server reports its EOF; expected here."""
+
+
 async def _stream_leader(nc: nats.NATS, stream: str) -> str:
     info = await nc.jetstream().stream_info(stream)
     return info.cluster.leader
@@ -49,14 +53,14 @@ async def _stream_leader(nc: nats.NATS, stream: str) -> str:
 async def trial(kill_leader: bool, every_s: float) -> dict:
     cluster = NatsCluster(3).start()
     try:
-        probe_nc = await nats.connect(cluster.url_preferring(0).split(","))
+        probe_nc = await nats.connect(cluster.url_preferring(0).split(","), error_cb=_quiet)
         buckets = await open_buckets(probe_nc, heartbeat_ttl_s=3.0, lease_s=3.0, replicas=3)
         leader = await _stream_leader(probe_nc, f"KV_{MEMBERS_BUCKET}")
         names = [s.name for s in cluster.servers]
         victim = names.index(leader) if kill_leader else next(i for i, n in enumerate(names) if n != leader)
         survivor = next(i for i in range(3) if i != victim)
         await probe_nc.close()
-        nc = await nats.connect(cluster.url_preferring(survivor).split(","))
+        nc = await nats.connect(cluster.url_preferring(survivor).split(","), error_cb=_quiet)
         buckets = await open_buckets(nc, heartbeat_ttl_s=3.0, lease_s=3.0, replicas=3)
         beat = encode(ShardHeartbeat(shard_id="probe"))
         await buckets.state.put("assignment", b"{}")
