@@ -117,7 +117,8 @@ class AssignmentFollower:
         new_epoch = assignment.epoch != self.epoch
         self.epoch = assignment.epoch
         self._models = models
-        transition = plan_transition(self._holding(), models, slots, shard.slot_models)
+        holding = self._holding()
+        transition = plan_transition(holding, models, slots, shard.slot_models)
         steps = shard.metrics.assignment_steps
         if new_epoch:
             for slot in transition.refused_slots:
@@ -135,8 +136,9 @@ class AssignmentFollower:
                     await shard.remove_model(name)
                 case AddModel(model=name):
                     spec = await self._spec(name)
-                    if spec is None:
-                        log.warning("model_without_profile", shard=me, model=name)
+                    if spec is None:  # its agents are still compiling and profiling it: retried
+                        if new_epoch:
+                            log.warning("model_without_profile", shard=me, model=name, epoch=self.epoch)
                         continue
                     steps["add_model"] += 1
                     await shard.add_model(spec)
@@ -151,9 +153,11 @@ class AssignmentFollower:
         if graceful:
             asyncio.get_running_loop().call_later(
                 HANDOVER_GRACE_S, lambda: asyncio.ensure_future(self._release(frozenset(graceful))))
-        log.info("assignment_applied", shard=me, epoch=self.epoch, models=sorted(models), slots=sorted(slots),
-                 kept_for_grace=sorted(transition.releasing))
-        await self._heartbeat()
+        if new_epoch or holding != self._holding():
+            log.info("assignment_applied", shard=me, epoch=self.epoch, models=sorted(models), slots=sorted(slots),
+                     held_models=sorted(shard.specs), held_slots=sorted(shard.usable_slots()),
+                     kept_for_grace=sorted(transition.releasing))
+            await self._heartbeat()
 
     async def _release(self, names: frozenset[str]) -> None:
         """The grace period of models lost is over: those not given back leave."""
