@@ -76,15 +76,10 @@ def decide_epoch(models: list[ModelSettings], inputs: EpochInputs, *, core: Core
     if not live:
         return EpochDecision(assignment=None, reason="no_live_shards")
     hosts = slot_hosts(inputs.agents)
-    rates = inputs.rates
-    demands = []
-    for entry in models:
-        profile = inputs.profiles.get(entry.name) or entry.fallback_profile()
-        model = ModelConfig(name=entry.name, slo_ns=int(entry.slo_ms * 1e6), profile=profile)
-        can_run = sorted(s for s, names in hosts.items() if entry.name in names)
-        demands.append(model_demand(model, rates.get(entry.name, 0.0), core, can_run))
+    configs = [ModelConfig(name=m.name, slo_ns=int(m.slo_ms * 1e6),
+                           profile=inputs.profiles.get(m.name) or m.fallback_profile()) for m in models]
     previous = inputs.previous
-    new = plan_assignment(previous, demands, live, sorted(hosts), placement)
+    new = next_assignment(configs, inputs.rates, live, hosts, previous, core=core, placement=placement)
     floor = max([previous.epoch if previous else 0, inputs.latest_epoch]
                 + [beat.epoch for beat in inputs.shards.values()])
     new = msgspec.structs.replace(new, coordinator=coordinator_id, epoch=max(new.epoch, floor + 1))
@@ -95,6 +90,18 @@ def decide_epoch(models: list[ModelSettings], inputs: EpochInputs, *, core: Core
     if errors:
         return EpochDecision(assignment=None, reason="invalid", errors=errors)
     return EpochDecision(assignment=new, reason="changed")
+
+
+def next_assignment(models: list[ModelConfig], rates: dict[str, float], shards: list[str],
+                    hosts: dict[str, frozenset[str]], previous: Assignment | None, *, core: CoreConfig,
+                    placement: PlacementConfig) -> Assignment:
+    """Rates, profiles (in `models`), live shards, what each slot runs and the previous
+    assignment -> the next one (its epoch is the previous one's + 1). The one way from rates to
+    an assignment: the live coordinator and the simulator both call it, with the shards' core
+    configuration."""
+    demands = [model_demand(m, rates.get(m.name, 0.0), core, sorted(s for s, names in hosts.items() if m.name in names))
+               for m in models]
+    return plan_assignment(previous, demands, shards, sorted(hosts), placement)
 
 
 def assignment_errors(assignment: Assignment, live: list[str], hosts: dict[str, frozenset[str]],

@@ -43,7 +43,8 @@ from coordinator.core import (
 from coordinator.epoch import ModelSettings
 from coordinator.membership import ReadOutcome
 from coordinator.placement import PlacementConfig
-from coordinator.state import (
+from shard.core.config import core_config_for
+from runtime.kv import (
     LEADER_BUCKET,
     count_undecodable,
     decode_member,
@@ -52,9 +53,9 @@ from coordinator.state import (
     undecodable,
     with_retries,
 )
-from ops.cluster_config import ClusterConfig
-from ops.connect import connect_service
-from ops.services import register_service
+from runtime.cluster_config import ClusterConfig
+from runtime.connect import connect_service
+from runtime.services import register_service
 from schemas.control import ASSIGNMENT_KEY, Assignment, assignment_decoder, encode, model_spec_decoder
 from schemas.limits import validate_identifier
 from schemas.model import validate_model_name
@@ -114,7 +115,7 @@ class Coordinator:
         self.core = CoordinatorCore(
             self.id, [ModelSettings(name=m.name, slo_ms=m.slo_ms, kind=m.kind, batch_size_max=m.batch_size_max)
                       for m in self.config.models],
-            self.timing, core=shard_template.core_config(),
+            self.timing, core=core_config_for(shard_template),
             placement=PlacementConfig(target_utilization=settings.target_utilization), now_ns=time.monotonic_ns())
         self.service = await register_service(
             self.nc, "symphony-coordinator", f"coordinator {self.id}", {"coordinator_id": self.id},

@@ -22,11 +22,11 @@ from nats.aio.msg import Msg
 from gpu_agent.fencing import SlotOwner, decide_claim, plan_fenced
 from gpu_agent.metrics import AgentMetrics
 from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_runner
-from ops.cluster_config import AgentEntry, ClusterConfig
-from ops.connect import connect_service, flush_ordered
-from ops.handback import finish_hand_backs, hand_back_headers, start_hand_back
-from ops.services import register_service
-from coordinator.state import open_buckets, with_retries
+from runtime.cluster_config import AgentEntry, ClusterConfig
+from runtime.connect import connect_service, flush_ordered
+from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_back
+from runtime.services import register_service
+from runtime.kv import open_buckets, with_retries
 from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, slot_claim_decoder
 from schemas.control import encode as control_encode
 from schemas.status_report import AgentStatus, SlotStatus
@@ -59,13 +59,6 @@ log = structlog.get_logger("gpu_agent")
 # Replies go out only this long before the shard may declare their slot lost: the report that
 # precedes them on the same connection has that long to reach the shard first.
 WITHHOLD_MARGIN_NS = 250_000_000
-
-class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
-    version: int = 1
-    agent_id: str
-    slots: list[SlotInfo]
-    models: list[ModelSpec]
-
 
 def decode_inputs(specs: list, body: bytes, content_type: str) -> dict[str, np.ndarray]:
     """One request's inputs as [1, ...] arrays, or TensorError saying what is wrong."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from load.generator import plan_from_trace, plan_from_workload, read_trace, request_bodies, send_plan
 from load.live_report import compare, summarize, write_outputs
 from load.workload import load_workload
-from ops.client import default_nats_url
+from runtime.client import default_nats_url
 from schemas.status import CONTENT_JSON, CONTENT_MSGPACK
 
 

@@ -21,8 +21,8 @@ import numpy as np
 from load.schedule import Schedule, build_schedule
 from load.sender import SendResult, send_schedule
 from load.workload import LoadedWorkload
-from ops.connect import connect_client
-from ops.status import discover
+from runtime.connect import connect_client
+from runtime.status import discover
 from schemas.limits import IDENTIFIER_PATTERN
 from schemas.model import model_metadata_decoder, validate_model_name
 from schemas.status import CONTENT_JSON

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import nats
 import numpy as np
 
-from ops.connect import connect_options, resolve_creds, server_list
+from runtime.connect import connect_options, resolve_creds, server_list
 from schemas.status import (
     HEADER_BATCH_SIZE,
     HEADER_CONTENT_TYPE,

@@ -8,7 +8,7 @@ import sys
 from load import cli as load_cli
 from load.sim import cli as sim_cli
 from ops import commands
-from ops.logs import configure_logging
+from runtime.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,10 +11,10 @@ import sys
 import nats
 import numpy as np
 
-from ops.client import SymphonyClient, default_nats_url
-from ops.connect import connect_client
-from ops.cluster_config import DEMO_CONFIG
-from ops.nats_auth import OPS_SCALE_SUBJECT
+from runtime.client import SymphonyClient, default_nats_url
+from runtime.connect import connect_client
+from runtime.cluster_config import DEMO_CONFIG
+from runtime.nats_auth import OPS_SCALE_SUBJECT
 from schemas.model import validate_model_name
 
 CREDS_HELP = "NATS credentials file (else $SYMPHONY_NATS_CREDS, else those `symphony up` recorded for the URL)"
@@ -104,8 +104,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def _up(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ops.cluster import LocalCluster
-    from ops.nats_auth import TlsFiles
+    from runtime.cluster import LocalCluster
+    from runtime.nats_auth import TlsFiles
 
     tls = TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca or "") if args.tls_cert else None
     cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs), nats_cluster=args.nats_cluster,
@@ -250,7 +250,7 @@ def _scale(args: argparse.Namespace) -> int:
 
 
 def _drain(args: argparse.Namespace) -> int:
-    from ops.drain import drain_shard
+    from runtime.drain import drain_shard
 
     took = asyncio.run(drain_shard(default_nats_url(args.nats_url), args.shard, timeout_s=args.timeout,
                                    undo=args.undo, creds=args.creds))
@@ -261,7 +261,7 @@ def _drain(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import msgspec
 
-    from ops.status import format_status, gather_status
+    from runtime.status import format_status, gather_status
 
     shards, agents, coordinators = asyncio.run(gather_status(default_nats_url(args.nats_url), creds=args.creds))
     if args.json:
@@ -276,8 +276,8 @@ def _nats_auth(args: argparse.Namespace) -> int:
     block per server for a NATS cluster; the users are the same on each) and the roles' files."""
     from pathlib import Path
 
-    from ops.cluster_config import load_cluster_config
-    from ops.nats_auth import Auth, TlsFiles, deployment_for, write_private
+    from runtime.cluster_config import load_cluster_config
+    from runtime.nats_auth import Auth, TlsFiles, deployment_for, write_private
 
     tls = (TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca or "", verify_clients=args.tls_verify_clients)
            if args.tls_cert else None)

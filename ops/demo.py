@@ -11,12 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ops.client import InferResult, SymphonyClient
-from ops.cluster import LocalCluster
-from ops.cluster_config import DEMO_CONFIG
+from runtime.client import InferResult, SymphonyClient
+from runtime.cluster import LocalCluster
+from runtime.cluster_config import DEMO_CONFIG
+from load.demo import DEMO_RATES
 from schemas.status import Status
-
-DEMO_RATES = {"mlp": 80.0, "cnn": 15.0, "encoder": 15.0, "resnet_sleep": 400.0}
 
 
 async def _send(client: SymphonyClient, model: str, rps: float, seconds: float, results: list,

@@ -9,8 +9,8 @@ import signal
 import structlog
 
 from gpu_agent.agent import Agent
-from ops.cluster_config import load_cluster_config
-from ops.logs import configure_logging
+from runtime.cluster_config import load_cluster_config
+from runtime.logs import configure_logging
 from shard.service.shard import ShardService
 
 log = structlog.get_logger("ops")

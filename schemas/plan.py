@@ -11,6 +11,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.codec import msgpack_decoder
+from schemas.model import ModelSpec
 from schemas.limits import (
     BATCH_SIZE_LIMIT,
     NAMES_MAX,
@@ -85,6 +86,16 @@ class SlotInfo(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: Identifier
     device: Annotated[str, Meta(max_length=1024)]
     models: Annotated[list[ModelName], Meta(max_length=NAMES_MAX)]
+
+
+class AgentInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What an agent answers on `<prefix>.agent.<id>.info`: its slots and the models it loaded,
+    with their measured profiles (a shard without a coordinator plans with these)."""
+
+    version: Version = 1
+    agent_id: Identifier
+    slots: Annotated[list[SlotInfo], Meta(max_length=NAMES_MAX)]
+    models: Annotated[list[ModelSpec], Meta(max_length=NAMES_MAX)]
 
 
 PLAN_VERSION = 1

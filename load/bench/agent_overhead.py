@@ -18,8 +18,8 @@ import nats
 import numpy as np
 
 from gpu_agent.agent import Agent
-from ops.cluster_config import ClusterConfig, load_cluster_config
-from ops.nats_server import NatsServer
+from runtime.cluster_config import ClusterConfig, load_cluster_config
+from runtime.nats_server import NatsServer
 from schemas.plan import PLAN_VERSION, BatchPlan, PlanRequest, plan_encoder
 from schemas.status import CONTENT_MSGPACK
 from schemas.tensors import encode_request

@@ -9,7 +9,7 @@ passes when it gets what it expects:
   400 / 413       exactly one reply with that `Symphony-Status` and a `Symphony-Reason`;
   no responders   exactly one reply from NATS itself (`Status: 503`, clients see 404): no shard
                   serves that subject (unknown models, names with dots or wildcards);
-  client rejects  `ops.client` refuses before sending (a name that is not one subject token, a
+  client rejects  `runtime.client` refuses before sending (a name that is not one subject token, a
                   body past NATS's max_payload);
   no reply        nothing to answer (no reply subject; garbage on an internal subject), and the
                   service must survive it, which the final check proves.
@@ -31,8 +31,8 @@ from pathlib import Path
 import msgspec
 import nats
 
-from ops.client import SymphonyClient
-from ops.logs import configure_logging
+from runtime.client import SymphonyClient
+from runtime.logs import configure_logging
 from schemas.limits import InvalidName
 from schemas.status import HEADER_REASON, HEADER_STATUS
 
@@ -311,8 +311,8 @@ slots = ["s0", "s1"]
 async def local_cluster() -> AsyncIterator[str]:
     """nats-server, one sleep agent with two slots and one shard, all but the server in this process."""
     from gpu_agent.agent import Agent
-    from ops.cluster_config import load_cluster_config
-    from ops.nats_server import NatsServer
+    from runtime.cluster_config import load_cluster_config
+    from runtime.nats_server import NatsServer
     from shard.service.shard import ShardService
 
     with tempfile.TemporaryDirectory() as folder, NatsServer() as server:

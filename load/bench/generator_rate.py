@@ -19,7 +19,7 @@ import nats
 import numpy as np
 
 from load.sender import send_schedule
-from ops.nats_server import NatsServer
+from runtime.nats_server import NatsServer
 
 SUBJECT = "bench.echo"
 BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'

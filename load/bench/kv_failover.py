@@ -24,8 +24,8 @@ import time
 
 import nats
 
-from coordinator.state import open_buckets
-from ops.nats_server import NatsCluster
+from runtime.kv import open_buckets
+from runtime.nats_server import NatsCluster
 from schemas.control import MEMBERS_BUCKET, ShardHeartbeat, encode
 
 

@@ -23,8 +23,8 @@ import nats
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from coordinator.membership import MemberView
-from coordinator.state import decode_member
-from ops.nats_server import NatsServer
+from runtime.kv import decode_member
+from runtime.nats_server import NatsServer
 from schemas.control import ShardHeartbeat, encode
 
 

@@ -25,10 +25,10 @@ from load.sender import send_schedule
 from load.sim.kernel import SimOptions
 from load.sim.search import run_report
 from load.workload import load_workload
-from ops.cluster import LocalCluster
-from ops.cluster_config import ShardEntry
-from ops.nats_server import NatsServer
-from shard.core.config import CoreConfig
+from runtime.cluster import LocalCluster
+from runtime.cluster_config import ShardEntry
+from runtime.nats_server import NatsServer
+from shard.core.config import CoreConfig, core_config_for
 
 BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'
 
@@ -47,9 +47,7 @@ def cluster_toml(workload) -> str:  # noqa: ANN001
 
 
 def live_core_config() -> CoreConfig:
-    entry = ShardEntry(id="x", models=[], slots=[])
-    return CoreConfig(ctrl_ns=entry.ctrl_us * 1000, data_ns=entry.data_us * 1000, resp_ns=entry.resp_us * 1000,
-                      timer_jitter_ns=entry.jitter_us * 1000)
+    return core_config_for(ShardEntry(id="x", models=[], slots=[]))
 
 
 async def run_live(workload_name: str, scale: float, out: Path) -> dict:

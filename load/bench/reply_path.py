@@ -34,7 +34,7 @@ import msgspec
 import nats
 import numpy as np
 
-from ops.nats_server import free_port, nats_server_binary
+from runtime.nats_server import free_port, nats_server_binary
 
 INFER, SLOT, DONE = "bench.infer", "bench.slot", "bench.done"
 BATCH, FLUSH_S = 32, 0.002

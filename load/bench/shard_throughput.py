@@ -36,8 +36,8 @@ import numpy as np
 
 from load.bench.reply_path import server_cpu_s
 from load.bench.sender_pool import PooledResult, SenderPool, senders_for
-from ops.cluster import LocalCluster
-from ops.nats_server import NatsServer
+from runtime.cluster import LocalCluster
+from runtime.nats_server import NatsServer
 
 SLO_MS = 100.0
 WITHIN_SLO_MIN = 0.999

@@ -4,14 +4,14 @@ nothing killed, watching that the assignment stays put.
 With a fixed set of live shards and agents the coordinator has no reason to move a model: every
 move under steady load is a control-plane bug (a flapping membership view, a balance rule that
 oscillates), and an assignment without models takes every model away at once. This bench starts
-`ops/demo.toml` (ops.cluster.LocalCluster: separate processes, an embedded nats-server with NATS
+`ops/demo.toml` (runtime.cluster.LocalCluster: separate processes, an embedded nats-server with NATS
 users), sends open-loop Poisson load on all four demo models for `--minutes`, keeps a ledger of
 every reply (load.sender.send_schedule with ids and deadlines), and watches the `assignment` key
 of the state bucket as the operator. It reports requests sent, 200 within SLO, late, other
 statuses by code, unanswered, duplicates, epochs written, model moves and empty assignments, and
 writes summary.json, epochs.jsonl (every epoch, appended as seen) and soak.png.
 
-Rates. The mix is the demo's (ops/demo.py DEMO_RATES); its scale is half of a capacity that was
+Rates. The mix is the demo's (load/demo.py DEMO_RATES); its scale is half of a capacity that was
 measured, not guessed. The analytic bound from the agents' profiles (load/bound.py) does not give
 that capacity on a small host: it puts the demo mix at 1.4% (JAX slots) and 6% (sleep slots) of
 the bound, while the host's CPUs, shared by the sender, the shards, the agents and nats-server,
@@ -56,9 +56,9 @@ from load.bench.soak_epochs import EpochWatch
 from load.bench.soak_report import format_summary, plot_soak, summarize
 from load.generator import request_bodies
 from load.sender import SendResult, send_schedule
-from ops.cluster import LocalCluster
-from ops.cluster_config import DEMO_CONFIG
-from ops.demo import DEMO_RATES
+from runtime.cluster import LocalCluster
+from runtime.cluster_config import DEMO_CONFIG
+from load.demo import DEMO_RATES
 from schemas.status import CONTENT_MSGPACK
 
 # Scale of DEMO_RATES at capacity, from `python -m load.bench.soak --probe` on the 2-core
@@ -317,7 +317,7 @@ async def _run_cancellable(args: argparse.Namespace, out: Path, command: str) ->
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0 whatever the figures are: the bench reports, tests assert. An interrupted
     run (Ctrl-C, SIGTERM) stops the cluster, keeps epochs.jsonl and exits 130."""
-    from ops.logs import configure_logging
+    from runtime.logs import configure_logging
 
     args = parse_args(argv)
     configure_logging(json=False)

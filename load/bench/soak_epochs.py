@@ -22,8 +22,8 @@ import nats
 import structlog
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from coordinator.state import open_bucket
-from ops.connect import connect_client
+from runtime.kv import open_bucket
+from runtime.connect import connect_client
 from schemas.control import ASSIGNMENT_KEY, STATE_BUCKET, Assignment, assignment_decoder
 
 log = structlog.get_logger("soak")
@@ -92,7 +92,7 @@ class EpochWatch:
         return record
 
     async def run(self, url: str, creds: Path | None) -> None:
-        """Watch until cancelled. Reading KV is the operator's (ops/nats_auth.py). A watch that
+        """Watch until cancelled. Reading KV is the operator's (runtime/nats_auth.py). A watch that
         ends or loses its connection is reported (`watch_ended`), never taken for a calm run."""
         nc = await connect_client(url, "symphony-soak-watch", creds, user="operator")
         try:

@@ -7,7 +7,7 @@ wire messages are converted at the edge.
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import msgspec
 from msgspec import Meta
@@ -64,6 +64,22 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # slots predicted free by the batch's own send time are fewer than the plans due before it.
     lookahead: bool = False
     lookahead_cost_slack: Annotated[float, Meta(ge=0)] = 1.0
+
+
+class ShardTiming(Protocol):
+    """A shard's configured latency constants in microseconds (the cluster config's shard entry)."""
+
+    queue_len_max: int
+    ctrl_us: int
+    data_us: int
+    resp_us: int
+    jitter_us: int
+
+
+def core_config_for(shard: ShardTiming) -> CoreConfig:
+    """The core settings a live shard runs with; the coordinator plans with the same."""
+    return CoreConfig(queue_len_max=shard.queue_len_max, ctrl_ns=shard.ctrl_us * 1000, data_ns=shard.data_us * 1000,
+                      resp_ns=shard.resp_us * 1000, timer_jitter_ns=shard.jitter_us * 1000)
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):

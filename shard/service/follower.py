@@ -14,7 +14,7 @@ import nats
 import structlog
 from nats.js.errors import KeyNotFoundError
 
-from coordinator.state import count_undecodable, open_buckets, read_assignment, with_retries
+from runtime.kv import count_undecodable, open_buckets, read_assignment, with_retries
 from schemas.control import (
     Assignment,
     ModelLoad,

@@ -19,14 +19,13 @@ import nats
 import structlog
 from nats.aio.msg import Msg
 
-from gpu_agent.agent import AgentInfo
-from ops.cluster_config import ClusterConfig, ShardEntry
-from ops.connect import connect_service, creds_of, flush_ordered
-from ops.nats_auth import HANDBACK_NAMESPACE
-from ops.handback import finish_hand_backs, hand_back_headers, start_hand_back
+from runtime.cluster_config import ClusterConfig, ShardEntry
+from runtime.connect import connect_service, creds_of, flush_ordered
+from runtime.nats_auth import HANDBACK_NAMESPACE
+from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_back
 from schemas.codec import msgpack_decoder
 from schemas.model import ModelList, ModelSpec, metadata_of
-from schemas.plan import PLAN_VERSION, BatchPlan, PlanRequest, plan_encoder, report_decoder
+from schemas.plan import PLAN_VERSION, AgentInfo, BatchPlan, PlanRequest, plan_encoder, report_decoder
 from schemas.profile import ModelProfile
 from schemas.status import (
     CONTENT_JSON,
@@ -41,7 +40,7 @@ from schemas.status import (
     error_headers,
 )
 from shard.core.actions import DispatchBatch, DropReason, DropRequests
-from shard.core.config import ModelConfig
+from shard.core.config import ModelConfig, core_config_for
 from shard.core.events import (
     SHUTDOWN,
     WAKE_UP,
@@ -52,10 +51,10 @@ from shard.core.events import (
     SlotAdded,
     SlotRemoved,
 )
-from shard.core.policies import make_policy
+from shard.core.policies import DEFAULT_POLICY, make_policy
 from shard.service.clock import MonotonicClock
 from shard.service.metrics import ShardMetrics
-from ops.services import register_service
+from runtime.services import register_service
 from schemas.status_report import ModelStatus, ShardStatus
 
 log = structlog.get_logger("shard")
@@ -103,6 +102,7 @@ class ShardService:
     def __init__(self, config: ClusterConfig, shard_id: str, clock: MonotonicClock | None = None) -> None:
         self.config = config
         self.entry: ShardEntry = config.shard(shard_id)
+        self.policy_name = self.entry.policy or DEFAULT_POLICY
         self.prefix = config.subject_prefix
         self.clock = clock or MonotonicClock()
         self.nc: nats.NATS | None = None
@@ -144,15 +144,15 @@ class ShardService:
     # ---- start-up -----------------------------------------------------------------------
     async def start(self, nats_url: str, *, agents_timeout_s: float = 120.0) -> None:
         self.nc = await connect_service(nats_url, f"shard-{self.entry.id}")
-        core = self.entry.core_config()
+        core = core_config_for(self.entry)
         if self.config.dynamic:
             self.slot_index, self.slot_names = {}, []  # the assignment brings slots
-            self.policy = make_policy(self.entry.policy, [], core)
+            self.policy = make_policy(self.policy_name, [], core)
         else:
             infos = await self._agent_infos(agents_timeout_s)
             self.specs = self._model_specs(infos)
             models = [ModelConfig(name=n, slo_ns=int(s.slo_ms * 1e6), profile=s.profile) for n, s in self.specs.items()]
-            self.policy = make_policy(self.entry.policy, models, core)
+            self.policy = make_policy(self.policy_name, models, core)
             now = self.clock.now_ns()
             for slot in self.slot_names:
                 self._apply(self.policy.handle(SlotAdded(self.slot_index[slot]), now))
@@ -174,7 +174,7 @@ class ShardService:
             self.follower = AssignmentFollower(self)
             await self.follower.start()
         log.info("shard_ready", shard=self.entry.id, models=list(self.specs), slots=self.slot_names,
-                 policy=self.entry.policy, coordinated=self.config.dynamic)
+                 policy=self.policy_name, coordinated=self.config.dynamic)
 
     async def _agent_infos(self, timeout_s: float) -> dict[str, AgentInfo]:
         wanted = {self.config.agent_of_slot(s) for s in self.slot_names}
@@ -283,7 +283,7 @@ class ShardService:
         core = stats() if stats is not None else {}
         m = self.metrics
         return ShardStatus(
-            shard_id=self.entry.id, policy=self.entry.policy,
+            shard_id=self.entry.id, policy=self.policy_name,
             epoch=self.follower.epoch if self.follower is not None else 0,
             models=[ModelStatus(name=name, pending=core.get(name, (0, 0, 0.0))[0],
                                 target_batch_size=core.get(name, (0, 0, 0.0))[1],

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from coordinator.state import open_buckets, read_assignment
+from runtime.kv import open_buckets, read_assignment
 from load.sender import send_schedule
-from ops.cluster import LocalCluster
-from ops.connect import connect_client
+from runtime.cluster import LocalCluster
+from runtime.connect import connect_client
 
 pytestmark = pytest.mark.asyncio
 
@@ -166,7 +166,7 @@ async def _wait_for_models(url: str, shard: str, timeout_s: float) -> list[str]:
 
 async def _wait_until_served(url: str, models: list[str], timeout_s: float) -> float:
     """The moment every model answers a request with 200 again."""
-    from ops.client import SymphonyClient
+    from runtime.client import SymphonyClient
 
     client = await SymphonyClient.connect(url)
     try:

@@ -18,12 +18,12 @@ import msgspec
 import nats
 import numpy as np
 
-from coordinator.state import open_buckets, read_assignment, list_members
+from runtime.kv import open_buckets, read_assignment, list_members
 from load.bound import best_batch
 from load.sender import SendResult, send_schedule
-from ops.cluster import LocalCluster
-from ops.connect import connect_options, resolve_creds, server_list
-from ops.nats_server import free_port
+from runtime.cluster import LocalCluster
+from runtime.connect import connect_options, resolve_creds, server_list
+from runtime.nats_server import free_port
 from schemas.profile import profile_from_sleep_spec
 from shard.core.config import CoreConfig
 from shard.core.latency import LatencyModel
@@ -165,7 +165,7 @@ async def run_fault(fault: Fault, *, load: float, seconds: float, fault_at_s: fl
     cluster = LocalCluster(config_path, log_dir=tmp / "logs")
     proxy = None
     if fault.proxied is not None:
-        from ops.nats_server import NatsServer
+        from runtime.nats_server import NatsServer
 
         cluster.server = NatsServer(auth=cluster.auth).start()
         cluster.url = cluster.server.url

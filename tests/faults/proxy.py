@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 
-from ops.nats_server import free_port
+from runtime.nats_server import free_port
 
 
 class LinkProxy:

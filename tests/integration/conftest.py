@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from gpu_agent.agent import Agent
-from ops.client import SymphonyClient
-from ops.cluster_config import load_cluster_config
-from ops.nats_server import NatsServer
+from runtime.client import SymphonyClient
+from runtime.cluster_config import load_cluster_config
+from runtime.nats_server import NatsServer
 from shard.service.shard import ShardService
 
 SLEEP_CONFIG = """

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.nats_server import free_port
+from runtime.nats_server import free_port
 from tests.integration.conftest import SLEEP_CONFIG, running_cluster
 
 pytestmark = pytest.mark.asyncio
@@ -70,7 +70,7 @@ async def test_every_documented_metric_is_served_with_sane_values(nats_server, t
 
 
 async def test_shards_and_agents_are_discoverable_through_the_services_api(nats_server, tmp_path) -> None:
-    from ops.status import discover, format_status, gather_status
+    from runtime.status import discover, format_status, gather_status
 
     async with running_cluster(SLEEP_CONFIG, nats_server.url, tmp_path) as (client, _shards, _agents):
         await client.infer("resnet_sleep", b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}',

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from gpu_agent.agent import AgentInfo
+from schemas.plan import AgentInfo
 from schemas import control, model, plan, status_report
 from schemas.codec import Decoder, json_decoder, msgpack_decoder
 from schemas.model import ModelList, ModelMetadata, ModelSpec

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.client import SymphonyClient
-from ops.cluster import LocalCluster
-from ops.status import gather_status
+from runtime.client import SymphonyClient
+from runtime.cluster import LocalCluster
+from runtime.status import gather_status
 
 pytestmark = pytest.mark.asyncio
 

@@ -1,4 +1,4 @@
-"""A real nats-server with symphony's users (ops/nats_auth.py), attacked from each role: every
+"""A real nats-server with symphony's users (runtime/nats_auth.py), attacked from each role: every
 publish or subscription outside a user's permissions is refused (the offender's error callback
 hears of it, the server logs it, and the would-be receiver never gets the message), while the
 same traffic from the right role goes through."""
@@ -16,11 +16,11 @@ import nats
 import pytest
 from nats.js.errors import BucketNotFoundError
 
-from coordinator.state import open_bucket, open_buckets
-from ops.connect import (NatsUnreachable, connect_client, connect_options, connect_service, flush_ordered,
+from runtime.kv import open_bucket, open_buckets
+from runtime.connect import (NatsUnreachable, connect_client, connect_options, connect_service, flush_ordered,
                           hand_back_request)
-from ops.nats_auth import Auth, Deployment, load_creds
-from ops.nats_server import NatsServer
+from runtime.nats_auth import Auth, Deployment, load_creds
+from runtime.nats_server import NatsServer
 from schemas.control import MEMBERS_BUCKET, STATE_BUCKET
 
 pytestmark = pytest.mark.asyncio

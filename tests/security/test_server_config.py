@@ -12,9 +12,9 @@ from pathlib import Path
 import nats
 import pytest
 
-from ops.connect import NatsUnreachable, connect_client
-from ops.nats_auth import MAX_PAYLOAD, Auth, Deployment, TlsFiles, role_permissions
-from ops.nats_server import NatsServer, nats_server_binary
+from runtime.connect import NatsUnreachable, connect_client
+from runtime.nats_auth import MAX_PAYLOAD, Auth, Deployment, TlsFiles, role_permissions
+from runtime.nats_server import NatsServer, nats_server_binary
 
 
 def server_accepts(config: str, tmp_path: Path) -> None:

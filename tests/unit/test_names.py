@@ -10,8 +10,8 @@ import msgspec
 import pytest
 
 from load.generator import plan_from_trace
-from ops.client import SymphonyClient
-from ops.cluster_config import load_cluster_config
+from runtime.client import SymphonyClient
+from runtime.cluster_config import load_cluster_config
 from schemas.limits import InvalidName, validate_identifier
 from schemas.model import InvalidModelName, ModelList, validate_model_name
 

@@ -3,7 +3,7 @@
 import subprocess
 
 from load.bench.reply_path import USERS, server_config
-from ops.nats_server import nats_server_binary
+from runtime.nats_server import nats_server_binary
 
 
 def test_only_the_forwarding_shard_has_allow_responses_and_only_agent_a_has_inboxes(tmp_path) -> None:  # noqa: ANN001

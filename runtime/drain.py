@@ -7,9 +7,9 @@ import asyncio
 import time
 from pathlib import Path
 
-from coordinator.state import open_buckets, read_assignment, read_member
-from ops.connect import connect_client
-from ops.nats_auth import Creds
+from runtime.kv import open_buckets, read_assignment, read_member
+from runtime.connect import connect_client
+from runtime.nats_auth import Creds
 from schemas.limits import validate_identifier
 
 

@@ -11,8 +11,8 @@ import msgspec
 import nats
 import structlog
 
-from ops.connect import connect_client
-from ops.nats_auth import Creds
+from runtime.connect import connect_client
+from runtime.nats_auth import Creds
 from schemas.codec import Decoder
 from schemas.limits import InvalidName, validate_identifier
 from schemas.status_report import (

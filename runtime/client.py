@@ -13,8 +13,8 @@ from pathlib import Path
 import nats
 import numpy as np
 
-from ops.connect import connect_client
-from ops.nats_auth import Creds
+from runtime.connect import connect_client
+from runtime.nats_auth import Creds
 from schemas.model import ModelMetadata, model_list_decoder, model_metadata_decoder, validate_model_name
 from schemas.status import (
     CONTENT_JSON,
@@ -78,7 +78,7 @@ class SymphonyClient:
     @classmethod
     async def connect(cls, url: str | None = None, prefix: str = "symphony",
                       creds: Creds | str | Path | None = None) -> SymphonyClient:
-        """`creds`: a client user's credentials (ops/nats_auth.py), else $SYMPHONY_NATS_CREDS, else
+        """`creds`: a client user's credentials (runtime/nats_auth.py), else $SYMPHONY_NATS_CREDS, else
         those `symphony up` recorded for this URL, else none (an open server)."""
         return cls(await connect_client(default_nats_url(url), creds=creds), prefix)
 

@@ -12,8 +12,6 @@ from msgspec import Meta
 
 from schemas.limits import BATCH_SIZE_LIMIT, Identifier, ModelName, SloMs, Text, validate_identifier
 from schemas.model import InvalidModelName, validate_model_name
-from shard.core.config import CoreConfig
-from shard.core.policies import DEFAULT_POLICY
 
 # Ids and model names become subject tokens and KV keys: one token each (schemas/limits.py,
 # schemas.model.validate_model_name), checked here before any subject is formed from them.
@@ -43,7 +41,7 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     id: Name
     models: list[ModelName] = []  # static ownership; with a coordinator the assignment decides
     slots: list[Name] = []
-    policy: str = DEFAULT_POLICY
+    policy: str = ""  # a scheduling policy by name; "": the core's default (shard.core.policies)
     queue_len_max: Annotated[int, Meta(ge=1)] = 20_000  # requests held per shard; beyond: 429
     body_bytes_max: Annotated[int, Meta(ge=1)] = 900_000  # beyond: 413 (NATS max payload is 1 MiB)
     slot_grace_ms: Annotated[float, Meta(gt=0)] = 2000.0  # missing report past finish + this: slot lost
@@ -58,11 +56,6 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     data_us: Annotated[int, Meta(ge=0)] = 10
     resp_us: Annotated[int, Meta(ge=0)] = 2000
     jitter_us: Annotated[int, Meta(ge=0)] = 5000
-
-    def core_config(self) -> CoreConfig:
-        """The scheduling core's settings for this shard (the coordinator plans with the same)."""
-        return CoreConfig(queue_len_max=self.queue_len_max, ctrl_ns=self.ctrl_us * 1000, data_ns=self.data_us * 1000,
-                          resp_ns=self.resp_us * 1000, timer_jitter_ns=self.jitter_us * 1000)
 
 
 class CoordinatorEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -164,4 +157,4 @@ def load_cluster_config(path: str | Path) -> ClusterConfig:
         raise ValueError(f"{path}: {error}") from None
 
 
-DEMO_CONFIG = Path(__file__).parent / "demo.toml"
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "ops" / "demo.toml"  # what `make demo` runs

@@ -10,7 +10,7 @@ import time
 
 import nats
 
-from ops.connect import hand_back_request
+from runtime.connect import hand_back_request
 from schemas.status import (
     HEADER_CONTENT_TYPE,
     HEADER_DEADLINE,

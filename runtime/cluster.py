@@ -1,7 +1,7 @@
 """A local cluster: the embedded nats-server (unless a URL is given), every agent and shard of a
 cluster config as child processes, supervised; `stop()` ends all it started.
 
-The embedded server has NATS users by default (ops/nats_auth.py): passwords drawn for this cluster,
+The embedded server has NATS users by default (runtime/nats_auth.py): passwords drawn for this cluster,
 credentials files (0600) in `run_dir`, each role process told its file through
 $SYMPHONY_NATS_CREDS, and the operator's and clients' files recorded for CLI commands."""
 
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import nats
 
-from ops.client import LOCAL_URL_FILE
-from ops.connect import connect_client
-from ops.cluster_config import ClusterConfig, load_cluster_config
-from ops.nats_auth import CREDS_ENV, Auth, TlsFiles, deployment_for, forget_local, record_local
-from ops.nats_server import NatsCluster, NatsServer
+from runtime.client import LOCAL_URL_FILE
+from runtime.connect import connect_client
+from runtime.cluster_config import ClusterConfig, load_cluster_config
+from runtime.nats_auth import CREDS_ENV, Auth, TlsFiles, deployment_for, forget_local, record_local
+from runtime.nats_server import NatsCluster, NatsServer
 
 
 class LocalCluster:
@@ -111,7 +111,7 @@ class LocalCluster:
 
     async def scale_shards(self, count: int, timeout_s: float = 60.0) -> list[str]:
         """Add shard processes, or drain and stop the newest ones, until `count` run."""
-        from ops.drain import drain_shard
+        from runtime.drain import drain_shard
 
         current = self.shard_ids()
         next_index = max((int(i.rsplit("-", 1)[1]) for i in current if i.rsplit("-", 1)[-1].isdigit()), default=-1) + 1
@@ -164,7 +164,7 @@ class LocalCluster:
             await nc.close()
 
     async def _wait_assigned(self, nc: nats.NATS, deadline: float) -> None:
-        from coordinator.state import open_buckets, read_assignment, read_member
+        from runtime.kv import open_buckets, read_assignment, read_member
 
         settings = self.config.coordinator
         buckets = None

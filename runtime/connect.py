@@ -1,7 +1,7 @@
 """NATS connections with our conventions: services reconnect forever and log through structlog;
 clients fail fast with a clear message instead of retrying with tracebacks.
 
-Credentials (ops/nats_auth.py): an explicit `creds` (a `Creds` or the path of its 0600 file),
+Credentials (runtime/nats_auth.py): an explicit `creds` (a `Creds` or the path of its 0600 file),
 else `$SYMPHONY_NATS_CREDS`, else (connect_client only, as its `user`) the credentials a local
 cluster recorded for the same URL; none at all connects without authentication (a plain
 nats-server)."""
@@ -19,7 +19,7 @@ import nats
 import structlog
 from nats.nuid import NUID
 
-from ops.nats_auth import CREDS_ENV, Creds, creds_from_env, load_creds, local_creds
+from runtime.nats_auth import CREDS_ENV, Creds, creds_from_env, load_creds, local_creds
 
 log = structlog.get_logger("nats")
 
