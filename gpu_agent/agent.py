@@ -2,26 +2,50 @@
 slots' plan subjects, executes each slot's plans in arrival order, replies to every request's
 inbox directly and reports each completion to the shard that sent the plan.
 
-Execution is the shell's job; what a plan means is decided by the shard. A plan already past
-its budget when it reaches the front of its slot's queue is not run: its requests get 504.
+Execution is the shell's job; what a plan means is decided by the shard, and what this agent
+does with it at each stage (run, hand back, withhold, expire, reject) by the pure
+gpu_agent/decisions.py. This shell reads time only through its clock (runtime/clock.py): the
+monotonic clock for how long a plan waited and ran, the wall clock for each decision.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 import nats
-import numpy as np
 import structlog
 from nats.aio.msg import Msg
 
-from gpu_agent.fencing import SlotOwner, decide_claim, plan_fenced
+from gpu_agent.batches import (
+    ErrorAnswer,
+    Outcome,
+    Prepared,
+    Received,
+    answer_all,
+    encode_reply,
+    measure_request_overhead_us,
+    prepare,
+)
+from gpu_agent.decisions import (
+    Decision,
+    Expire,
+    HandBack,
+    PlanTimes,
+    Reject,
+    RejectReason,
+    Run,
+    SlotState,
+    Stage,
+    Withhold,
+    decide,
+)
+from gpu_agent.fencing import SlotOwner, decide_claim
 from gpu_agent.metrics import AgentMetrics
 from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_runner
+from runtime.clock import Clock, MonotonicClock
 from runtime.cluster_config import AgentEntry, ClusterConfig
 from runtime.connect import connect_service, flush_ordered
 from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_back
@@ -30,118 +54,49 @@ from runtime.kv import open_buckets, with_retries
 from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, slot_claim_decoder
 from schemas.control import encode as control_encode
 from schemas.status_report import AgentStatus, SlotStatus
-from schemas.model import ModelSpec
 from schemas.plan import (
     REPORT_VERSION,
+    AgentInfo,
     BatchPlan,
     CompletionReport,
     PlanRequest,
+    ReportStatus,
     SlotInfo,
     plan_decoder,
-    plan_header_decoder,
 )
-from schemas.status import (
-    CONTENT_JSON,
-    HEADER_BATCH_SIZE,
-    HEADER_COMPUTE_US,
-    HEADER_CONTENT_TYPE,
-    HEADER_QUEUE_US,
-    HEADER_REQUEST_ID,
-    HEADER_STATUS,
-    Status,
-    error_headers,
-)
-from schemas.tensors import InferResponseBody, TensorError, decode_request, encode_response, from_array, to_array
+from schemas.status import Status, error_headers
 
 log = structlog.get_logger("gpu_agent")
 
-
-# Replies go out only this long before the shard may declare their slot lost: the report that
-# precedes them on the same connection has that long to reach the shard first.
-WITHHOLD_MARGIN_NS = 250_000_000
-
-def decode_inputs(specs: list, body: bytes, content_type: str) -> dict[str, np.ndarray]:
-    """One request's inputs as [1, ...] arrays, or TensorError saying what is wrong."""
-    request = decode_request(body, content_type)
-    by_name = {t.name: t for t in request.inputs}
-    decoded = {}
-    for spec in specs:
-        tensor = by_name.get(spec.name)
-        if tensor is None:
-            raise TensorError(f"missing input {spec.name!r}; this model takes {', '.join(s.name for s in specs)}")
-        if tensor.datatype != spec.datatype:
-            raise TensorError(f"input {spec.name!r} must be {spec.datatype}, got {tensor.datatype}")
-        array = to_array(tensor)
-        item_shape = list(spec.shape[1:])
-        if list(array.shape) == item_shape:
-            array = array[None]
-        if list(array.shape) != [1, *item_shape]:
-            raise TensorError(f"input {spec.name!r} must have shape [1, {', '.join(map(str, item_shape))}]"
-                              f" (one item per request), got {list(array.shape)}")
-        decoded[spec.name] = array
-    extra = set(by_name) - {s.name for s in specs}
-    if extra:
-        raise TensorError(f"unknown inputs {sorted(extra)}")
-    return decoded
-
-
-def encode_reply(model: str, outputs: dict[str, np.ndarray], row: int, request: PlanRequest, batch_size: int,
-                 waited_us: int, compute_us: int) -> tuple[bytes, dict[str, str]]:
-    body = InferResponseBody(
-        model_name=model,
-        outputs=[from_array(name, values[row:row + 1], raw=request.content_type != CONTENT_JSON)
-                 for name, values in outputs.items()],
-    )
-    headers = {
-        HEADER_STATUS: "200", HEADER_CONTENT_TYPE: request.content_type, HEADER_BATCH_SIZE: str(batch_size),
-        HEADER_QUEUE_US: str(request.queue_us + waited_us), HEADER_COMPUTE_US: str(compute_us),
-    }
-    if request.client_request_id:
-        headers[HEADER_REQUEST_ID] = request.client_request_id
-    return encode_response(body, request.content_type), headers
-
-
-PUBLISH_US = 15.0  # nats-py publish of one reply (measured locally: 4-5 us per message, times 3 for safety)
-
-
-def measure_request_overhead_us(runner: Runner, samples: int = 200) -> float:
-    """Per-request agent cost: decode + validate a JSON body and encode its reply, plus a publish."""
-    from schemas.tensors import encode_request
-
-    spec = runner.spec()
-    example = {s.name: np.zeros([1, *s.shape[1:]], np.int32 if s.datatype.startswith("INT") else np.float32)
-               for s in spec.inputs}
-    body = encode_request(example, CONTENT_JSON)
-    outputs = {s.name: np.zeros([samples, *s.shape[1:]], np.float32) for s in spec.outputs}
-    request = PlanRequest(0, "_INBOX.x", body, CONTENT_JSON)
-    started = time.perf_counter()
-    for row in range(samples):
-        decode_inputs(spec.inputs, body, CONTENT_JSON)
-        encode_reply(spec.name, outputs, row, request, samples, 0, 0)
-    return (time.perf_counter() - started) / samples * 1e6 + PUBLISH_US
+EXPIRED_REASON = "expired before the batch could start"
 
 
 class _Slot:
     def __init__(self, slot_id: str, models: list[str], queue_max: int) -> None:
         self.slot_id = slot_id
         self.models = models
-        self.queue: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue(queue_max)
+        self.model_set = frozenset(models)
+        self.queue: asyncio.Queue[Received] = asyncio.Queue(queue_max)
         self.owner = ""  # the shard that claimed it ("" without a coordinator: anyone may send)
         self.epoch = 0
-        self.recent: deque[tuple[float, float]] = deque()  # (finished, seconds) of recent batches
+        self.recent: deque[tuple[int, float]] = deque()  # (finished_ns, seconds) of recent batches
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slot-{slot_id}")
         self.executions = 0
 
-    def busy_fraction(self, window_s: float = 10.0) -> float:
-        now = time.monotonic()
-        while self.recent and self.recent[0][0] < now - window_s:
+    def state(self) -> SlotState:
+        return SlotState(owner=SlotOwner(shard=self.owner, epoch=self.epoch), models=self.model_set,
+                         queue_full=self.queue.full())
+
+    def busy_fraction(self, now_ns: int, window_s: float = 10.0) -> float:
+        while self.recent and self.recent[0][0] < now_ns - window_s * 1e9:
             self.recent.popleft()
         return min(1.0, sum(d for _t, d in self.recent) / window_s)
 
 
 class Agent:
-    def __init__(self, config: ClusterConfig, agent_id: str) -> None:
+    def __init__(self, config: ClusterConfig, agent_id: str, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or MonotonicClock()
         self.entry: AgentEntry = config.agent(agent_id)
         self.prefix = config.subject_prefix
         names = sorted({m for slot in self.entry.slots for m in slot.models})
@@ -183,11 +138,12 @@ class Agent:
         }
 
     def status(self) -> AgentStatus:
+        now_ns = self.clock.now_ns()
         return AgentStatus(
             agent_id=self.entry.id, device=self.info().slots[0].device if self.slots else "",
             slots=[SlotStatus(slot_id=s.slot_id, models=s.models, plans_queued=s.queue.qsize(),
                               executions=s.executions, owner=s.owner, epoch=s.epoch,
-                              busy_fraction=s.busy_fraction()) for s in self.slots.values()],
+                              busy_fraction=s.busy_fraction(now_ns)) for s in self.slots.values()],
             compile_count={name: r.compile_count for name, r in self.runners.items()},
         )
 
@@ -198,12 +154,13 @@ class Agent:
         encoding and sending the reply), measured here, so the scheduler plans with what a
         batch really takes on this agent, not only the model's forward pass."""
         for runner in self.runners.values():
-            started = time.perf_counter()
+            started_ns = self.clock.now_ns()
             runner.load()
             per_request_us = measure_request_overhead_us(runner)
             runner.profile = runner.profile.plus_per_item(per_request_us)
             log.info("model_loaded", model=runner.name, compile_count=runner.compile_count,
-                     per_request_us=round(per_request_us, 1), seconds=round(time.perf_counter() - started, 2))
+                     per_request_us=round(per_request_us, 1),
+                     seconds=round((self.clock.now_ns() - started_ns) / 1e9, 2))
 
     def info(self) -> AgentInfo:
         device = "sleep"
@@ -299,55 +256,59 @@ class Agent:
                 failing = True
                 log.warning("heartbeat_failed", agent=self.entry.id, error=repr(error))
 
+    # ---- the plan pipeline: receive -> prepare -> execute -> reply, per slot, in order ----
+    # Each stage asks gpu_agent/decisions.py what to do with the plan at that moment; every plan
+    # that is not handed back or withheld ends in `_finish`, the reply stage's decision.
+
     def _enqueue(self, slot: _Slot):  # noqa: ANN202
+        """The plan subject's callback (Stage.RECEIVED): fence and admit each plan on arrival."""
+
         async def on_plan(msg: Msg) -> None:
-            if slot.owner:
-                try:
-                    header = plan_header_decoder.decode(msg.data)
-                except msgspec.DecodeError as error:
-                    self.metrics.undecodable.labels("plan").inc()
-                    log.error("undecodable_plan", slot=slot.slot_id, size=len(msg.data), error=str(error)[:200])
-                    return
-                if plan_fenced(SlotOwner(shard=slot.owner, epoch=slot.epoch), header.shard_id, header.epoch):
-                    # Fencing: only the shard that claimed this slot, at its epoch or later, runs
-                    # here. A plan the old owner sent before it learned of the move is handed back
-                    # to its model's subject, where the model's current shard answers it; unless
-                    # the old owner may already have declared it lost (then it answers).
-                    try:
-                        plan = plan_decoder.decode(msg.data)
-                    except msgspec.DecodeError as error:
-                        self.metrics.undecodable.labels("plan").inc()
-                        log.error("undecodable_plan", slot=slot.slot_id, size=len(msg.data), error=str(error)[:200])
-                        return
-                    if not await self._withheld(plan, slot):
-                        await self._hand_back(plan)
-                    return
-            try:
-                slot.queue.put_nowait((msg.data, time.monotonic()))
-            except asyncio.QueueFull:
-                await self._reject_plan(msg.data, Status.UNAVAILABLE, f"slot {slot.slot_id} plan queue is full")
+            received_ns = self.clock.now_ns()
+            plan = self._decode_plan(slot, msg.data)
+            if plan is None:
+                return
+            decision = await self._decide(Stage.RECEIVED, plan, slot)
+            match decision:
+                case Run():
+                    slot.queue.put_nowait(Received(plan, received_ns))  # `decide` saw room; no await since
+                case HandBack():
+                    await self._hand_back(plan)
+                case Reject(reason=reason):
+                    await self._finish(slot, self._rejected(slot, plan, reason))
+                case Withhold():
+                    await self._withhold(slot, plan, decision)
+                case _:
+                    raise AssertionError(f"{decision} is not decided on receipt")
         return on_plan
+
+    async def _decide(self, stage: Stage, plan: BatchPlan, slot: _Slot,
+                      requests: list[PlanRequest] | None = None) -> Decision:
+        """The decision at `stage`, now. While disconnected it waits first: replies published then
+        would sit in the client's buffer and go out after the reconnect, whatever the time, so
+        the moment that counts is when they can leave."""
+        while not self.nc.is_connected:
+            await asyncio.sleep(0.05)
+        return decide(stage, PlanTimes.of(plan, requests), slot.state(), self.clock.wall_ns())
 
     async def _serve(self, slot: _Slot) -> None:
         """Three stages per slot, so decoding the next plan and replying to the last overlap the
         current batch's compute: prepare -> execute -> reply, in arrival order throughout."""
-        ready: asyncio.Queue = asyncio.Queue(maxsize=1)
-        done: asyncio.Queue = asyncio.Queue(maxsize=2)
+        ready: asyncio.Queue[Prepared] = asyncio.Queue(maxsize=1)
+        done: asyncio.Queue[Outcome] = asyncio.Queue(maxsize=2)
         stages = [asyncio.create_task(self._execute_stage(slot, ready, done)),
                   asyncio.create_task(self._reply_stage(slot, done))]
         try:
             while True:
-                data, received = await slot.queue.get()
+                received = await slot.queue.get()
                 try:
-                    prepared = await self._prepare(slot, data, received)
-                except msgspec.DecodeError as error:
-                    self.metrics.undecodable.labels("plan").inc()
-                    log.error("undecodable_plan", slot=slot.slot_id, size=len(data), error=str(error)[:200])
-                    continue
+                    prepared = await self._prepare(slot, received)
                 except Exception:  # noqa: BLE001 - one bad plan must not stop the slot
                     log.exception("plan_failed", slot=slot.slot_id, stage="prepare")
+                    failed = Outcome(received.plan, ReportStatus.FAILED, answer_all(
+                        received.plan.requests, Status.INTERNAL, "internal error while preparing the batch"))
                     try:
-                        await self._reject_plan(data, Status.INTERNAL, "internal error while preparing the batch")
+                        await self._finish(slot, failed)
                     except Exception:  # noqa: BLE001 - nor may answering it
                         log.exception("plan_failed", slot=slot.slot_id, stage="reject")
                     continue
@@ -357,160 +318,172 @@ class Agent:
             for stage in stages:
                 stage.cancel()
 
-    async def _withheld(self, plan: BatchPlan, slot: _Slot) -> bool:
+    async def _prepare(self, slot: _Slot, received: Received) -> Prepared | None:
+        """Stage.DEQUEUED: the plan at the front of its slot's queue, its bodies decoded."""
+        plan = received.plan
+        decision = await self._decide(Stage.DEQUEUED, plan, slot)
+        match decision:
+            case Withhold():
+                await self._withhold(slot, plan, decision)
+                return None
+            case Reject(reason=reason):
+                await self._finish(slot, self._rejected(slot, plan, reason))
+                return None
+        assert isinstance(decision, Run), decision
+        prepared = prepare(plan, self.runners[plan.model], received.received_ns)
+        if not prepared.requests:  # every body was bad: each is answered 400, nothing runs
+            await self._finish(slot, Outcome(plan, ReportStatus.DONE, prepared.answers))
+            return None
+        return prepared
+
+    async def _execute_stage(self, slot: _Slot, ready: asyncio.Queue[Prepared], done: asyncio.Queue[Outcome]) -> None:
+        while True:
+            outcome = await self._execute(slot, await ready.get())
+            if outcome is not None:
+                await done.put(outcome)
+
+    async def _execute(self, slot: _Slot, prepared: Prepared) -> Outcome | None:
+        """Stage.STARTING: requests past their deadline are expired, the rest run as one batch."""
+        plan = prepared.plan
+        waited_us = (self.clock.now_ns() - prepared.received_ns) // 1000
+        decision = await self._decide(Stage.STARTING, plan, slot, prepared.requests)
+        match decision:
+            case Withhold():
+                await self._withhold(slot, plan, decision)
+                return None
+            case Expire():
+                prepared = self._expire(slot, prepared, decision)
+                if not prepared.requests:
+                    self.metrics.expired_plans.labels(slot.slot_id).inc()
+                    return Outcome(plan, ReportStatus.EXPIRED, prepared.answers, waited_us=waited_us)
+            case _:
+                assert isinstance(decision, Run), decision
+        log.debug("plan_started", plan=plan.plan_id, shard=plan.shard_id, slot=slot.slot_id, model=plan.model,
+                  waited_us=waited_us, requests=[r.request_id for r in prepared.requests],
+                  client_request_ids=[r.client_request_id for r in prepared.requests if r.client_request_id])
+        return await self._run(slot, prepared, waited_us)
+
+    def _expire(self, slot: _Slot, prepared: Prepared, expire: Expire) -> Prepared:
+        """The batch without its expired requests, whose 504s join the plan's answers."""
+        self.metrics.expired_items.labels(slot.slot_id).inc(len(expire.expired))
+        requests, kept = prepared.requests, list(expire.kept)
+        answers = prepared.answers + [ErrorAnswer(requests[i], Status.DROPPED, EXPIRED_REASON) for i in expire.expired]
+        return Prepared(prepared.plan, prepared.runner, [requests[i] for i in kept],
+                        {name: rows[kept] for name, rows in prepared.inputs.items()}, answers, prepared.received_ns)
+
+    async def _run(self, slot: _Slot, prepared: Prepared, waited_us: int) -> Outcome:
+        """One batch on the slot's device: its outputs, or every request in it answered 500."""
+        plan, runner, requests = prepared.plan, prepared.runner, prepared.requests
+        started_ns = self.clock.now_ns()
+        try:
+            if isinstance(runner, SleepRunner):
+                await asyncio.sleep(runner.duration_s(len(requests)))
+                outputs = runner.run(prepared.inputs, len(requests))
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    slot.executor, runner.run, prepared.inputs, len(requests))
+        except Exception:  # noqa: BLE001 - the batch fails, the slot goes on
+            log.exception("plan_failed", slot=slot.slot_id, stage="execute", plan=plan.plan_id)
+            answers = prepared.answers + answer_all(requests, Status.INTERNAL, "internal error while running the batch")
+            return Outcome(plan, ReportStatus.FAILED, answers, waited_us=waited_us)
+        finished_ns = self.clock.now_ns()
+        self._count_batch(slot, prepared, finished_ns, (finished_ns - started_ns) / 1e9)
+        return Outcome(plan, ReportStatus.DONE, prepared.answers, requests, outputs, waited_us,
+                       (finished_ns - started_ns) // 1000)
+
+    def _count_batch(self, slot: _Slot, prepared: Prepared, finished_ns: int, compute_s: float) -> None:
+        plan, requests = prepared.plan, prepared.requests
+        slot.executions += 1
+        slot.recent.append((finished_ns, compute_s))
+        labels = (slot.slot_id, plan.model)
+        self.metrics.executions.labels(*labels).inc()
+        self.metrics.items.labels(*labels).inc(len(requests))
+        self.metrics.compute_seconds.labels(*labels).inc(compute_s)
+        wall_ns = self.clock.wall_ns()
+        late = sum(1 for r in requests if wall_ns > r.deadline_unix_ns > 0)
+        if late:
+            self.metrics.late_compute_seconds.labels(slot.slot_id).inc(compute_s * late / len(requests))
+        if isinstance(prepared.runner, JaxRunner):
+            padding = bucket_for(len(requests), prepared.runner.buckets) - len(requests)
+            self.metrics.padding_items.labels(*labels).inc(padding)
+
+    async def _reply_stage(self, slot: _Slot, done: asyncio.Queue[Outcome]) -> None:
+        while True:
+            await self._finish(slot, await done.get())
+
+    async def _finish(self, slot: _Slot, outcome: Outcome) -> None:
+        """Stage.REPLYING, the end of every plan not handed back or withheld earlier: the withhold
+        check at this very moment, then the report, then every answer. The report goes out
+        before the replies: a shard that has it never declares these requests lost, and one that
+        lacks it (this agent died first) knows none was answered."""
+        plan = outcome.plan
+        decision = await self._decide(Stage.REPLYING, plan, slot)
+        if isinstance(decision, Withhold):
+            await self._withhold(slot, plan, decision)
+            return
+        assert isinstance(decision, Run), decision  # REPLYING asks nothing else
+        await self._report(outcome)
+        for answer in outcome.answers:
+            await self._reply(answer)
+        if outcome.served:
+            assert outcome.outputs is not None
+            log.debug("plan_done", plan=plan.plan_id, shard=plan.shard_id, compute_us=outcome.compute_us,
+                      ok=len(outcome.served), errors=len(outcome.answers))
+            for row, request in enumerate(outcome.served):
+                body, headers = encode_reply(plan.model, outcome.outputs, row, request, len(outcome.served),
+                                             outcome.waited_us, outcome.compute_us)
+                await self.nc.publish(request.reply, body, headers=headers)
+            self.metrics.replies.labels(plan.model, "200").inc(len(outcome.served))
+
+    async def _withhold(self, slot: _Slot, plan: BatchPlan, decision: Withhold) -> None:
         """Past the moment its shard may declare the slot lost, the shard answers the plan's
-        requests: this agent replies to none of them and says so in its report. Checked before
-        any reply, so a paused agent or link never adds a second reply to the shard's. While
-        disconnected it waits: replies published then would sit in the client's buffer and go
-        out after the reconnect, whatever the time."""
-        while not self.nc.is_connected:
-            await asyncio.sleep(0.05)
-        if not plan.lost_after_unix_ns or time.time_ns() < plan.lost_after_unix_ns - WITHHOLD_MARGIN_NS:
-            return False
+        requests: this agent replies to none of them and says so in its report, so a paused
+        agent or link never adds a second reply to the shard's."""
         self.metrics.withheld_plans.labels(slot.slot_id).inc()
         log.warning("plan_withheld", plan=plan.plan_id, shard=plan.shard_id, slot=plan.slot_id,
-                    late_ms=(time.time_ns() - plan.lost_after_unix_ns) // 1_000_000)
-        await self._finish(plan, 0, 0, 0, 0, "withheld")
-        return True
-
-    async def _prepare(self, slot: _Slot, data: bytes, received: float):  # noqa: ANN202
-        plan = plan_decoder.decode(data)
-        if await self._withheld(plan, slot):
-            return None
-        runner = self.runners.get(plan.model)
-        if runner is None or plan.model not in slot.models:
-            errors = await self._reply_all(plan, Status.UNAVAILABLE, f"slot {slot.slot_id} does not host {plan.model}")
-            await self._finish(plan, 0, 0, 0, errors, "failed")
-            return None
-        valid, arrays, errors = await self._validate(runner, plan)
-        if not valid:
-            await self._finish(plan, 0, 0, 0, errors, "done")
-            return None
-        stacked = {name: np.concatenate(parts) for name, parts in arrays.items()}
-        return plan, runner, valid, stacked, errors, received
-
-    async def _execute_stage(self, slot: _Slot, ready: asyncio.Queue, done: asyncio.Queue) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            plan, runner, valid, stacked, errors, received = await ready.get()
-            waited_us = int((time.monotonic() - received) * 1e6)
-            if await self._withheld(plan, slot):
-                continue
-            wall = time.time_ns()
-            if waited_us > plan.deadline_us or wall > plan.deadline_unix_ns > 0:
-                # Work already past its deadline is never started: answer it, spend nothing on
-                # it. The wall-clock deadline also catches plans that sat in a socket buffer
-                # while this process or the shard was paused.
-                keep = [i for i, r in enumerate(valid)
-                        if waited_us <= plan.deadline_us and not wall > r.deadline_unix_ns > 0]
-                kept = set(keep)
-                expired = [r for i, r in enumerate(valid) if i not in kept]
-                self.metrics.expired_items.labels(slot.slot_id).inc(len(expired))
-                errors += await self._reply_all_of(expired, Status.DROPPED, "expired before the batch could start")
-                if not keep:
-                    self.metrics.expired_plans.labels(slot.slot_id).inc()
-                    await self._finish(plan, 0, waited_us, 0, errors, "expired")
-                    continue
-                valid = [valid[i] for i in keep]
-                stacked = {name: rows[keep] for name, rows in stacked.items()}
-            log.debug("plan_started", plan=plan.plan_id, shard=plan.shard_id, slot=slot.slot_id, model=plan.model,
-                      waited_us=waited_us, requests=[r.request_id for r in valid],
-                      client_request_ids=[r.client_request_id for r in valid if r.client_request_id])
-            started = time.perf_counter()
-            try:
-                if isinstance(runner, SleepRunner):
-                    await asyncio.sleep(runner.duration_s(len(valid)))
-                    outputs = runner.run(stacked, len(valid))
-                else:
-                    outputs = await loop.run_in_executor(slot.executor, runner.run, stacked, len(valid))
-            except Exception:  # noqa: BLE001 - the batch fails, the slot goes on
-                log.exception("plan_failed", slot=slot.slot_id, stage="execute", plan=plan.plan_id)
-                errors += await self._reply_all_of(valid, Status.INTERNAL, "internal error while running the batch")
-                await self._finish(plan, 0, waited_us, 0, errors, "failed")
-                continue
-            slot.executions += 1
-            compute_s = time.perf_counter() - started
-            slot.recent.append((time.monotonic(), compute_s))
-            labels = (slot.slot_id, plan.model)
-            self.metrics.executions.labels(*labels).inc()
-            self.metrics.items.labels(*labels).inc(len(valid))
-            self.metrics.compute_seconds.labels(*labels).inc(compute_s)
-            finished = time.time_ns()
-            late = sum(1 for r in valid if finished > r.deadline_unix_ns > 0)
-            if late:
-                self.metrics.late_compute_seconds.labels(slot.slot_id).inc(compute_s * late / len(valid))
-            if isinstance(runner, JaxRunner):
-                self.metrics.padding_items.labels(*labels).inc(bucket_for(len(valid), runner.buckets) - len(valid))
-            await done.put((plan, valid, outputs, errors, waited_us, int((time.perf_counter() - started) * 1e6)))
-
-    async def _reply_stage(self, slot: _Slot, done: asyncio.Queue) -> None:
-        while True:
-            plan, valid, outputs, errors, waited_us, compute_us = await done.get()
-            if await self._withheld(plan, slot):
-                continue
-            # The report goes out before the replies: a shard that has it never declares these
-            # requests lost, and one that lacks it (this agent died first) knows none was answered.
-            await self._finish(plan, compute_us, waited_us, len(valid), errors, "done")
-            log.debug("plan_done", plan=plan.plan_id, shard=plan.shard_id, compute_us=compute_us, ok=len(valid),
-                      errors=errors)
-            for row, request in enumerate(valid):
-                body, headers = encode_reply(plan.model, outputs, row, request, len(valid), waited_us, compute_us)
-                await self.nc.publish(request.reply, body, headers=headers)
-            self.metrics.replies.labels(plan.model, "200").inc(len(valid))
-
-    async def _validate(self, runner: Runner, plan: BatchPlan):  # noqa: ANN202
-        """Decode each body against the model's inputs; a bad one is answered 400 alone."""
-        specs = runner.spec().inputs
-        valid: list[PlanRequest] = []
-        arrays: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
-        errors = 0
-        for request in plan.requests:
-            try:
-                decoded = decode_inputs(specs, request.body, request.content_type)
-            except TensorError as error:
-                errors += 1
-                await self._reply(request, Status.BAD_REQUEST, str(error))
-                continue
-            valid.append(request)
-            for name, array in decoded.items():
-                arrays[name].append(array)
-        return valid, arrays, errors
+                    late_ms=decision.late_ns // 1_000_000)
+        await self._report(Outcome(plan, ReportStatus.WITHHELD, []))
 
     async def _hand_back(self, plan: BatchPlan) -> None:
+        """Fencing: only the shard that claimed this slot, at its epoch or later, runs here. A plan
+        the old owner sent before it learned of the move goes back to its model's subject, where
+        the model's current shard answers it (report first, as for replies)."""
+        await self._report(Outcome(plan, ReportStatus.HANDED_BACK, []))
         for request in plan.requests:
             headers = hand_back_headers(request.content_type, request.client_request_id, request.deadline_unix_ns)
             start_hand_back(self.nc, f"{self.prefix}.infer.{plan.model}", request.body, headers, request.reply,
                             self._hand_backs)
-        await self._finish(plan, 0, 0, 0, 0, "handed_back")
         log.info("plan_handed_back", plan=plan.plan_id, shard=plan.shard_id, slot=plan.slot_id,
                  requests=len(plan.requests))
 
-    async def _reply(self, request: PlanRequest, status: Status, reason: str) -> None:
-        self.metrics.replies.labels("", str(int(status))).inc()
-        await self.nc.publish(request.reply, b"", headers=error_headers(status, reason, request.client_request_id))
+    @staticmethod
+    def _rejected(slot: _Slot, plan: BatchPlan, reason: RejectReason) -> Outcome:
+        text = {RejectReason.QUEUE_FULL: f"slot {slot.slot_id} plan queue is full",
+                RejectReason.MODEL_NOT_HOSTED: f"slot {slot.slot_id} does not host {plan.model}"}[reason]
+        return Outcome(plan, ReportStatus.FAILED, answer_all(plan.requests, Status.UNAVAILABLE, text))
 
-    async def _reply_all(self, plan: BatchPlan, status: Status, reason: str) -> int:
-        return await self._reply_all_of(plan.requests, status, reason)
-
-    async def _reply_all_of(self, requests: list[PlanRequest], status: Status, reason: str) -> int:
-        for request in requests:
-            await self._reply(request, status, reason)
-        return len(requests)
-
-    async def _reject_plan(self, data: bytes, status: Status, reason: str) -> None:
+    def _decode_plan(self, slot: _Slot, data: bytes) -> BatchPlan | None:
+        """The plan, or None for bytes that are not one (counted and logged, never answered:
+        there is no reply subject to trust in them)."""
         try:
-            plan = plan_decoder.decode(data)
-        except msgspec.DecodeError:
-            log.error("undecodable_plan", size=len(data))
-            return
-        errors = await self._reply_all(plan, status, reason)
-        await self._finish(plan, 0, 0, 0, errors, "failed")
+            return plan_decoder.decode(data)
+        except msgspec.DecodeError as error:
+            self.metrics.undecodable.labels("plan").inc()
+            log.error("undecodable_plan", slot=slot.slot_id, size=len(data), error=str(error)[:200])
+            return None
 
-    async def _finish(self, plan: BatchPlan, compute_us: int, waited_us: int, ok: int, errors: int,
-                      status: str) -> None:
+    async def _reply(self, answer: ErrorAnswer) -> None:
+        request = answer.request
+        self.metrics.replies.labels("", str(int(answer.status))).inc()
+        await self.nc.publish(request.reply, b"", headers=error_headers(answer.status, answer.reason,
+                                                                        request.client_request_id))
+
+    async def _report(self, outcome: Outcome) -> None:
+        plan = outcome.plan
         report = CompletionReport(
             version=REPORT_VERSION, plan_id=plan.plan_id, slot_id=plan.slot_id, batch_size=len(plan.requests),
-            compute_us=compute_us, queued_us=waited_us, ok=ok, errors=errors, status=status,
+            compute_us=outcome.compute_us, queued_us=outcome.waited_us, ok=len(outcome.served),
+            errors=len(outcome.answers), status=outcome.status,
         )
         await self.nc.publish(f"{self.prefix}.shard.{plan.shard_id}.done", msgspec.msgpack.encode(report))
 

@@ -1,9 +1,15 @@
 """Hot-path internal messages: one batch plan per batch (shard -> agent slot) and one completion
 report per plan (agent -> shard). Append-only, array-like msgpack: new fields go last with
-defaults, no field changes type (STYLE §9)."""
+defaults, no field changes type (STYLE §9).
+
+Time across hosts (docs/reliability.md §1.1): what the agent decides with is the wall-clock
+instants, `PlanRequest.deadline_unix_ns` and `BatchPlan.lost_after_unix_ns`. `exec_at_ns` is the
+shard's monotonic clock and `deadline_us` a budget from send; both stay on the wire (the schema
+is append-only) but are shard-local and advisory: no agent reads them."""
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import Annotated
 
@@ -27,7 +33,6 @@ from schemas.limits import (
 # (schemas/limits.py). The shard checks the content type against the two it accepts.
 ClientText = Annotated[str, Meta(max_length=PAYLOAD_BYTES_LIMIT)]
 ClientBytes = Annotated[bytes, Meta(max_length=PAYLOAD_BYTES_LIMIT)]
-ShortText = Annotated[str, Meta(max_length=64)]
 Int64 = Annotated[int, Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
 
 
@@ -49,13 +54,18 @@ class BatchPlan(msgspec.Struct, frozen=True, array_like=True, gc=False):
     slot_id: Identifier
     model: ModelName
     requests: Annotated[list[PlanRequest], Meta(max_length=BATCH_SIZE_LIMIT)]
-    exec_at_ns: Int64  # shard clock; the agent never compares it with its own
-    deadline_us: Int64  # budget from send to the earliest member's deadline; past it: drop on dequeue
-    # The same deadline as wall-clock time (time.time_ns): survives a pause of either process,
-    # since a plan that waited in a socket buffer looks fresh to a receipt-time budget.
+    # Shard-local, advisory: the shard's monotonic clock, meaningless on another host; for logs.
+    exec_at_ns: Int64
+    # Advisory: a budget from send to the plan's predicted finish plus twice the reply margin.
+    # Agents do not read it: a budget starts counting when the agent reads the plan, so a plan
+    # that sat in a socket buffer while the agent was paused would look fresh (reliability §1.1).
+    deadline_us: Int64
+    # The earliest member's deadline as wall-clock time (time.time_ns); agents check each
+    # request's own `deadline_unix_ns`, this is the minimum of those, for logs.
     deadline_unix_ns: Int64 = 0
-    # When the shard declares this plan's slot lost if no report came (wall clock). Past it the
-    # agent sends no reply (the shard answers); it reports "withheld" instead.
+    # When the shard declares this plan's slot lost if no report came (wall clock). Past it minus
+    # the agent's withhold margin the agent sends no reply (the shard answers); it reports
+    # `withheld` instead. 0 (a plan from before this field): never withheld.
     lost_after_unix_ns: Int64 = 0
 
 
@@ -68,6 +78,19 @@ class PlanHeader(msgspec.Struct, frozen=True, array_like=True, gc=False):
     epoch: Epoch
 
 
+class ReportStatus(enum.StrEnum):
+    """What became of a plan, in its completion report. Encoded by value, so the bytes are the
+    strings version 1 sent. A new value is a wire change for older shards (their decoder refuses
+    the report, and a plan without a report ends as a lost slot): shards learn it before any
+    agent sends it."""
+
+    DONE = "done"  # ran; `ok` got 200, `errors` an error (bad input, expired at start)
+    EXPIRED = "expired"  # every request was past its deadline at start: answered 504, not run
+    FAILED = "failed"  # not run or failed while running: every request answered 503 or 500
+    HANDED_BACK = "handed_back"  # fenced: every request re-published to its model's subject
+    WITHHELD = "withheld"  # reached too late to answer: nobody answered here, the shard answers
+
+
 class CompletionReport(msgspec.Struct, frozen=True, array_like=True, gc=False):
     version: Version
     plan_id: Count
@@ -77,7 +100,7 @@ class CompletionReport(msgspec.Struct, frozen=True, array_like=True, gc=False):
     queued_us: Count  # wait on the agent before the batch started
     ok: Annotated[int, Meta(ge=0, le=BATCH_SIZE_LIMIT)]  # requests answered 200
     errors: Annotated[int, Meta(ge=0, le=BATCH_SIZE_LIMIT)]  # answered with an error (bad input, expired, internal)
-    status: ShortText = "done"  # "done" | "expired" | "failed" | "handed_back" | "withheld"
+    status: ReportStatus = ReportStatus.DONE
 
 
 class SlotInfo(msgspec.Struct, frozen=True, kw_only=True):

@@ -52,7 +52,7 @@ from shard.core.events import (
     SlotRemoved,
 )
 from shard.core.policies import DEFAULT_POLICY, make_policy
-from shard.service.clock import MonotonicClock
+from runtime.clock import MonotonicClock
 from shard.service.metrics import ShardMetrics
 from runtime.services import register_service
 from schemas.status_report import ModelStatus, ShardStatus

@@ -10,6 +10,7 @@ import pytest
 
 from gpu_agent.agent import Agent
 from runtime.client import SymphonyClient
+from runtime.clock import Clock
 from runtime.cluster_config import load_cluster_config
 from runtime.nats_server import NatsServer
 from shard.service.shard import ShardService
@@ -60,11 +61,14 @@ def nats_server() -> Iterator[NatsServer]:
 
 
 @contextlib.asynccontextmanager
-async def running_cluster(config_text: str, url: str, tmp: Path) -> AsyncIterator[tuple[SymphonyClient, list, list]]:
+async def running_cluster(config_text: str, url: str, tmp: Path, agent_clock: Clock | None = None,
+                          ) -> AsyncIterator[tuple[SymphonyClient, list, list]]:
+    """The cluster in `config_text`, in this process; `agent_clock` runs every agent on it (as on
+    another host, e.g. with its wall clock off)."""
     path = tmp / "cluster.toml"
     path.write_text(config_text)
     config = load_cluster_config(path)
-    agents = [Agent(config, a.id) for a in config.agents]
+    agents = [Agent(config, a.id, clock=agent_clock) for a in config.agents]
     shards = [ShardService(config, s.id) for s in config.shards]
     for agent in agents:
         agent.load()

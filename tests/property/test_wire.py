@@ -178,6 +178,8 @@ def _valid(t: mi.Type, hostile: bool) -> st.SearchStrategy[Any]:  # noqa: PLR091
             return st.binary(max_size=min(t.max_length or 32, 32))
         case mi.BoolType():
             return st.booleans()
+        case mi.EnumType():
+            return st.sampled_from([member.value for member in t.cls])
         case mi.NoneType():
             return st.none()
         case mi.AnyType():

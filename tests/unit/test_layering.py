@@ -9,7 +9,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PURE_PACKAGES = [ROOT / "shard" / "core"]
 PURE_FILES = [ROOT / "coordinator" / name for name in ("placement.py", "demand.py", "membership.py", "epoch.py", "rates.py",
-                                                       "core.py")] + [ROOT / "gpu_agent" / "fencing.py"]
+                                                       "core.py")] + [
+    ROOT / "gpu_agent" / name for name in ("fencing.py", "decisions.py")]
 FORBIDDEN = {"asyncio", "time", "os", "random", "logging", "structlog", "nats", "socket", "threading",
              "subprocess", "datetime", "load", "ops"}
 PROJECT = {"coordinator", "gpu_agent", "shard", "schemas", "load", "ops"}

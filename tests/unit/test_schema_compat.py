@@ -4,7 +4,15 @@ decode, and decoding is strict about types."""
 import msgspec
 import pytest
 
-from schemas.plan import BatchPlan, CompletionReport, PlanRequest, plan_decoder, plan_encoder, report_decoder
+from schemas.plan import (
+    BatchPlan,
+    CompletionReport,
+    PlanRequest,
+    ReportStatus,
+    plan_decoder,
+    plan_encoder,
+    report_decoder,
+)
 
 # Version-1 encodings, stored once; a later field must be appended with a default so these decode.
 PLAN_V1 = bytes.fromhex(
@@ -23,6 +31,23 @@ def test_plan_v1_bytes_still_decode() -> None:
 def test_report_v1_bytes_still_decode() -> None:
     report = report_decoder.decode(REPORT_V1)
     assert (report.plan_id, report.slot_id, report.batch_size, report.status) == (10, "s1", 3, "done")
+
+
+def test_report_statuses_are_still_the_version_1_strings_on_the_wire() -> None:
+    report = report_decoder.decode(REPORT_V1)
+    assert report.status is ReportStatus.DONE
+    assert plan_encoder.encode(report) == REPORT_V1  # the enum encodes to the very bytes v1 sent
+    for text in ("done", "expired", "failed", "handed_back", "withheld"):  # every status v1 sent, as v1 sent it
+        old = msgspec.msgpack.encode([1, 10, "s1", 3, 3212, 95, 0, 3, text])
+        decoded = report_decoder.decode(old)
+        assert decoded.status == text and isinstance(decoded.status, ReportStatus)
+        assert plan_encoder.encode(decoded) == old
+    assert {s.value for s in ReportStatus} == {"done", "expired", "failed", "handed_back", "withheld"}
+
+
+def test_a_report_status_this_version_does_not_know_is_refused() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        report_decoder.decode(msgspec.msgpack.encode([1, 10, "s1", 3, 3212, 95, 0, 3, "paused"]))
 
 
 def test_round_trip_and_strict_types() -> None:
