@@ -33,6 +33,7 @@ from schemas.status_report import AgentStatus, SlotStatus
 from schemas.model import ModelSpec
 from schemas.plan import (
     REPORT_VERSION,
+    AgentInfo,
     BatchPlan,
     CompletionReport,
     PlanRequest,
