@@ -40,6 +40,60 @@ class SendResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+class _Ledger:
+    """What came back for each request, written by the one reply subscription."""
+
+    def __init__(self, n: int, inbox: str) -> None:
+        self.actual = np.full(n, np.nan)  # perf_counter when sent
+        self.replied = np.full(n, np.nan)
+        self.status = np.zeros(n, dtype=np.int32)  # 0: no reply yet
+        self.batch = np.zeros(n, dtype=np.int32)
+        self.replies = np.zeros(n, dtype=np.int32)
+        self.second: list[tuple[int, str, str]] = []
+        self.duplicates = 0
+        self._prefix_len = len(inbox) + 1
+
+    async def on_reply(self, msg) -> None:  # noqa: ANN001
+        i = int(msg.subject[self._prefix_len:])
+        self.replies[i] += 1
+        headers = msg.headers or {}
+        if self.status[i]:
+            self.duplicates += 1
+            self.second.append((i, headers.get(HEADER_STATUS, "?"), headers.get(HEADER_REASON, "")))
+            return
+        self.replied[i] = time.perf_counter()
+        self.status[i] = int(headers.get(HEADER_STATUS, headers.get("Status", 500)))
+        self.batch[i] = int(headers.get(HEADER_BATCH_SIZE, 0))
+
+
+class _Headers:
+    """Request i's headers: shared dicts per (content type, SLO), or with `ledger` its own id and
+    a deadline (its send time plus its SLO, or 1 s)."""
+
+    def __init__(self, content_type: str, slo_ms: list[float] | None, ledger: bool) -> None:
+        self.content_type = content_type
+        self.slo_ms = slo_ms
+        self.ledger = ledger
+        self._shared: dict[tuple[str, float], dict[str, str]] = {}
+
+    def __call__(self, i: int) -> dict[str, str]:
+        slo_ms = self.slo_ms[i] if self.slo_ms is not None else None
+        if self.ledger:
+            headers = {HEADER_CONTENT_TYPE: self.content_type, HEADER_REQUEST_ID: str(i),
+                       HEADER_DEADLINE: f"{time.time() * 1000 + (slo_ms or 1000.0):.3f}"}
+            if slo_ms is not None:
+                headers[HEADER_SLO_MS] = f"{slo_ms:g}"
+            return headers
+        key = (self.content_type, slo_ms or 0.0)
+        headers = self._shared.get(key)
+        if headers is None:
+            headers = {HEADER_CONTENT_TYPE: self.content_type}
+            if slo_ms is not None:
+                headers[HEADER_SLO_MS] = f"{slo_ms:g}"
+            self._shared[key] = headers
+        return headers
+
+
 async def send_schedule(
     url: str,
     times_s: np.ndarray,
@@ -63,62 +117,48 @@ async def send_schedule(
     nc = await nats.connect(server_list(url), name="symphony-sender", pending_size=64 * 1024 * 1024,
                             flusher_queue_size=65536, **connect_options(resolve_creds(url, None, "client"), url))
     n = len(times_s)
-    actual = np.full(n, np.nan)
-    replied = np.full(n, np.nan)
-    status = np.zeros(n, dtype=np.int32)
-    batch = np.zeros(n, dtype=np.int32)
-    replies = np.zeros(n, dtype=np.int32)
-    second: list[tuple[int, str, str]] = []
-    duplicates = 0
     inbox = nc.new_inbox()
-    prefix_len = len(inbox) + 1
-
-    async def on_reply(msg) -> None:  # noqa: ANN001
-        nonlocal duplicates
-        i = int(msg.subject[prefix_len:])
-        replies[i] += 1
-        if status[i]:
-            duplicates += 1
-            headers = msg.headers or {}
-            second.append((i, headers.get(HEADER_STATUS, "?"), headers.get(HEADER_REASON, "")))
-            return
-        replied[i] = time.perf_counter()
-        headers = msg.headers or {}
-        status[i] = int(headers.get(HEADER_STATUS, headers.get("Status", 500)))
-        batch[i] = int(headers.get(HEADER_BATCH_SIZE, 0))
-
-    await nc.subscribe(f"{inbox}.*", cb=on_reply, pending_msgs_limit=10_000_000, pending_bytes_limit=2**31)
+    book = _Ledger(n, inbox)
+    await nc.subscribe(f"{inbox}.*", cb=book.on_reply, pending_msgs_limit=10_000_000, pending_bytes_limit=2**31)
     await nc.flush()
-    shared_headers: dict[tuple[str, float], dict[str, str]] = {}
-
-    def headers_for(i: int) -> dict[str, str]:
-        if ledger:
-            budget_ms = slo_ms[i] if slo_ms is not None else 1000.0
-            headers = {HEADER_CONTENT_TYPE: content_type, HEADER_REQUEST_ID: str(i),
-                       HEADER_DEADLINE: f"{time.time() * 1000 + budget_ms:.3f}"}
-            if slo_ms is not None:
-                headers[HEADER_SLO_MS] = f"{slo_ms[i]:g}"
-            return headers
-        key = (content_type, slo_ms[i] if slo_ms is not None else 0.0)
-        headers = shared_headers.get(key)
-        if headers is None:
-            headers = {HEADER_CONTENT_TYPE: content_type}
-            if slo_ms is not None:
-                headers[HEADER_SLO_MS] = f"{slo_ms[i]:g}"
-            shared_headers[key] = headers
-        return headers
-
     if start_wall is not None:
         await asyncio.sleep(max(0.0, start_wall - time.time()))
     cpu_started = time.process_time()
     start = time.perf_counter()
+    report = None if progress is None else (lambda sent: progress(_counts(sent, book, start)))
+    await _send_on_time(nc, inbox, times_s, subjects, bodies, _Headers(content_type, slo_ms, ledger), book, start,
+                        precise=precise, progress=report, progress_every_s=progress_every_s)
+    await nc.flush()
+    send_cpu_s = time.process_time() - cpu_started
+    deadline = time.perf_counter() + drain_s
+    while time.perf_counter() < deadline and np.count_nonzero(book.status) < n:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    await nc.close()
+    if report is not None:
+        report(n)
+    return SendResult(
+        sent_s=np.asarray(times_s), lag_s=(book.actual - start) - np.asarray(times_s),
+        latency_s=book.replied - book.actual, status=book.status, batch_size=book.batch, duplicates=book.duplicates,
+        replies=book.replies, second_replies=book.second,
+        extra={"cpu_s": time.process_time() - cpu_started, "send_cpu_s": send_cpu_s,
+               "start_wall": time.time() - (time.perf_counter() - start)},
+    )
+
+
+async def _send_on_time(nc: nats.NATS, inbox: str, times_s: np.ndarray, subjects: list[str], bodies: list[bytes],
+                        headers_for: _Headers, book: _Ledger, start: float, *, precise: bool,
+                        progress: Callable[[int], None] | None, progress_every_s: float) -> None:
+    """Publish each request at its time after `start` (perf_counter), recording when it left."""
+    n = len(times_s)
+    actual = book.actual
     next_progress = progress_every_s
     i = 0
     while i < n:
         now = time.perf_counter() - start
         if progress is not None and now >= next_progress:
             next_progress += progress_every_s
-            progress(_counts(i, status, replied, actual, start))
+            progress(i)
         if times_s[i] > now:
             # Sleep until about a millisecond before the next send, then yield in a tight loop:
             # asyncio's sleep wakes up to a millisecond late, which would show up as lag.
@@ -133,28 +173,12 @@ async def send_schedule(
             await nc.publish(subjects[i], bodies[i], reply=f"{inbox}.{i}", headers=headers_for(i))
             i += 1
         await asyncio.sleep(0)
-    await nc.flush()
-    send_cpu_s = time.process_time() - cpu_started
-    deadline = time.perf_counter() + drain_s
-    while time.perf_counter() < deadline and np.count_nonzero(status) < n:
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.2)
-    await nc.close()
-    if progress is not None:
-        progress(_counts(n, status, replied, actual, start))
-    return SendResult(
-        sent_s=np.asarray(times_s), lag_s=(actual - start) - np.asarray(times_s),
-        latency_s=replied - actual, status=status, batch_size=batch, duplicates=duplicates, replies=replies,
-        second_replies=second,
-        extra={"cpu_s": time.process_time() - cpu_started, "send_cpu_s": send_cpu_s,
-               "start_wall": time.time() - (time.perf_counter() - start)},
-    )
 
 
-def _counts(sent: int, status: np.ndarray, replied: np.ndarray, actual: np.ndarray, start: float) -> dict:
-    answered = status[:sent]
+def _counts(sent: int, book: _Ledger, start: float) -> dict:
+    answered = book.status[:sent]
     ok = answered == 200
-    latencies = (replied[:sent] - actual[:sent])[ok]
+    latencies = (book.replied[:sent] - book.actual[:sent])[ok]
     return {"elapsed_s": time.perf_counter() - start, "sent": sent, "replied": int(np.count_nonzero(answered)),
             "ok": int(np.count_nonzero(ok)),
             "p99_ms": float(np.percentile(latencies, 99) * 1000) if latencies.size else float("nan")}

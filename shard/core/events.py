@@ -28,6 +28,15 @@ class BatchCompleted(msgspec.Struct, frozen=True, gc=False):
     finished_at_ns: int
 
 
+class DispatchFailed(msgspec.Struct, frozen=True, gc=False):
+    """The shell could not send this plan (it refused it: too large for the server, or a slot
+    that cannot run the model) and answered its requests itself. The slot is free at once, as if
+    the plan had finished the moment it was granted; the simulator never sends this."""
+
+    slot_id: int
+    plan_id: int
+
+
 class SlotAdded(msgspec.Struct, frozen=True, gc=False):
     """A slot joins; `free_at_ns` is when it finishes work it already has (another shard's)."""
 
@@ -61,4 +70,7 @@ class Shutdown(msgspec.Struct, frozen=True, gc=False):
 WAKE_UP = WakeUp()
 SHUTDOWN = Shutdown()
 
-Event = RequestArrived | WakeUp | BatchCompleted | SlotAdded | SlotRemoved | ModelAdded | ModelRemoved | Shutdown
+Event = (
+    RequestArrived | WakeUp | BatchCompleted | DispatchFailed | SlotAdded | SlotRemoved | ModelAdded | ModelRemoved
+    | Shutdown
+)

@@ -37,23 +37,24 @@ def _clockwork(models: list[ModelConfig], config: CoreConfig) -> Policy:
     """Largest SLO-feasible batch when a slot frees, no preemption: Shepherd with lambda = inf
     (reference §4.3; our inference, not the authors'), dropping expired heads."""
     return ShepherdPolicy(models, name="clockwork", preempt_lambda=math.inf, fixed=True,
-                          queue_len_max=config.queue_len_max)
+                          queue_len_max=config.queue_len_max, resp_ns=config.resp_ns)
 
 
 def _shepherd(models: list[ModelConfig], config: CoreConfig) -> Policy:
-    return ShepherdPolicy(models, name="shepherd", queue_len_max=config.queue_len_max)
+    return ShepherdPolicy(models, name="shepherd", queue_len_max=config.queue_len_max, resp_ns=config.resp_ns)
 
 
 def _shepherd_fixed(models: list[ModelConfig], config: CoreConfig) -> Policy:
-    return ShepherdPolicy(models, name="shepherd-fixed", fixed=True, queue_len_max=config.queue_len_max)
+    return ShepherdPolicy(models, name="shepherd-fixed", fixed=True, queue_len_max=config.queue_len_max,
+                          resp_ns=config.resp_ns)
 
 
 def _nexus(models: list[ModelConfig], config: CoreConfig) -> Policy:
-    return NexusPolicy(models, name="nexus")
+    return NexusPolicy(models, name="nexus", resp_ns=config.resp_ns)
 
 
 def _nexus_warm(models: list[ModelConfig], config: CoreConfig) -> Policy:
-    return NexusPolicy(models, name="nexus-warm", warm=True)
+    return NexusPolicy(models, name="nexus-warm", warm=True, resp_ns=config.resp_ns)
 
 
 # Symphony+ tuned values (issue 3; sensitivity in BENCHMARKS.md). Tuned on the built-in

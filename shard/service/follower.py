@@ -25,7 +25,6 @@ from schemas.control import (
     model_spec_decoder,
 )
 from schemas.model import ModelSpec
-from schemas.profile import ModelProfile
 from shard.core.ownership import (
     AddModel,
     ClaimSlot,
@@ -35,6 +34,7 @@ from shard.core.ownership import (
     plan_release,
     plan_transition,
 )
+from shard.service.specs import slowest_spec
 
 log = structlog.get_logger("shard")
 HANDOVER_GRACE_S = 1.0
@@ -67,9 +67,8 @@ class AssignmentFollower:
 
     # ---- heartbeats ---------------------------------------------------------------------
     async def _heartbeat(self) -> None:
-        stats = getattr(self.shard.policy, "model_stats", None)
-        loads = {name: ModelLoad(rate_rps=rate, pending=held)
-                 for name, (held, _target, rate) in (stats() if stats else {}).items()}
+        loads = {name: ModelLoad(rate_rps=stats.rate_rps, pending=stats.pending)
+                 for name, stats in self.shard.policy.stats().items()}
         beat = ShardHeartbeat(shard_id=self.shard.entry.id, models=loads, epoch=self.epoch, draining=self.draining)
         await self.buckets.members.put(f"shard.{self.shard.entry.id}", encode(beat))
 
@@ -190,8 +189,7 @@ class AssignmentFollower:
     async def _spec(self, name: str) -> ModelSpec | None:
         """The model's spec with the slowest profile among the agents that host it (reference
         §2.2), read key by key (`profiles.<model>.<agent>`): a listing can miss keys."""
-        chosen: ModelSpec | None = None
-        profile: ModelProfile | None = None
+        specs: list[ModelSpec] = []
         for agent in self.shard.config.agents:
             if not any(name in slot.models for slot in agent.slots):
                 continue
@@ -201,13 +199,7 @@ class AssignmentFollower:
             except KeyNotFoundError:
                 continue
             try:
-                spec = model_spec_decoder.decode(entry.value)
+                specs.append(model_spec_decoder.decode(entry.value))
             except msgspec.DecodeError as error:
                 count_undecodable("profile", key, error)
-                continue
-            chosen = chosen or spec
-            if spec.profile is not None:
-                profile = spec.profile if profile is None else profile.merge_slowest(spec.profile)
-        if chosen is None or profile is None:
-            return None
-        return msgspec.structs.replace(chosen, profile=profile)
+        return slowest_spec(specs)

@@ -13,6 +13,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from schemas.plan import PlanRequest
+from shard.core.policy import ModelStats
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 DECISION_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2)
@@ -49,6 +52,8 @@ ASSIGNMENT_STEPS = ("remove_slot", "remove_model", "add_model", "claim_slot", "c
 
 class ShardMetrics:
     def __init__(self, models: list[str], state: Callable[[], dict]) -> None:
+        """`state()` gives the live gauges: "models" (model -> `ModelStats` from the policy),
+        "slots_owned" and "slots_busy"."""
         self.received = dict.fromkeys(models, 0)
         self.succeeded = dict.fromkeys(models, 0)  # answered 200 by agents, from completion reports
         self.failed = dict.fromkeys(models, 0)  # answered with an error by agents (bad input, expired)
@@ -81,6 +86,16 @@ class ShardMetrics:
     def count(self, model: str, outcome: str, n: int = 1) -> None:
         key = (model, outcome)
         self.outcomes[key] = self.outcomes.get(key, 0) + n
+
+    def count_dispatch(self, model: str, requests: list[PlanRequest]) -> None:
+        """A batch plan sent: its requests leave the shard's queue for a slot."""
+        self.count(model, "dispatched", len(requests))
+        self.items[model] += len(requests)
+        self.executions[model] += 1
+        self.batch_size[model].observe(len(requests))
+        queue = self.queue_seconds[model]
+        for request in requests:
+            queue.observe(request.queue_us / 1e6)
 
 
 class _Collector(Collector):
@@ -125,10 +140,11 @@ class _Collector(Collector):
         target = GaugeMetricFamily("symphony_shard_target_batch_size", "Current target batch size", labels=["model"])
         rate = GaugeMetricFamily("symphony_shard_rate_estimate_rps", "Rate estimate (RPS meter mean)",
                                  labels=["model"])
-        for model, (held, tbs, rps) in state["models"].items():
-            pending.add_metric([model], held)
-            target.add_metric([model], tbs)
-            rate.add_metric([model], rps)
+        stats: dict[str, ModelStats] = state["models"]
+        for model, model_stats in stats.items():
+            pending.add_metric([model], model_stats.pending)
+            target.add_metric([model], model_stats.target_batch_size)
+            rate.add_metric([model], model_stats.rate_rps)
         yield pending
         yield target
         yield rate

@@ -5,8 +5,8 @@ held, so that every accepted request id has exactly one outcome: dispatched in o
 was not preempted, or dropped once.
 
 Events: arrivals (known and unknown models, default and tight SLOs), time passing (wake-ups and
-completions in time order), slots added and removed, and, for the policies that support moving
-models (the Symphony family), models added and removed."""
+completions in time order), slots added and removed, dispatches the shell could not send, and,
+for the policies that support moving models (the Symphony family), models added and removed."""
 
 import heapq
 
@@ -19,6 +19,7 @@ from shard.core.events import (
     SHUTDOWN,
     WAKE_UP,
     BatchCompleted,
+    DispatchFailed,
     ModelAdded,
     ModelRemoved,
     RequestArrived,
@@ -101,6 +102,15 @@ class PolicyMachine(RuleBasedStateMachine):
         else:
             self.slots.add(slot)
             self._apply(self.policy.handle(SlotAdded(slot), self.now))
+
+    @precondition(lambda self: bool(self.running))
+    @rule(pick=st.integers(0, 1_000))
+    def fail_a_dispatch(self, pick: int) -> None:
+        """The shell refused a plan (too large, or a slot that cannot run the model) and answered
+        its requests, which keep their outcome; the policy gets its slot back at once."""
+        plan = sorted(self.running)[pick % len(self.running)]
+        slot, _finish, _ids = self.running.pop(plan)
+        self._apply(self.policy.handle(DispatchFailed(slot, plan), self.now))
 
     def _moves_models(self) -> bool:
         return isinstance(self.policy, SymphonyPolicy)

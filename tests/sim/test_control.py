@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from coordinator.membership import MemberView
-from load.sim import control
+from load.sim import control_actors
 from load.sim.control import run_control_seed
 from shard.core import ownership
 
@@ -39,7 +39,7 @@ def test_the_checkers_catch_a_shard_that_gains_before_it_releases(monkeypatch: p
         losses = [s for s in t.steps if s not in gains]
         return msgspec.structs.replace(t, steps=gains + losses)
 
-    monkeypatch.setattr(control, "plan_transition", gain_first)
+    monkeypatch.setattr(control_actors, "plan_transition", gain_first)
     assert any(not run_control_seed(seed).ok for seed in range(40))
 
 

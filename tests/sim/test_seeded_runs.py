@@ -22,6 +22,7 @@ def test_seeded_run_matches_its_stored_summary(workload: str, policy: str, scale
     report = run_report(load_workload(workload), policy, SimOptions(scale=scale, checks=True))
     summary = json.loads(msgspec.json.encode(report))
     path = GOLDEN / f"{workload}-{policy}-{scale:g}.json"
-    if os.environ.get("UPDATE_GOLDEN") or not path.exists():
+    if os.environ.get("UPDATE_GOLDEN"):
         path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    assert path.exists(), f"{path.name} is missing: write it with UPDATE_GOLDEN=1 and review it"
     assert summary == json.loads(path.read_text())

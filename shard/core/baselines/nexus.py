@@ -26,9 +26,10 @@ from shard.core.baselines.nexus_plan import (
     find_best_slot,
     prepare_load,
 )
-from shard.core.config import ModelConfig
-from shard.core.events import BatchCompleted, RequestArrived, Shutdown, SlotAdded, SlotRemoved, WakeUp
+from shard.core.config import CoreConfig, ModelConfig
+from shard.core.events import BatchCompleted, DispatchFailed, RequestArrived, Shutdown, SlotAdded, SlotRemoved, WakeUp
 from shard.core.latency import LatencyModel
+from shard.core.policy import ModelStats
 from shard.core.timers import TimerOwner, TimerQueue
 
 BEACON_NS = 1_000_000_000
@@ -95,8 +96,10 @@ class _Route:
 class NexusPolicy:
     deadline_margin_ns = 0  # every batch meets recv + SLO by its own estimate
 
-    def __init__(self, models: list[ModelConfig], *, name: str = "nexus", warm: bool = False) -> None:
+    def __init__(self, models: list[ModelConfig], *, name: str = "nexus", warm: bool = False,
+                 resp_ns: int = CoreConfig().resp_ns) -> None:
         self.name = name
+        self.resp_ns = resp_ns  # for the shell's plans; Nexus itself plans without a reply margin
         self._warm = warm
         self._models = {
             m.name: NexusModel.from_latency(m.name, m.slo_ns, LatencyModel(m.profile, monotone=False))
@@ -125,7 +128,7 @@ class NexusPolicy:
             case RequestArrived():
                 self._place_once(now_ns)
                 self._on_arrival(event, now_ns)
-            case BatchCompleted():
+            case BatchCompleted() | DispatchFailed():
                 executor = self._executors.get(event.slot_id)
                 if executor is not None and executor.running == event.plan_id:
                     executor.running = None
@@ -145,6 +148,18 @@ class NexusPolicy:
                 raise TypeError(f"unknown event {event!r}")
         self._run_due(now_ns)
         return Step(self._actions, self._timers.next_at())
+
+    def stats(self) -> dict[str, ModelStats]:
+        """Held: queued on any executor; target: the largest planned batch; rate: the EWMA of
+        per-beacon (1 s) arrival counts."""
+        return {
+            name: ModelStats(
+                sum(len(e.queues.get(name, ())) for e in self._executors.values()),
+                max((p.instances[name].batch for p in self._plans.values() if name in p.instances), default=0),
+                self._ewma[name],
+            )
+            for name in self._models
+        }
 
     def _run_due(self, now_ns: int) -> None:
         while (owner := self._timers.pop_due(now_ns)) is not None:

@@ -21,9 +21,10 @@ import bisect
 from itertools import count
 
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, PreemptBatch, Step
-from shard.core.config import ModelConfig
-from shard.core.events import BatchCompleted, RequestArrived, Shutdown, SlotAdded, SlotRemoved, WakeUp
+from shard.core.config import CoreConfig, ModelConfig
+from shard.core.events import BatchCompleted, DispatchFailed, RequestArrived, Shutdown, SlotAdded, SlotRemoved, WakeUp
 from shard.core.latency import LatencyModel
+from shard.core.policy import ModelStats
 
 Entry = tuple[int, int]  # (deadline_ns, request_id)
 
@@ -62,8 +63,10 @@ class ShepherdPolicy:
         ctrl_ns: int = 25_000,
         data_ns: int = 75_000,
         queue_len_max: int = 100_000,
+        resp_ns: int = CoreConfig().resp_ns,
     ) -> None:
         self.name = name
+        self.resp_ns = resp_ns  # for the shell's plans; Shepherd itself plans without a reply margin
         self._lambda = preempt_lambda
         self._fixed = fixed
         self._ctrl_ns = ctrl_ns
@@ -79,8 +82,8 @@ class ShepherdPolicy:
         match event:
             case RequestArrived():
                 self._on_arrival(event, now_ns)
-            case BatchCompleted():
-                self._on_completed(event, now_ns)
+            case BatchCompleted() | DispatchFailed():
+                self._on_completed(event.slot_id, event.plan_id, now_ns)
             case SlotAdded():
                 if event.slot_id not in self._slots:
                     self._slots[event.slot_id] = None
@@ -152,12 +155,16 @@ class ShepherdPolicy:
                 changed.append(retrigger)
         return True
 
-    def _on_completed(self, event: BatchCompleted, now_ns: int) -> None:
-        running = self._slots.get(event.slot_id)
-        if running is None or running.plan_id != event.plan_id:
+    def stats(self) -> dict[str, ModelStats]:
+        """Shepherd keeps neither a rate estimate nor a target batch size."""
+        return {name: ModelStats(len(m.queue), 0, 0.0) for name, m in self._models.items()}
+
+    def _on_completed(self, slot_id: int, plan_id: int, now_ns: int) -> None:
+        running = self._slots.get(slot_id)
+        if running is None or running.plan_id != plan_id:
             return  # preempted, or a slot we no longer hold
-        self._slots[event.slot_id] = None
-        self._on_idle(event.slot_id, now_ns)
+        self._slots[slot_id] = None
+        self._on_idle(slot_id, now_ns)
 
     def _on_idle(self, slot_id: int, now_ns: int) -> None:
         best = self._batch_gen(now_ns, None, list(self._models))

@@ -20,8 +20,9 @@ import msgspec
 
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, Step
 from shard.core.config import CoreConfig, ModelConfig
-from shard.core.events import BatchCompleted, RequestArrived, Shutdown, SlotAdded, SlotRemoved, WakeUp
+from shard.core.events import BatchCompleted, DispatchFailed, RequestArrived, Shutdown, SlotAdded, SlotRemoved, WakeUp
 from shard.core.latency import LatencyModel
+from shard.core.policy import ModelStats
 
 
 class TritonModelSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,6 +71,7 @@ class TritonPolicy:
     ) -> None:
         self.name = name
         self.config = config = config or CoreConfig()
+        self.resp_ns = config.resp_ns
         settings = settings or {}
         self._models = {
             m.name: _Model(m, settings.get(m.name) or default_settings(m, config)) for m in models
@@ -84,7 +86,7 @@ class TritonPolicy:
         match event:
             case RequestArrived():
                 self._on_arrival(event, now_ns)
-            case BatchCompleted():
+            case BatchCompleted() | DispatchFailed():
                 if self._slots.get(event.slot_id) == event.plan_id:
                     self._slots[event.slot_id] = None
                     self._free.append(event.slot_id)
@@ -107,6 +109,10 @@ class TritonPolicy:
             case _:
                 raise TypeError(f"unknown event {event!r}")
         return Step(self._actions, self._schedule(now_ns))
+
+    def stats(self) -> dict[str, ModelStats]:
+        """Triton keeps no rate estimate; its target is the max batch it waits for."""
+        return {name: ModelStats(len(m.queue), m.settings.batch_size_max, 0.0) for name, m in self._models.items()}
 
     def _on_arrival(self, event: RequestArrived, now_ns: int) -> None:
         model = self._models.get(event.model)
