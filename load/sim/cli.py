@@ -10,7 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 import msgspec
 
 from load.bound import analytic_bound
-from load.sim.kernel import SimOptions
+from load.sim.records import SimOptions
 from load.sim.report import SimReport
 from load.sim.search import CapacityResult, MinSlotsResult, capacity, min_slots, run_report
 from load.workload import load_workload

@@ -1,94 +1,48 @@
-"""The discrete-event simulator: drives any policy through `handle()` in virtual time.
+"""The discrete-event simulator: drives every shard's policy through `handle()` in virtual time.
 
-Events are ordered by (time, seq): arrivals (pre-generated, so they were scheduled first) come
-before completions, slot changes and wake-ups at the same instant. Fake slots run a plan from
-max(planned start, previous finish) for the true E(b) of the model's profile, times an optional
-noise factor; without noise they finish exactly when predicted (reference §3.1). Outcomes are
-judged on the slot's finish: success iff finish < recv + SLO.
+Idea: one heap holds everything that is due (request arrivals, plan completions on the fake
+slots, injected slot changes, policy wake-ups, coordinator epochs) as `(at_ns, source, seq,
+data)`. The loop pops the earliest, hands it to the shard it belongs to with
+`step = policy.handle(event, now_ns)`, and acts on `step.actions` and `step.wake_at_ns` (STYLE
+§2), which may push more. At one instant an epoch goes first, then arrivals (pre-generated, so
+they were scheduled first), completions, slot changes and wake-ups; within a source `seq` keeps
+its own order (request id, dispatch count, place among the sorted slot changes, shard index).
+Same seed, same bytes (STYLE §5).
+
+The kernel owns the heap, routing (models and slots to shards), the wake-ups each shard asked
+for and the epochs. It only wires the rest: execution on fake slots (load.sim.slots), outcomes
+(load.sim.outcomes), the coordinator's algorithm (load.sim.partition) and the checkers, which
+watch actions from outside (load.sim.checkers).
 """
 
 from __future__ import annotations
 
-import heapq
 import time
-from array import array
-from collections.abc import Callable
-
-import msgspec
-import numpy as np
+from heapq import heappop, heappush, heappushpop
 
 from load.schedule import Schedule, build_schedule
 from load.sim.checkers import Checker
+from load.sim.outcomes import DROPPED, NOREPLY, PENDING, OutcomeLedger
+from load.sim.partition import epoch_assignment, partitioned_shards
+from load.sim.records import EpochSample, ShardSpec, SimEvent, SimOptions, SimRun
+from load.sim.slots import FakeSlots, PlanKey
 from load.workload import LoadedWorkload
-from shard.core.actions import DispatchBatch, DropReason, DropRequests, PreemptBatch
-from shard.core.config import CoreConfig, ModelConfig
+from shard.core.actions import DispatchBatch, DropReason, DropRequests, PreemptBatch, Step
+from shard.core.config import ModelConfig
 from shard.core.events import SHUTDOWN, WAKE_UP, BatchCompleted, RequestArrived, SlotAdded, SlotRemoved
-from shard.core.latency import LatencyModel
 from shard.core.policies import make_policy
+from shard.core.policy import Policy
 
-PENDING, SUCCESS, TIMEOUT, DROPPED, NOREPLY = 0, 1, 2, 3, 4
-OUTCOME_NAMES = ("pending", "success", "timeout", "dropped", "noreply")
-NEVER = 1 << 62
+# The records a caller passes in or gets back are re-exported beside the functions that take them.
+__all__ = ["Kernel", "ShardSpec", "SimEvent", "SimOptions", "SimRun", "model_configs", "run_policy", "run_shards",
+           "simulate"]
 
-
-class SimEvent(msgspec.Struct, frozen=True):
-    """Fault injection: a slot disappears or (re)appears at `at_s` seconds."""
-
-    at_s: float
-    kind: str  # "remove" | "add"
-    slot_id: int
-
-
-class SimOptions(msgspec.Struct, frozen=True, kw_only=True):
-    slots: int | None = None  # default: the workload's
-    scale: float = 1.0
-    seed: int | None = None  # default: the workload's
-    noise: float = 0.0  # relative std of execution time on the fake slots
-    checks: bool = False
-    core: CoreConfig = CoreConfig()
-    slot_events: list[SimEvent] = []
-    shards: int = 1  # > 1: models and slots partitioned by the coordinator's algorithm
-    epoch_s: float = 0.0  # > 0: re-allocate slots between shards every epoch
-    quotas: str = "delay"  # the coordinator's slot quotas (coordinator.placement.PlacementConfig)
-
-
-class Batch(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    slot_id: int
-    model_index: int
-    size: int
-    start_ns: int
-    finish_ns: int
-
-
-class EpochSample(msgspec.Struct, frozen=True, array_like=True):
-    at_ns: int
-    desired_slots: int  # the coordinator's load-proportional signal
-    busy_slots: float  # busy slot-seconds per second over the epoch that just ended
-    slots: int
-
-
-class SimRun(msgspec.Struct, kw_only=True):
-    """Raw results of one run; `load.sim.report` turns them into figures."""
-
-    policy: str
-    slots: int
-    shards: int = 1
-    epochs: list[EpochSample] = []
-    schedule: Schedule
-    model_names: list[str]
-    slo_ns: list[int]
-    outcome: bytearray
-    finish_ns: array
-    batches: list[Batch]
-    busy_ns_in_window: int
-    cpu_s: float
-    events: int
-
-
-ProgressFn = Callable[[float], None]
+# Event sources, in their order at one instant.
+EPOCH, ARRIVAL, COMPLETION, SLOT_CHANGE, WAKE = 0, 1, 2, 3, 4
 
 
 def model_configs(loaded: LoadedWorkload, scale: float) -> list[ModelConfig]:
+    """The core's view of a workload's models; each rate hint is its bench mean at `scale`."""
     return [
         ModelConfig(
             name=m.name,
@@ -108,264 +62,252 @@ def simulate(loaded: LoadedWorkload, policy_name: str, options: SimOptions = Sim
     if options.shards <= 1:
         policy = make_policy(policy_name, models, options.core)
         return run_policy(policy, models, slots, schedule, options)
-    from load.sim.partition import partitioned_shards
-
     shards = partitioned_shards(models, slots, options, policy_name)
     return run_shards(shards, models, schedule, options)
 
 
-class ShardSpec(msgspec.Struct):
-    """One scheduler instance in a simulation: its policy, the models it owns, its first slots."""
-
-    policy: object
-    models: list[str]
-    slots: list[int]
-
-
-def run_policy(policy, models: list[ModelConfig], slots: int, schedule: Schedule, options: SimOptions) -> SimRun:  # noqa: ANN001
+def run_policy(policy: Policy, models: list[ModelConfig], slots: int, schedule: Schedule,
+               options: SimOptions) -> SimRun:
     """The whole workload on one policy that owns every slot."""
     return run_shards([ShardSpec(policy, [m.name for m in models], list(range(slots)))], models, schedule, options)
 
 
-def run_shards(shards: list[ShardSpec], models: list[ModelConfig], schedule: Schedule, options: SimOptions) -> SimRun:  # noqa: C901, PLR0912, PLR0915 - the hot loop stays in one piece on purpose
+def run_shards(shards: list[ShardSpec], models: list[ModelConfig], schedule: Schedule, options: SimOptions) -> SimRun:
     """Drive every shard's policy on one clock: arrivals go to the model's shard, completions to
     the shard that dispatched the plan, wake-ups to the shard that asked; at each epoch
     (`options.epoch_s`) slots move between shards as the coordinator's algorithm says."""
-    names = [m.name for m in models]
-    policy = shards[0].policy
-    policies = [s.policy for s in shards]
-    shard_of = {name: k for k, spec in enumerate(shards) for name in spec.models}
-    shard_of_model = [shard_of[name] for name in names]
-    owner = {slot: k for k, spec in enumerate(shards) for slot in spec.slots}
-    slots = len(owner)
-    index_of = {name: i for i, name in enumerate(names)}
-    slo_ns = [m.slo_ns for m in models]
-    true_exec = [LatencyModel(m.profile, monotone=False) for m in models]
-    times = schedule.times_ns.tolist()
-    model_of = schedule.model_index.tolist()
-    n = len(times)
-    outcome = bytearray(n)
-    finish_ns = array("q", bytes(8 * n))
-    window_start, window_end = schedule.window_ns
-    noise_rng = np.random.default_rng([schedule.seed, 7_777])
-    noise = options.noise
+    return Kernel(shards, models, schedule, options).run()
 
-    checker = None
-    if options.checks:
-        checker = Checker(
-            recv_ns=times,
-            slo_ns_of_request=[slo_ns[m] for m in model_of],
-            model_of_request=model_of,
-            model_names=names,
-            batch_size_max=[lat.batch_size_max for lat in true_exec],
-            deadline_margin_ns=policy.deadline_margin_ns,
+
+class Kernel:
+    """One simulation run: the event heap and the loop over it."""
+
+    def __init__(self, shards: list[ShardSpec], models: list[ModelConfig], schedule: Schedule,
+                 options: SimOptions) -> None:
+        self.shards = shards
+        self.models = models
+        self.schedule = schedule
+        self.options = options
+        self.policies = [spec.policy for spec in shards]
+        self.handles = [policy.handle for policy in self.policies]
+        self.names = [m.name for m in models]
+        self.index_of = {name: i for i, name in enumerate(self.names)}
+        self.slo_ns = [m.slo_ns for m in models]
+        shard_of = {name: k for k, spec in enumerate(shards) for name in spec.models}
+        self.shard_of_model = [shard_of[name] for name in self.names]
+        self.owner = {slot_id: k for k, spec in enumerate(shards) for slot_id in spec.slots}  # slot -> shard
+        self.recv_ns = schedule.times_ns.tolist()
+        self.model_of = schedule.model_index.tolist()
+        self.ledger = OutcomeLedger(self.recv_ns)
+        self.slots = FakeSlots([m.profile for m in models], schedule.window_ns, options.noise, schedule.seed)
+        self.checker = self._checker() if options.checks else None
+        self.epoch_ns = int(options.epoch_s * 1e9)
+        self.epochs: list[EpochSample] = []
+        self.wake_of: list[int | None] = [None] * len(shards)  # the wake-up each shard asked for last
+        self.heap: list[tuple[int, int, int, object]] = []  # (at_ns, source, seq, data)
+        self.dispatched = 0
+        self.events = 0
+        self.now_ns = 0
+
+    def _checker(self) -> Checker:
+        return Checker(
+            recv_ns=self.recv_ns,
+            slo_ns_of_request=[self.slo_ns[m] for m in self.model_of],
+            model_of_request=self.model_of,
+            model_names=self.names,
+            batch_size_max=self.slots.batch_size_max(),
+            deadline_margin_ns=self.policies[0].deadline_margin_ns,
         )
 
-    slot_free = {}  # slot -> actual free time
-    plans: dict[int, tuple[int, list[int], int, int, int]] = {}  # plan -> (slot, ids, start, finish, batch#)
-    batches: list[Batch] = []
-    completions: list[tuple[int, int, int, int]] = []  # (finish, seq, slot, plan)
-    seq = 0
-    busy = 0
-    events = 0
-    slot_changes = sorted(
-        (int(e.at_s * 1e9), e.kind, e.slot_id) for e in options.slot_events
-    )
-    change_at = 0
-    handles = [p.handle for p in policies]
-    wake_of: list[int | None] = [None] * len(shards)
-    wakes: list[tuple[int, int]] = []  # (at, shard), lazily superseded
-    epoch_ns = int(options.epoch_s * 1e9)
-    next_epoch = epoch_ns if epoch_ns else NEVER
-    epochs: list[EpochSample] = []
+    def run(self) -> SimRun:
+        started = time.process_time()
+        self._start()
+        self._loop()
+        for k, handle in enumerate(self.handles):
+            self._apply(handle(SHUTDOWN, self.now_ns).actions, self.now_ns, k)
+        cpu_s = time.process_time() - started
+        if self.checker is not None:
+            self.checker.at_end()
+        self.ledger.close()
+        return SimRun(
+            policy=self.policies[0].name,
+            slots=len(self.owner),
+            shards=len(self.shards),
+            epochs=self.epochs,
+            schedule=self.schedule,
+            model_names=self.names,
+            slo_ns=self.slo_ns,
+            outcome=self.ledger.outcome,
+            finish_ns=self.ledger.finish_ns,
+            batches=self.slots.batches,
+            busy_ns_in_window=self.slots.busy_ns_in_window,
+            cpu_s=cpu_s,
+            events=self.events,
+        )
 
-    def apply(actions: list, now: int, k: int) -> None:
-        nonlocal seq, busy
+    def _start(self) -> None:
+        """Each shard's first slots join at 0; the first arrival, the slot changes and the first
+        epoch go on the heap."""
+        for slot_id, k in sorted(self.owner.items()):
+            self.slots.add(slot_id, 0)
+            self._settle(k, self.handles[k](SlotAdded(slot_id), 0), 0)
+        if self.recv_ns:
+            heappush(self.heap, (self.recv_ns[0], ARRIVAL, 0, None))
+        changes = sorted((int(e.at_s * 1e9), e.kind, e.slot_id) for e in self.options.slot_events)
+        for seq, (at_ns, kind, slot_id) in enumerate(changes):
+            heappush(self.heap, (at_ns, SLOT_CHANGE, seq, (kind, slot_id)))
+        if self.epoch_ns:
+            heappush(self.heap, (self.epoch_ns, EPOCH, 0, None))
+
+    def _loop(self) -> None:
+        """Pop the earliest event, hand it to its shard, settle the step; until nothing is due.
+
+        Arrivals and wake-ups, most of the events, are handled in line. An arrival pushes the
+        next one once its step is settled, in one go with the next pop (the next arrival is most
+        often the earliest event, and then `heappushpop` hands it straight back), so the heap
+        holds one arrival at a time. A wake-up the shard has since moved or cancelled is
+        superseded: it is skipped and does not advance the clock."""
+        heap, handles, wake_of, checker = self.heap, self.handles, self.wake_of, self.checker
+        recv_ns, model_of, names, shard_of_model = self.recv_ns, self.model_of, self.names, self.shard_of_model
+        arrivals = len(recv_ns)
+        now_ns, events = self.now_ns, self.events
+        next_arrival = None
+        while heap or next_arrival:
+            if next_arrival:
+                at_ns, source, seq, data = heappushpop(heap, next_arrival)
+                next_arrival = None
+            else:
+                at_ns, source, seq, data = heappop(heap)
+            if source == ARRIVAL:
+                now_ns = at_ns
+                if seq + 1 < arrivals:
+                    next_arrival = (recv_ns[seq + 1], ARRIVAL, seq + 1, None)
+                if checker is not None:
+                    checker.on_arrival(seq)
+                m = model_of[seq]
+                k = shard_of_model[m]
+                step = handles[k](RequestArrived(seq, names[m]), now_ns)
+            elif source == WAKE:
+                if wake_of[seq] != at_ns:
+                    continue  # superseded
+                now_ns = at_ns
+                k = seq
+                wake_of[k] = None
+                step = handles[k](WAKE_UP, now_ns)
+            elif source == COMPLETION or source == SLOT_CHANGE:
+                now_ns = at_ns
+                routed = self._complete(data, now_ns) if source == COMPLETION else self._change_slot(*data, now_ns)
+                if routed is None:
+                    continue  # a plan preempted or lost with its slot; a slot change that changes nothing
+                k, step = routed
+            else:
+                if not self._anything_due():
+                    break  # epochs alone do not keep the run going
+                now_ns = at_ns
+                self._epoch(now_ns)
+                continue
+            events += 1
+            if step.actions:  # _settle, in line: most steps ask only for a wake-up
+                self._apply(step.actions, now_ns, k)
+            wake_ns = step.wake_at_ns
+            assert wake_ns is None or wake_ns > now_ns, self._early_wake(k, wake_ns, now_ns)
+            if wake_ns != wake_of[k]:
+                wake_of[k] = wake_ns
+                if wake_ns is not None:
+                    heappush(heap, (wake_ns, WAKE, k, None))
+        self.now_ns, self.events = now_ns, events
+
+    def _anything_due(self) -> bool:
+        """Is anything but superseded wake-ups on the heap? Those are dropped from its top."""
+        heap, wake_of = self.heap, self.wake_of
+        while heap and heap[0][1] == WAKE and heap[0][0] != wake_of[heap[0][2]]:
+            heappop(heap)
+        return bool(heap)
+
+    def _settle(self, k: int, step: Step, now_ns: int) -> None:
+        """Act on shard k's step: apply its actions, and push its wake-up if it asked for a new one."""
+        if step.actions:
+            self._apply(step.actions, now_ns, k)
+        wake_ns = step.wake_at_ns
+        assert wake_ns is None or wake_ns > now_ns, self._early_wake(k, wake_ns, now_ns)
+        if wake_ns != self.wake_of[k]:
+            self.wake_of[k] = wake_ns  # the entry it had, if any, is superseded
+            if wake_ns is not None:
+                heappush(self.heap, (wake_ns, WAKE, k, None))
+
+    def _early_wake(self, k: int, wake_ns: int, now_ns: int) -> str:
+        return f"{self.policies[k].name} asked to be woken at {wake_ns} <= now {now_ns}"
+
+    def _complete(self, key: PlanKey, now_ns: int) -> tuple[int, Step] | None:
+        """A plan's finish has come: tell the shard that dispatched it; None when it was cancelled."""
+        plan = self.slots.complete(key)
+        if plan is None:
+            return None
+        if self.checker is not None:
+            self.checker.on_completed(plan.slot_id, key, now_ns)
+        k, plan_id = key
+        return k, self.handles[k](BatchCompleted(plan.slot_id, plan_id, plan.start_ns, plan.finish_ns), now_ns)
+
+    def _change_slot(self, kind: str, slot_id: int, now_ns: int) -> tuple[int, Step] | None:
+        """An injected slot change; the plans on a removed slot are lost with it (their requests
+        dropped). None when it changes nothing."""
+        if kind == "remove":
+            if not self.slots.is_up(slot_id):
+                return None
+            for key in self.slots.plans_running_after(slot_id, now_ns):
+                self.ledger.mark(self.slots.cancel(key, now_ns), DROPPED)
+            self.slots.remove(slot_id)
+            if self.checker is not None:
+                self.checker.on_slot_removed(slot_id)
+            k = self.owner[slot_id]
+            return k, self.handles[k](SlotRemoved(slot_id), now_ns)
+        if self.slots.is_up(slot_id):
+            return None
+        self.slots.add(slot_id, now_ns)
+        k = self.owner[slot_id]
+        return k, self.handles[k](SlotAdded(slot_id), now_ns)
+
+    def _epoch(self, now_ns: int) -> None:
+        """An epoch: the coordinator's algorithm re-allocates slots from measured rates; the next
+        epoch goes on the heap."""
+        heappush(self.heap, (now_ns + self.epoch_ns, EPOCH, 0, None))
+        busy_ns = self.slots.busy_ns_between(now_ns - self.epoch_ns, now_ns)
+        moves, desired = epoch_assignment(self.policies, self.shards, self.owner, self.models,
+                                          quotas=self.options.quotas)
+        self.epochs.append(EpochSample(now_ns, desired, busy_ns / self.epoch_ns, len(self.owner)))
+        for slot_id, k in moves.items():
+            old = self.owner[slot_id]
+            self._settle(old, self.handles[old](SlotRemoved(slot_id), now_ns), now_ns)
+            self.owner[slot_id] = k
+            free_ns = self.slots.free_at_ns(slot_id, now_ns)
+            self._settle(k, self.handles[k](SlotAdded(slot_id, free_ns), now_ns), now_ns)
+
+    def _apply(self, actions: list, now_ns: int, k: int) -> None:
         for action in actions:
             kind = action.__class__
             if kind is DispatchBatch:
-                rids = action.request_ids
-                if checker is not None:
-                    checker.on_dispatch(
-                        now, (k, action.plan_id), action.slot_id, action.model, rids,
-                        action.exec_at_ns, action.finish_at_ns,
-                    )
-                slot_id = action.slot_id
-                m = index_of[action.model]
-                size = len(rids)
-                start = action.exec_at_ns
-                free = slot_free[slot_id]
-                if free > start:
-                    start = free
-                duration = true_exec[m].exec(size)
-                if noise:
-                    duration = int(duration * max(0.2, 1.0 + noise * noise_rng.standard_normal()))
-                finish = start + duration
-                slot_free[slot_id] = finish
-                deadline_base = slo_ns[m]
-                for rid in rids:
-                    outcome[rid] = SUCCESS if finish < times[rid] + deadline_base else TIMEOUT
-                    finish_ns[rid] = finish
-                lo = start if start > window_start else window_start
-                hi = finish if finish < window_end else window_end
-                if hi > lo:
-                    busy += hi - lo
-                plans[(k, action.plan_id)] = (slot_id, rids, start, finish, len(batches))
-                batches.append(Batch(slot_id, m, size, start, finish))
-                seq += 1
-                heapq.heappush(completions, (finish, seq, slot_id, (k, action.plan_id)))
+                self._dispatch(action, now_ns, k)
             elif kind is DropRequests:
-                code = NOREPLY if action.reason is DropReason.SHUTDOWN else DROPPED
-                if checker is not None:
-                    checker.on_drop(action.request_ids, action.reason.value)
-                for rid in action.request_ids:
-                    outcome[rid] = code
+                if self.checker is not None:
+                    self.checker.on_drop(action.request_ids, action.reason.value)
+                self.ledger.mark(action.request_ids, NOREPLY if action.reason is DropReason.SHUTDOWN else DROPPED)
             elif kind is PreemptBatch:
-                if checker is not None:
-                    checker.on_preempt(now, (k, action.plan_id))
-                _cancel_plan((k, action.plan_id), now, requeue=True)
+                key = (k, action.plan_id)
+                if self.checker is not None:
+                    self.checker.on_preempt(now_ns, key)
+                self.ledger.mark(self.slots.cancel(key, now_ns), PENDING)  # back in the policy's queue
             else:
                 raise TypeError(f"unknown action {action!r}")
 
-    def _cancel_plan(plan_id: tuple[int, int], now: int, requeue: bool) -> None:
-        nonlocal busy
-        slot_id, rids, start, finish, batch_index = plans.pop(plan_id)
-        for rid in rids:
-            outcome[rid] = PENDING if requeue else DROPPED
-        lo, hi = max(now, start, window_start), min(finish, window_end)
-        if hi > lo:
-            busy -= hi - lo  # the part that will not run
-        cut = max(now, start)
-        if slot_id in slot_free and slot_free[slot_id] == finish:
-            slot_free[slot_id] = cut
-        old = batches[batch_index]
-        batches[batch_index] = Batch(old.slot_id, old.model_index, old.size, old.start_ns, cut)
-
-    def settle(k: int, step, now: int) -> None:  # noqa: ANN001
-        if step.actions:
-            apply(step.actions, now, k)
-        wake = step.wake_at_ns
-        assert wake is None or wake > now, f"{policies[k].name} asked to be woken at {wake} <= now {now}"
-        if wake != wake_of[k]:
-            wake_of[k] = wake
-            if wake is not None:
-                heapq.heappush(wakes, (wake, k))
-
-    def rebalance(now: int) -> None:
-        """An epoch: the coordinator's algorithm re-allocates slots from measured rates."""
-        from load.sim.partition import epoch_assignment
-
-        window = sum(min(b.finish_ns, now) - max(b.start_ns, now - epoch_ns) for b in batches[-50_000:]
-                     if b.finish_ns > now - epoch_ns and b.start_ns < now)
-        moves, desired = epoch_assignment(policies, shards, owner, models, quotas=options.quotas)
-        epochs.append(EpochSample(now, desired, window / epoch_ns, len(owner)))
-        for slot_id, k in moves.items():
-            old = owner[slot_id]
-            settle(old, handles[old](SlotRemoved(slot_id), now), now)
-            owner[slot_id] = k
-            settle(k, handles[k](SlotAdded(slot_id, slot_free.get(slot_id, now)), now), now)
-
-    started = time.process_time()
-    now = 0
-    for slot_id, k in sorted(owner.items()):
-        slot_free[slot_id] = 0
-        settle(k, handles[k](SlotAdded(slot_id), 0), 0)
-
-    i = 0
-    single = len(shards) == 1
-    handle = handles[0]
-    while True:
-        ta = times[i] if i < n else NEVER
-        tc = completions[0][0] if completions else NEVER
-        ts = slot_changes[change_at][0] if change_at < len(slot_changes) else NEVER
-        while wakes and wakes[0][0] != wake_of[wakes[0][1]]:
-            heapq.heappop(wakes)  # superseded
-        tw = wakes[0][0] if wakes else NEVER
-        if next_epoch <= ta and next_epoch <= tc and next_epoch <= ts and next_epoch <= tw:
-            if ta == tc == ts == tw == NEVER:
-                break
-            now = next_epoch
-            next_epoch += epoch_ns
-            rebalance(now)
-            continue
-        if ta <= tc and ta <= ts and ta <= tw:
-            if ta == NEVER:
-                break
-            now = ta
-            if checker is not None:
-                checker.on_arrival(i)
-            if single:
-                step = handle(RequestArrived(i, names[model_of[i]]), now)
-                k = 0
-            else:
-                k = shard_of_model[model_of[i]]
-                step = handles[k](RequestArrived(i, names[model_of[i]]), now)
-            i += 1
-        elif tc <= ts and tc <= tw:
-            now, _s, slot_id, key = heapq.heappop(completions)
-            plan = plans.pop(key, None)
-            if plan is None:
-                continue  # preempted or lost with its slot
-            if checker is not None:
-                checker.on_completed(slot_id, key, now)
-            k = key[0]
-            step = handles[k](BatchCompleted(slot_id, key[1], plan[2], plan[3]), now)
-        elif ts <= tw:
-            now, kind, slot_id = slot_changes[change_at]
-            change_at += 1
-            if kind == "remove":
-                if slot_id not in slot_free:
-                    continue
-                for key in [p for p, v in plans.items() if v[0] == slot_id and v[3] > now]:
-                    _cancel_plan(key, now, requeue=False)  # its requests are lost with it
-                del slot_free[slot_id]
-                if checker is not None:
-                    checker.on_slot_removed(slot_id)
-                k = owner[slot_id]
-                step = handles[k](SlotRemoved(slot_id), now)
-            else:
-                if slot_id in slot_free:
-                    continue
-                slot_free[slot_id] = now
-                k = owner[slot_id]
-                step = handles[k](SlotAdded(slot_id), now)
-        else:
-            now, k = heapq.heappop(wakes)
-            wake_of[k] = None
-            step = handles[k](WAKE_UP, now)
-        events += 1
-        if single:
-            if step.actions:
-                apply(step.actions, now, 0)
-            wake = step.wake_at_ns
-            assert wake is None or wake > now, f"{policy.name} asked to be woken at {wake} <= now {now}"
-            if wake != wake_of[0]:
-                wake_of[0] = wake
-                if wake is not None:
-                    heapq.heappush(wakes, (wake, 0))
-        else:
-            settle(k, step, now)
-
-    for k, handle_k in enumerate(handles):
-        apply(handle_k(SHUTDOWN, now).actions, now, k)
-    cpu_s = time.process_time() - started
-    if checker is not None:
-        checker.at_end()
-    for rid in range(n):
-        if outcome[rid] == PENDING:
-            outcome[rid] = NOREPLY
-    return SimRun(
-        policy=policy.name,
-        slots=slots,
-        shards=len(shards),
-        epochs=epochs,
-        schedule=schedule,
-        model_names=names,
-        slo_ns=slo_ns,
-        outcome=outcome,
-        finish_ns=finish_ns,
-        batches=batches,
-        busy_ns_in_window=busy,
-        cpu_s=cpu_s,
-        events=events,
-    )
+    def _dispatch(self, action: DispatchBatch, now_ns: int, k: int) -> None:
+        """Run the plan on its fake slot, judge its requests on the finish, and schedule the completion."""
+        key = (k, action.plan_id)
+        request_ids = action.request_ids
+        if self.checker is not None:
+            self.checker.on_dispatch(now_ns, key, action.slot_id, action.model, request_ids,
+                                     action.exec_at_ns, action.finish_at_ns)
+        m = self.index_of[action.model]
+        finish_ns = self.slots.run(key, action.slot_id, m, request_ids, action.exec_at_ns)
+        self.ledger.judge(request_ids, self.slo_ns[m], finish_ns)
+        self.dispatched += 1
+        heappush(self.heap, (finish_ns, COMPLETION, self.dispatched, key))

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from coordinator.epoch import next_assignment
 from coordinator.placement import Assignment, PlacementConfig
+from load.sim.records import ShardSpec, SimOptions
 from shard.core.config import CoreConfig, ModelConfig
 from shard.core.policies import make_policy
+from shard.core.policy import Policy
 
 
-def partitioned_shards(models: list[ModelConfig], slots: int, options, policy_name: str) -> list:  # noqa: ANN001
-    from load.sim.kernel import ShardSpec
-
+def partitioned_shards(models: list[ModelConfig], slots: int, options: SimOptions,
+                       policy_name: str) -> list[ShardSpec]:
+    """The first split, from the models' rate hints, as the coordinator makes it with no previous one."""
     hosts = {str(s): frozenset(m.name for m in models) for s in range(slots)}  # simulated slots run every model
     shard_ids = [f"shard-{k}" for k in range(options.shards)]
     assignment = next_assignment(models, {m.name: m.rate_hint_rps for m in models}, shard_ids, hosts, None,
@@ -29,8 +31,9 @@ def partitioned_shards(models: list[ModelConfig], slots: int, options, policy_na
     return specs
 
 
-def epoch_assignment(policies: list, shards: list, owner: dict[int, int], models: list[ModelConfig],
-                     config: CoreConfig | None = None, quotas: str = "delay") -> tuple[dict[int, int], int]:
+def epoch_assignment(policies: list[Policy], shards: list[ShardSpec], owner: dict[int, int],
+                     models: list[ModelConfig], config: CoreConfig | None = None,
+                     quotas: str = "delay") -> tuple[dict[int, int], int]:
     """Slot moves {slot: new shard index} from the shards' measured rates, and desired slots."""
     config = config or CoreConfig()
     hosts = {str(s): frozenset(m.name for m in models) for s in sorted(owner)}

@@ -7,7 +7,8 @@ import msgspec
 import numpy as np
 
 from load.bound import Bound
-from load.sim.kernel import DROPPED, NOREPLY, SUCCESS, TIMEOUT, SimRun
+from load.sim.outcomes import DROPPED, NOREPLY, SUCCESS, TIMEOUT
+from load.sim.records import SimRun
 
 
 class Counts(msgspec.Struct, kw_only=True):

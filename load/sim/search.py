@@ -9,7 +9,8 @@ from collections.abc import Callable
 import msgspec
 
 from load.bound import analytic_bound
-from load.sim.kernel import SimOptions, simulate
+from load.sim.kernel import simulate
+from load.sim.records import SimOptions
 from load.sim.report import SimReport, summarize
 from load.workload import LoadedWorkload
 

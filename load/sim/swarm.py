@@ -9,7 +9,8 @@ import traceback
 
 import msgspec
 
-from load.sim.kernel import SimEvent, SimOptions, simulate
+from load.sim.kernel import simulate
+from load.sim.records import SimEvent, SimOptions
 from load.workload import LoadedWorkload, ModelWorkload, Segment, Workload
 from schemas.profile import profile_from_sleep_spec
 from shard.core.config import CoreConfig, DropPolicy, SchedulableCondition
