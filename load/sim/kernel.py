@@ -273,7 +273,7 @@ class Kernel:
         heappush(self.heap, (now_ns + self.epoch_ns, EPOCH, 0, None))
         busy_ns = self.slots.busy_ns_between(now_ns - self.epoch_ns, now_ns)
         moves, desired = epoch_assignment(self.policies, self.shards, self.owner, self.models,
-                                          quotas=self.options.quotas)
+                                          config=self.options.core, quotas=self.options.quotas)
         self.epochs.append(EpochSample(now_ns, desired, busy_ns / self.epoch_ns, len(self.owner)))
         for slot_id, k in moves.items():
             old = self.owner[slot_id]

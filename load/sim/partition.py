@@ -38,10 +38,8 @@ def epoch_assignment(policies: list[Policy], shards: list[ShardSpec], owner: dic
     config = config or CoreConfig()
     hosts = {str(s): frozenset(m.name for m in models) for s in sorted(owner)}
     rates = {m.name: m.rate_hint_rps for m in models}
-    for policy in policies:
-        stats = getattr(policy, "model_stats", None)
-        if stats is not None:
-            rates.update({name: rate for name, (_held, _target, rate) in stats().items()})
+    for policy in policies:  # a measured rate replaces the hint; 0.0 means the policy keeps none
+        rates.update({name: stats.rate_rps for name, stats in policy.stats().items() if stats.rate_rps > 0})
     shard_ids = [f"shard-{k}" for k in range(len(shards))]
     previous = Assignment(
         epoch=0,

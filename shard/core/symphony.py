@@ -462,7 +462,3 @@ class SymphonyPolicy:
     # ---- introspection for the shell's metrics (read-only) ------------------------------
     def stats(self) -> dict[str, ModelStats]:
         return {name: ModelStats(len(m.queue), m.target, m.meter.mean_rps) for name, m in self._models.items()}
-
-    # The simulator's partitioned runs (load/sim/partition.py) still look this name up with
-    # getattr; remove it when they call `stats()`.
-    model_stats = stats
