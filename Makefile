@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo sim-demo test fuzz bench clean
+.PHONY: demo sim-demo test lint fuzz bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -21,8 +21,12 @@ demo: $(STAMP)
 sim-demo: $(STAMP)
 	$(VENV)/bin/symphony sim compare example
 
-test: $(STAMP)
+# Lint first (ruff, configured in pyproject.toml), then every test.
+test: lint
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # More swarm seeds than the tests run: make fuzz SEEDS=10000
 SEEDS ?= 1000

@@ -28,7 +28,6 @@ from schemas.control import Assignment
 from schemas.profile import ModelProfile
 from shard.core.config import CoreConfig
 
-
 RATE_HOLD_EPOCHS = 3  # a model's planning rate falls only after this many epochs lower (plus a TTL)
 
 
@@ -294,10 +293,16 @@ class CoordinatorCore:
             have = merged.get(model)
             merged[model] = profile if have is None else have.merge_slowest(profile)  # reference §2.2
         shards = self.view.shards()
-        return EpochInputs(shards=shards, agents=self.view.agents(), drains=frozenset(self.drains),
-                           rates=self.rates.update(shards, now_ns),
-                           previous=previous, previous_written=previous_written, latest_epoch=self.latest.epoch if self.latest else 0,
-                           profiles=merged)
+        return EpochInputs(
+            shards=shards,
+            agents=self.view.agents(),
+            drains=frozenset(self.drains),
+            rates=self.rates.update(shards, now_ns),
+            previous=previous,
+            previous_written=previous_written,
+            latest_epoch=self.latest.epoch if self.latest else 0,
+            profiles=merged,
+        )
 
     # ---- epochs ---------------------------------------------------------------------------------
     def _maybe_start_epoch(self, now_ns: int) -> list[Command]:

@@ -83,8 +83,8 @@ def decide_epoch(models: list[ModelSettings], inputs: EpochInputs, *, core: Core
     floor = max([previous.epoch if previous else 0, inputs.latest_epoch]
                 + [beat.epoch for beat in inputs.shards.values()])
     new = msgspec.structs.replace(new, coordinator=coordinator_id, epoch=max(new.epoch, floor + 1))
-    if (inputs.previous_written and previous is not None and previous.models == new.models and previous.slots == new.slots
-            and previous.desired_slots == new.desired_slots):
+    if (inputs.previous_written and previous is not None and previous.models == new.models
+            and previous.slots == new.slots and previous.desired_slots == new.desired_slots):
         return EpochDecision(assignment=None, reason="unchanged")
     errors = assignment_errors(new, live, hosts, [m.name for m in models])
     if errors:

@@ -122,7 +122,8 @@ def _shards_per_class(previous: dict[str, str], classes: dict[tuple[str, ...], l
     exact = {k: spare * demand[k] / total for k in keys}
     for k in keys:
         counts[k] += int(exact[k])
-    for k in sorted(keys, key=lambda k: (-(exact[k] - int(exact[k])), k))[: spare - sum(int(v) for v in exact.values())]:
+    left = spare - sum(int(v) for v in exact.values())
+    for k in sorted(keys, key=lambda k: (-(exact[k] - int(exact[k])), k))[:left]:
         counts[k] += 1
     result: dict[tuple[str, ...], list[str]] = {k: [] for k in keys}
     free = list(shards)

@@ -43,7 +43,8 @@ from coordinator.core import (
 from coordinator.epoch import ModelSettings
 from coordinator.membership import ReadOutcome
 from coordinator.placement import PlacementConfig
-from shard.core.config import core_config_for
+from runtime.cluster_config import ClusterConfig
+from runtime.connect import connect_service
 from runtime.kv import (
     LEADER_BUCKET,
     count_undecodable,
@@ -53,13 +54,12 @@ from runtime.kv import (
     undecodable,
     with_retries,
 )
-from runtime.cluster_config import ClusterConfig
-from runtime.connect import connect_service
 from runtime.services import register_service
 from schemas.control import ASSIGNMENT_KEY, Assignment, assignment_decoder, encode, model_spec_decoder
 from schemas.limits import validate_identifier
 from schemas.model import validate_model_name
 from schemas.status_report import CoordinatorStatus
+from shard.core.config import core_config_for
 
 log = structlog.get_logger("coordinator")
 TICK_S_MAX = 0.25
@@ -185,7 +185,7 @@ class Coordinator:
             result = _failure(command)
             if isinstance(command, (TakeLease, RenewLease)):
                 await self._reopen_if_lost()
-        except Exception:  # noqa: BLE001 - a bug here must not leave the core waiting forever
+        except Exception:
             log.exception("kv_call_crashed", coordinator=self.id, command=type(command).__name__)
             result = _failure(command)
         if result is not None:
@@ -196,7 +196,8 @@ class Coordinator:
         match command:
             case TakeLease():
                 try:
-                    return LeaseResult(outcome=LeaseOutcome.HELD, revision=await leader.create("leader", self.id.encode()))
+                    revision = await leader.create("leader", self.id.encode())
+                    return LeaseResult(outcome=LeaseOutcome.HELD, revision=revision)
                 except KeyWrongLastSequenceError:
                     return LeaseResult(outcome=LeaseOutcome.TAKEN_ELSEWHERE)
             case RenewLease(revision=revision):

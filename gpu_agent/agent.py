@@ -49,11 +49,10 @@ from runtime.clock import Clock, MonotonicClock
 from runtime.cluster_config import AgentEntry, ClusterConfig
 from runtime.connect import connect_service, flush_ordered
 from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_back
-from runtime.services import register_service
 from runtime.kv import open_buckets, with_retries
+from runtime.services import register_service
 from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, slot_claim_decoder
 from schemas.control import encode as control_encode
-from schemas.status_report import AgentStatus, SlotStatus
 from schemas.plan import (
     REPORT_VERSION,
     AgentInfo,
@@ -65,6 +64,7 @@ from schemas.plan import (
     plan_decoder,
 )
 from schemas.status import Status, error_headers
+from schemas.status_report import AgentStatus, SlotStatus
 
 log = structlog.get_logger("gpu_agent")
 
@@ -303,13 +303,13 @@ class Agent:
                 received = await slot.queue.get()
                 try:
                     prepared = await self._prepare(slot, received)
-                except Exception:  # noqa: BLE001 - one bad plan must not stop the slot
+                except Exception:
                     log.exception("plan_failed", slot=slot.slot_id, stage="prepare")
                     failed = Outcome(received.plan, ReportStatus.FAILED, answer_all(
                         received.plan.requests, Status.INTERNAL, "internal error while preparing the batch"))
                     try:
                         await self._finish(slot, failed)
-                    except Exception:  # noqa: BLE001 - nor may answering it
+                    except Exception:
                         log.exception("plan_failed", slot=slot.slot_id, stage="reject")
                     continue
                 if prepared is not None:
@@ -382,7 +382,7 @@ class Agent:
             else:
                 outputs = await asyncio.get_running_loop().run_in_executor(
                     slot.executor, runner.run, prepared.inputs, len(requests))
-        except Exception:  # noqa: BLE001 - the batch fails, the slot goes on
+        except Exception:
             log.exception("plan_failed", slot=slot.slot_id, stage="execute", plan=plan.plan_id)
             answers = prepared.answers + answer_all(requests, Status.INTERNAL, "internal error while running the batch")
             return Outcome(plan, ReportStatus.FAILED, answers, waited_us=waited_us)

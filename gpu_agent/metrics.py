@@ -24,7 +24,8 @@ class AgentMetrics:
         self.padding_items = Counter("symphony_agent_padding_items",
                                      "Rows of padding run to reach the compiled bucket size", labels, registry=r)
         self.replies = Counter("symphony_agent_replies", "Replies sent, by status", ["model", "status"], registry=r)
-        self.expired_plans = Counter("symphony_agent_expired_plans", "Plans whose every request was past its deadline at start: not run",
+        self.expired_plans = Counter("symphony_agent_expired_plans",
+                                     "Plans whose every request was past its deadline at start: not run",
                                      ["slot"], registry=r)
         self.expired_items = Counter("symphony_agent_expired_items",
                                      "Requests past their deadline at start: answered 504, not run", ["slot"],

@@ -5,14 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from load.generator import OUTCOMES, Plan, SlotsSample, classify  # noqa: E402
-from load.sender import SendResult  # noqa: E402
+from load.generator import OUTCOMES, Plan, SlotsSample, classify
+from load.plots import finish, plt
+from load.sender import SendResult
 
 
 def summarize(plan: Plan, result: SendResult, slots: list[SlotsSample], config: dict, *,
@@ -107,7 +104,8 @@ def format_report(summary: dict) -> str:
         lat = m["latency_ms"]
         lines.append(
             f"| {m['model']} | {m['slo_ms']:g} | {m['offered']} | {m['ok']} | {m['late']} | {m['dropped']} | "
-            f"{m['rejected']} | {m['error']} | {m['noreply']} | {m['goodput_rps']:.1f} | {lat.get('p50', float('nan')):.1f} | "
+            f"{m['rejected']} | {m['error']} | {m['noreply']} | {m['goodput_rps']:.1f} | "
+            f"{lat.get('p50', float('nan')):.1f} | "
             f"{lat.get('p99', float('nan')):.1f} | {m['mean_batch']:.1f} | "
             f"{'VALID' if m['mlperf_valid'] else 'INVALID'} ({m['mlperf_p99_ms']:.1f}) |")
     t = summary["total"]
@@ -129,11 +127,7 @@ def _plot_cdf(plan: Plan, result: SendResult, path: Path) -> None:
     ax.set_xlabel("latency (ms), replies 200")
     ax.set_ylabel("fraction")
     ax.set_title("latency CDF per model (dotted: SLO)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path, ax, legend={})
 
 
 def _plot_over_time(summary: dict, path: Path) -> None:
@@ -143,11 +137,7 @@ def _plot_over_time(summary: dict, path: Path) -> None:
     ax.plot(ts["t_s"], ts["goodput_rps"], label="goodput (ok within SLO)")
     ax.set_xlabel("time (s, by send time)")
     ax.set_ylabel("requests / s")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path, ax, legend={})
 
 
 def _plot_batches(result: SendResult, path: Path) -> None:
@@ -158,25 +148,19 @@ def _plot_batches(result: SendResult, path: Path) -> None:
     ax.set_xlabel("batch size")
     ax.set_ylabel("batches")
     ax.set_title("batch sizes (from reply headers)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path)
 
 
 def _plot_slots(summary: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.2))
     if len(summary["slots"]) > 1:
-        t, _busy, owned, busy_s = (np.array(c) for c in zip(*summary["slots"]))
+        t, _busy, owned, busy_s = (np.array(c) for c in zip(*summary["slots"], strict=True))
         in_use = np.diff(busy_s) / np.maximum(np.diff(t), 1e-9)
         ax.step(t[1:], in_use, where="pre", label="slots in use (busy slot-s per s)")
         ax.step(t, owned, where="post", label="slots owned", linestyle="--")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("slots")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path, ax, legend={})
 
 
 def compare(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
@@ -189,7 +173,8 @@ def compare(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
             continue
         ratio = other["goodput_rps"] / m["goodput_rps"] if m["goodput_rps"] else float("nan")
         lines.append(f"| {m['model']} | {m['goodput_rps']:.1f} | {other['goodput_rps']:.1f} | {ratio:.3f} | "
-                     f"{m['latency_ms'].get('p99', float('nan')):.1f} | {other['latency_ms'].get('p99', float('nan')):.1f} | "
+                     f"{m['latency_ms'].get('p99', float('nan')):.1f} | "
+                     f"{other['latency_ms'].get('p99', float('nan')):.1f} | "
                      f"{m['bad_rate']:.2%} | {other['bad_rate']:.2%} |")
     ta, tb = a["total"], b["total"]
     lines.append(f"| TOTAL | {ta['goodput_rps']:.1f} | {tb['goodput_rps']:.1f} | "

@@ -12,8 +12,8 @@ import nats
 import numpy as np
 
 from runtime.client import SymphonyClient, default_nats_url
-from runtime.connect import connect_client
 from runtime.cluster_config import DEMO_CONFIG
+from runtime.connect import connect_client
 from runtime.nats_auth import OPS_SCALE_SUBJECT
 from schemas.model import validate_model_name
 
@@ -222,7 +222,8 @@ def _models(args: argparse.Namespace) -> int:
             for name in await client.models():
                 meta = await client.metadata(name)
                 ins = ", ".join(f"{t.name} {t.datatype}{t.shape}" for t in meta.inputs)
-                print(f"{name:<16} {meta.platform:<6} slo {meta.slo_ms:g} ms  max batch {meta.max_batch_size}  inputs: {ins}")
+                print(f"{name:<16} {meta.platform:<6} slo {meta.slo_ms:g} ms  max batch {meta.max_batch_size}  "
+                      f"inputs: {ins}")
         finally:
             await client.close()
         return 0
@@ -254,7 +255,8 @@ def _drain(args: argparse.Namespace) -> int:
 
     took = asyncio.run(drain_shard(default_nats_url(args.nats_url), args.shard, timeout_s=args.timeout,
                                    undo=args.undo, creds=args.creds))
-    print(f"{args.shard} undrained" if args.undo else f"{args.shard} drained in {took:.1f} s: it holds no models or slots")
+    drained = f"{args.shard} drained in {took:.1f} s: it holds no models or slots"
+    print(f"{args.shard} undrained" if args.undo else drained)
     return 0
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from load.demo import DEMO_RATES
 from runtime.client import InferResult, SymphonyClient
 from runtime.cluster import LocalCluster
 from runtime.cluster_config import DEMO_CONFIG
-from load.demo import DEMO_RATES
 from schemas.status import Status
 
 

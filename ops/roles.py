@@ -50,23 +50,24 @@ def agent_clock(environ: Mapping[str, str] = os.environ) -> MonotonicClock:
     return MonotonicClock(wall_offset_ns=int(offset_ms * 1e6))
 
 
+async def _serve(role: str, role_id: str, service, nats_url: str) -> None:  # noqa: ANN001 - any role's service
+    """Start the role's service, run until SIGINT/SIGTERM, then stop it cleanly."""
+    await service.start(nats_url)
+    await _until_signalled()
+    log.info(f"{role}_stopping", **{role: role_id})
+    await service.stop()
+
+
 async def run_agent(config_path: str, agent_id: str, nats_url: str) -> None:
     _configure()
     agent = Agent(_config(config_path), agent_id, clock=agent_clock())
     await asyncio.to_thread(agent.load)
-    await agent.start(nats_url)
-    await _until_signalled()
-    log.info("agent_stopping", agent=agent_id)
-    await agent.stop()
+    await _serve("agent", agent_id, agent, nats_url)
 
 
 async def run_shard(config_path: str, shard_id: str, nats_url: str) -> None:
     _configure()
-    shard = ShardService(_config(config_path), shard_id)
-    await shard.start(nats_url)
-    await _until_signalled()
-    log.info("shard_stopping", shard=shard_id)
-    await shard.stop()
+    await _serve("shard", shard_id, ShardService(_config(config_path), shard_id), nats_url)
 
 
 async def run_coordinator(config_path: str, coordinator_id: str, nats_url: str) -> None:
@@ -76,8 +77,4 @@ async def run_coordinator(config_path: str, coordinator_id: str, nats_url: str) 
     config = _config(config_path)
     if config.coordinator is None:
         raise ValueError(f"{config_path} has no [coordinator] section")
-    coordinator = Coordinator(config, coordinator_id)
-    await coordinator.start(nats_url)
-    await _until_signalled()
-    log.info("coordinator_stopping", coordinator=coordinator_id)
-    await coordinator.stop()
+    await _serve("coordinator", coordinator_id, Coordinator(config, coordinator_id), nats_url)

@@ -21,8 +21,8 @@ from pathlib import Path
 import nats
 
 from runtime.client import LOCAL_URL_FILE
-from runtime.connect import connect_client
 from runtime.cluster_config import ClusterConfig, load_cluster_config
+from runtime.connect import connect_client
 from runtime.nats_auth import CREDS_ENV, Auth, TlsFiles, deployment_for, forget_local, record_local
 from runtime.nats_server import NatsCluster, NatsServer
 

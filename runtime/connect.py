@@ -155,7 +155,7 @@ class _ReplyMux:
         try:
             await self.nc.publish(subject, payload, reply=f"{self.base}.{token}", headers=headers)
             msg = await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise nats.errors.TimeoutError from None
         finally:
             self.futures.pop(token, None)

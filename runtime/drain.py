@@ -7,8 +7,8 @@ import asyncio
 import time
 from pathlib import Path
 
-from runtime.kv import open_buckets, read_assignment, read_member
 from runtime.connect import connect_client
+from runtime.kv import open_buckets, read_assignment, read_member
 from runtime.nats_auth import Creds
 from schemas.limits import validate_identifier
 
@@ -31,7 +31,8 @@ async def drain_shard(url: str, shard_id: str, *, timeout_s: float = 60.0, forge
             beat = await read_member(buckets.members, f"shard.{shard_id}")
             named = assignment is not None and (shard_id in assignment.models.values()
                                                 or shard_id in assignment.slots.values())
-            holding = beat is not None and (bool(beat.models) or (assignment is not None and beat.epoch < assignment.epoch))
+            behind = assignment is not None and beat is not None and beat.epoch < assignment.epoch
+            holding = beat is not None and (bool(beat.models) or behind)
             if not named and not holding:
                 if forget:
                     await buckets.state.delete(f"drain.{shard_id}")

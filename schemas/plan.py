@@ -17,7 +17,6 @@ import msgspec
 from msgspec import Meta
 
 from schemas.codec import msgpack_decoder
-from schemas.model import ModelSpec
 from schemas.limits import (
     BATCH_SIZE_LIMIT,
     NAMES_MAX,
@@ -28,6 +27,7 @@ from schemas.limits import (
     ModelName,
     Version,
 )
+from schemas.model import ModelSpec
 
 # Client input the shard passes through untouched: bounded by what NATS can carry, never tighter
 # (schemas/limits.py). The shard checks the content type against the two it accepts.

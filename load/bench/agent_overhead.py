@@ -13,9 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-import msgspec
 import nats
-import numpy as np
 
 from gpu_agent.agent import Agent
 from runtime.cluster_config import ClusterConfig, load_cluster_config
@@ -109,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     median = sorted(r["ratio"] for r in rows)[len(rows) // 2]
     result = {"model": args.model, "batch": args.batch, "rounds": rows, "median_ratio": median}
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    print(f"{args.model} batch {args.batch}: median ratio agent/direct {median:.3f} (target >= 0.9); best {best['ratio']:.3f}")
+    print(f"{args.model} batch {args.batch}: median ratio agent/direct {median:.3f} (target >= 0.9); "
+          f"best {best['ratio']:.3f}")
     return 0
 
 

@@ -17,6 +17,7 @@ from load.schedule import build_schedule
 from load.sim.kernel import SimOptions, model_configs, run_policy
 from load.workload import LoadedWorkload, ModelWorkload, Segment, Workload
 from schemas.profile import profile_from_sleep_spec
+from shard.core.actions import Step
 from shard.core.policies import make_policy
 
 
@@ -64,7 +65,7 @@ class _Recorder:
         self.deadline_margin_ns = policy.deadline_margin_ns
         self.events: list[tuple[object, int]] = []
 
-    def handle(self, event, now_ns: int):  # noqa: ANN001, ANN201
+    def handle(self, event, now_ns: int) -> Step:  # noqa: ANN001
         self.events.append((event, now_ns))
         return self.policy.handle(event, now_ns)
 

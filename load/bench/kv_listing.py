@@ -85,7 +85,8 @@ async def measure(seconds: float, members: int, period_s: float, ttl_s: float, e
     finally:
         server.stop()
     return {"seconds": seconds, "members": members, "period_s": period_s, "ttl_s": ttl_s, "looks": looks,
-            "listing_short": listing_short, "listing_failed": listing_failed, "listing_sizes": dict(sorted(sizes.items())), "view_short": view_short}
+            "listing_short": listing_short, "listing_failed": listing_failed,
+            "listing_sizes": dict(sorted(sizes.items())), "view_short": view_short}
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import msgspec
 import numpy as np
 
 from load.schedule import build_schedule
@@ -79,7 +78,7 @@ async def run_live(workload_name: str, scale: float, out: Path) -> dict:
         "bad_rate": 1 - np.count_nonzero(success & window) / np.count_nonzero(window),
         "unanswered": int(np.count_nonzero(result.status == 0)),
         "duplicates": result.duplicates,
-        "statuses": {str(k): int(v) for k, v in zip(*np.unique(result.status, return_counts=True))},
+        "statuses": {str(k): int(v) for k, v in zip(*np.unique(result.status, return_counts=True), strict=True)},
         "p99_latency_ms": float(np.nanpercentile(result.latency_s, 99) * 1000),
         "sender_lag_p99_ms": float(np.nanpercentile(result.lag_s, 99) * 1000),
         "mean_batch": float(result.batch_size[result.status == 200].mean()),
@@ -94,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sim = run_report(load_workload(args.workload), "symphony-plus", SimOptions(scale=args.scale, core=live_core_config()))
+    options = SimOptions(scale=args.scale, core=live_core_config())
+    sim = run_report(load_workload(args.workload), "symphony-plus", options)
     live = asyncio.run(run_live(args.workload, args.scale, out))
     ratio = live["goodput_rps"] / sim.goodput_rps if sim.goodput_rps else 0.0
     results = {"workload": args.workload, "scale": args.scale, "live": live,

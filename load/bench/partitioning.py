@@ -18,16 +18,11 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import msgspec  # noqa: E402
-
-from load.bound import analytic_bound  # noqa: E402
-from load.sim.kernel import SimOptions, simulate  # noqa: E402
-from load.sim.search import capacity  # noqa: E402
-from load.workload import load_workload  # noqa: E402
+from load.bound import analytic_bound
+from load.plots import finish, plt
+from load.sim.kernel import SimOptions, simulate
+from load.sim.search import capacity
+from load.workload import load_workload
 
 
 def _capacity(workload: str, shards: int, policy: str, quotas: str) -> dict:
@@ -65,11 +60,7 @@ def tracking(scale: float, epoch_s: float, shards: int, out: Path) -> dict:
     ax.set_xlabel("time (s)")
     ax.set_ylabel("slots")
     ax.set_title(f"steps at scale {scale:g}: {shards} shards, epoch {epoch_s:g} s")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "tracking.png", dpi=110)
-    plt.close(fig)
+    finish(fig, out / "tracking.png", ax, legend={})
     return {"scale": scale, "epoch_s": epoch_s, "shards": shards, "samples": samples,
             "bad_rate": sum(1 for o in run.outcome if o != 1) / len(run.outcome)}
 
@@ -98,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             r["quotas"] = "-"
     track = tracking(scale=2.5, epoch_s=5.0, shards=2, out=out)
     (out / "results.json").write_text(json.dumps({"capacity": rows, "tracking": track}, indent=1))
-    print("| shards | slot quotas | capacity scale | of bound | vs 1 shard | worst model @cap |\n|---|---|---|---|---|---|")
+    print("| shards | slot quotas | capacity scale | of bound | vs 1 shard | worst model @cap |\n"
+          "|---|---|---|---|---|---|")
     for r in sorted(rows, key=lambda r: (r["shards"], r["quotas"])):
         vs = f"{r['vs_one_shard']:.3f}" if r["vs_one_shard"] else "-"
         print(f"| {r['shards']} | {r['quotas']} | {r['capacity_scale']:.3f} | {r['of_bound']:.3f} | "

@@ -139,7 +139,7 @@ async def shard(url: str, mode: str, meter: Meter, errors: list[str]) -> nats.NA
         batch_id, result = msgspec.msgpack.decode(msg.data)
         subjects = inflight.pop(batch_id)
         if mode == "b":  # the msg.respond() of each request, from the one message that carries them all
-            for reply, body in zip(subjects, result):
+            for reply, body in zip(subjects, result, strict=True):
                 await nc.publish(reply, body, headers=REPLY_HEADERS)
         meter.done(len(subjects))
 

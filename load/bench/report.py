@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from load.plots import finish, plt
 
 BASELINES = ("eager", "triton", "clockwork", "shepherd", "shepherd-fixed", "nexus", "nexus-warm")
 OURS = ("symphony", "symphony-plus")
@@ -82,16 +79,12 @@ def plot_goodput(results: list[dict], workload: str, path: Path) -> None:
     ax.set_xlabel("offered load (x bound scale)")
     ax.set_ylabel("goodput (requests within SLO per s)")
     ax.set_title(f"{workload}: goodput vs offered load (scales {offered[0]:.2f}..{offered[-1]:.2f})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path, ax, legend={"ncol": 2})
 
 
 def plot_busy(results: list[dict], workloads: list[str], path: Path) -> None:
     fig, axes = plt.subplots(1, len(workloads), figsize=(4.5 * len(workloads), 4), squeeze=False)
-    for ax, workload in zip(axes[0], workloads):
+    for ax, workload in zip(axes[0], workloads, strict=True):
         rows = _by(results, workload)
         names = list(rows)
         busy = [_point(rows[p], 0.5)["busy_slots"] for p in names]
@@ -101,9 +94,7 @@ def plot_busy(results: list[dict], workloads: list[str], path: Path) -> None:
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
         ax.set_title(f"{workload}: busy slots at 0.5x bound")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path)
 
 
 def write_report(payload: dict, out: Path) -> str:
@@ -124,7 +115,8 @@ def write_report(payload: dict, out: Path) -> str:
             lines += target_lines(results, workload, policy)
     if payload.get("core_costs"):
         lines += ["", "### Core cost (best of alternating rounds)", "",
-                  "| case | requests | core req/CPU-s | core us/request | whole sim req/CPU-s |", "|---|---|---|---|---|"]
+                  "| case | requests | core req/CPU-s | core us/request | whole sim req/CPU-s |",
+                  "|---|---|---|---|---|"]
         for c in payload["core_costs"]:
             lines.append(f"| {c['label']} | {c['requests']} | {c['core_requests_per_cpu_s']:,.0f} | "
                          f"{c['core_us_per_request']:.2f} | {c['sim_requests_per_cpu_s']:,.0f} |")

@@ -54,11 +54,11 @@ import numpy as np
 from load.arrivals import ArrivalProcess, segment_arrivals_s
 from load.bench.soak_epochs import EpochWatch
 from load.bench.soak_report import format_summary, plot_soak, summarize
+from load.demo import DEMO_RATES
 from load.generator import request_bodies
 from load.sender import SendResult, send_schedule
 from runtime.cluster import LocalCluster
 from runtime.cluster_config import DEMO_CONFIG
-from load.demo import DEMO_RATES
 from schemas.status import CONTENT_MSGPACK
 
 # Scale of DEMO_RATES at capacity, from `python -m load.bench.soak --probe` on the 2-core

@@ -22,8 +22,8 @@ import nats
 import structlog
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from runtime.kv import open_bucket
 from runtime.connect import connect_client
+from runtime.kv import open_bucket
 from schemas.control import ASSIGNMENT_KEY, STATE_BUCKET, Assignment, assignment_decoder
 
 log = structlog.get_logger("soak")

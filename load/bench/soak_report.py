@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from load.generator import OUTCOMES, classify  # noqa: E402
+from load.generator import OUTCOMES, classify
+from load.plots import finish, plt
 
 LAG_P99_MS_MAX = 5.0  # load/live_report.py's limit: a sender later than this fell behind
 
@@ -25,7 +22,7 @@ def _counts(status: np.ndarray, outcome: np.ndarray, latency_ms: np.ndarray, slo
     done = latency_ms[status == 200]
     row = {"sent": sent, "ok_in_slo": ok, "ok_in_slo_fraction": ok / sent if sent else None,
            "ok_late": int(np.count_nonzero(outcome == OUTCOMES.index("late"))),
-           "statuses": {str(int(c)): int(n) for c, n in zip(codes, counts)},
+           "statuses": {str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)},
            "unanswered": int(np.count_nonzero(status == 0)),
            "latency_ms": {f"p{p:g}": float(np.percentile(done, p)) for p in (50, 99, 99.9)} if done.size else {}}
     if slo_ms is not None:
@@ -112,9 +109,7 @@ def plot_soak(ledger: dict[str, np.ndarray], models: list[str], slo_ms: list[flo
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish(fig, path)
 
 
 def _epoch_kind(record: dict) -> str:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(w, label) for label in chosen for w in workloads]
     jobs.sort(key=lambda j: j[0] != "many-model")
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(_one, *zip(*[(w, label, table[label]) for w, label in jobs])))
+        rows = list(pool.map(_one, *zip(*[(w, label, table[label]) for w, label in jobs], strict=True)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for w in workloads:
             row = next(r for r in rows if r["workload"] == w and r["variant"] == label)
-            cells.append(f"{row['capacity_scale']:.3f} ({row['of_bound']:.3f}; worst {row['worst_model_bad_rate']:.1%})")
+            cells.append(f"{row['capacity_scale']:.3f} ({row['of_bound']:.3f}; "
+                         f"worst {row['worst_model_bad_rate']:.1%})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)

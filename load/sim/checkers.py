@@ -107,6 +107,6 @@ class Checker:
         self.finished[rid] = 1
 
     def at_end(self) -> None:
-        missing = [i for i, (a, f) in enumerate(zip(self.arrived, self.finished)) if a and not f]
+        missing = [i for i, (a, f) in enumerate(zip(self.arrived, self.finished, strict=True)) if a and not f]
         if missing:
             self.fail(f"{len(missing)} requests never left the scheduler, e.g. {missing[:5]}")

@@ -262,7 +262,8 @@ def format_run(report: SimReport) -> str:
     )
     if report.timing:
         lines.append(
-            f"cpu {report.timing['cpu_s']:.2f} s, {report.timing['requests_per_cpu_s']:,.0f} simulated requests per CPU-second"
+            f"cpu {report.timing['cpu_s']:.2f} s, "
+            f"{report.timing['requests_per_cpu_s']:,.0f} simulated requests per CPU-second"
         )
     return "\n".join(lines)
 
@@ -277,7 +278,8 @@ def format_comparison(result: Comparison) -> str:
     ]
     for row in result.rows:
         cap, mins = row.capacity, row.min_slots
-        vs_eager = cap.capacity_scale / eager.capacity.capacity_scale if eager and eager.capacity.capacity_scale else float("nan")
+        eager_scale = eager.capacity.capacity_scale if eager else 0.0
+        vs_eager = cap.capacity_scale / eager_scale if eager_scale else float("nan")
         slots = "-" if mins.min_slots is None else str(mins.min_slots)
         slots_vs = (
             f"{mins.min_slots / eager.min_slots.min_slots:.2f}"

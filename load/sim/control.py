@@ -17,8 +17,7 @@ from coordinator.core import CoordinatorTiming
 from coordinator.epoch import ModelSettings
 from load.sim.control_actors import CLAIM_TIMEOUT_NS, SimAgent, SimCoordinator, SimShard
 from load.sim.control_checks import Checker
-from load.sim.control_kv import MS, S, Anomalies, Sim, SimKV
-
+from load.sim.control_kv import MS, Anomalies, S, Sim, SimKV
 
 
 class ControlCase(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,7 +65,7 @@ class World:
         self._membership = self._ground_truth()
         for at_ns, kind in case.faults:
             self.sim.at(at_ns, lambda kind=kind: self.fault(kind))
-        for start, end in case.anomalies.outages:
+        for _start, end in case.anomalies.outages:
             self.sim.at(end, lambda: self.checker.membership_changed(self.sim.now_ns))
         self._sample()
 
@@ -140,10 +139,12 @@ class World:
             "shard_crash": (alive_shards, lambda n: self.shards[n].crash()),
             "shard_leave": (alive_shards, lambda n: self.shards[n].leave()),
             "shard_start": (dead_shards, lambda n: self.shards[n].start()),
-            "shard_pause": (self.live_shards(), lambda n: self.shards[n].pause(rng.randrange(2 * timing.heartbeat_ttl_ns))),
+            "shard_pause": (self.live_shards(),
+                            lambda n: self.shards[n].pause(rng.randrange(2 * timing.heartbeat_ttl_ns))),
             "agent_crash": (self.live_agents(), lambda n: self.agents[n].crash()),
             "agent_start": ([n for n, p in self.agents.items() if not p.alive], lambda n: self.agents[n].start()),
-            "agent_pause": (self.live_agents(), lambda n: self.agents[n].pause(rng.randrange(2 * timing.heartbeat_ttl_ns))),
+            "agent_pause": (self.live_agents(),
+                            lambda n: self.agents[n].pause(rng.randrange(2 * timing.heartbeat_ttl_ns))),
             "coordinator_crash": ([n for n, p in self.coordinators.items() if p.alive],
                                   lambda n: self.coordinators[n].crash()),
             "coordinator_start": ([n for n, p in self.coordinators.items() if not p.alive],

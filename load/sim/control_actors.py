@@ -10,33 +10,11 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from coordinator.core import (
-    AssignmentRead,
-    AssignmentSeen,
-    AssignmentWritten,
-    Command,
-    CoordinatorCore,
-    DrainUpdate,
-    Event,
-    LeaseOutcome,
-    LeaseResult,
-    MemberRead,
-    MemberUpdate,
-    Note,
-    ReadAssignment,
-    ReadMember,
-    ReleaseLease,
-    RenewLease,
-    RestartWatches,
-    TakeLease,
-    Tick,
-    WriteAssignment,
-    WriteOutcome,
-)
+from coordinator import core
 from coordinator.membership import ReadOutcome
 from coordinator.placement import PlacementConfig
 from gpu_agent.fencing import SlotOwner, decide_claim
-from load.sim.control_kv import MS, S, Entry, KVError, NotFound, WrongLast
+from load.sim.control_kv import MS, Entry, KVError, NotFound, S, WrongLast
 from schemas.control import AgentHeartbeat, AgentSlot, Assignment, ModelLoad, ShardHeartbeat
 from shard.core.config import CoreConfig
 from shard.core.ownership import AddModel, ClaimSlot, Holding, apply_step, plan_release, plan_transition
@@ -108,18 +86,18 @@ class SimCoordinator(Process):
         w = self.world
         self.alive = True
         self.incarnation += 1
-        self.core = CoordinatorCore(self.name, w.case.models, w.case.timing, core=CoreConfig(),
+        self.core = core.CoordinatorCore(self.name, w.case.models, w.case.timing, core=CoreConfig(),
                                     placement=PlacementConfig(), now_ns=w.sim.now_ns)
         self.watches: list = []
         self._restart_watches()
-        self.every(TICK_NS, lambda: self.feed(Tick()))
+        self.every(TICK_NS, lambda: self.feed(core.Tick()))
 
     def crash(self) -> None:
         self.alive = False
         for watch in self.watches:
             watch.stop()
 
-    def feed(self, event: Event) -> None:
+    def feed(self, event: core.Event) -> None:
         for command in self.core.handle(event, self.world.sim.now_ns):
             self.execute(command)
 
@@ -130,38 +108,38 @@ class SimCoordinator(Process):
         members, state = self.world.kv.buckets["members"], self.world.kv.buckets["state"]
 
         def on_member(entry: Entry | None, key: str) -> None:
-            event = MemberUpdate(key=key, heartbeat=entry.value if entry else None,
+            event = core.MemberUpdate(key=key, heartbeat=entry.value if entry else None,
                                  revision=entry.revision if entry else 0)
             self.arrive(incarnation, lambda: self.feed(event))
 
         def on_state(entry: Entry | None, key: str) -> None:
-            event: Event | None = None
+            event: core.Event | None = None
             if key.startswith("drain."):
-                event = DrainUpdate(shard=key.split(".", 1)[1], draining=entry is not None)
+                event = core.DrainUpdate(shard=key.split(".", 1)[1], draining=entry is not None)
             elif key == "assignment" and entry is not None:
-                event = AssignmentSeen(assignment=entry.value)
+                event = core.AssignmentSeen(assignment=entry.value)
             if event is not None:
                 self.arrive(incarnation, lambda: self.feed(event))
 
         self.watches = [members.watch(on_member), state.watch(on_state)]
 
-    def execute(self, command: Command) -> None:
+    def execute(self, command: core.Command) -> None:
         buckets = self.world.kv.buckets
         match command:
-            case Note(event=event, fields=fields):
+            case core.Note(event=event, fields=fields):
                 self.world.checker.note(event)
                 self.world.log(f"{self.name} {event} {fields if fields else ''}")
-            case RestartWatches():
+            case core.RestartWatches():
                 self._restart_watches()
-            case TakeLease():
+            case core.TakeLease():
                 self.kv(lambda: buckets["leader"].create("leader", self.name), self._lease_done)
-            case RenewLease(revision=revision):
+            case core.RenewLease(revision=revision):
                 self.kv(lambda: buckets["leader"].update("leader", self.name, revision), self._lease_done)
-            case ReleaseLease(revision=revision):
+            case core.ReleaseLease(revision=revision):
                 self.kv(lambda: buckets["leader"].delete("leader", revision), lambda _r, _e: None)
-            case ReadMember(key=key):
+            case core.ReadMember(key=key):
                 self.kv(lambda: buckets["members"].get(key), lambda r, e: self.feed(_member_read(key, r, e)))
-            case ReadAssignment(shards=shards):
+            case core.ReadAssignment(shards=shards):
                 def read() -> tuple:
                     state = buckets["state"]
                     drains = frozenset(s for s in shards if f"drain.{s}" in state.entries)
@@ -170,46 +148,46 @@ class SimCoordinator(Process):
                     except NotFound:
                         return None, drains
                 self.kv(read, lambda r, e: self.feed(_assignment_read(r, e)))
-            case WriteAssignment(assignment=new, revision=revision):
+            case core.WriteAssignment(assignment=new, revision=revision):
                 def write() -> int:
                     state = buckets["state"]
                     written = state.update("assignment", new, revision) if revision else state.create("assignment", new)
                     self.world.checker.assignment_written(self.world, new)
                     return written
-                self.kv(write, lambda r, e: self.feed(AssignmentWritten(outcome=_write_outcome(e))))
+                self.kv(write, lambda r, e: self.feed(core.AssignmentWritten(outcome=_write_outcome(e))))
             case _:
                 raise AssertionError(f"unknown command {command!r}")
 
     def _lease_done(self, revision: int | None, error: Exception | None) -> None:
         if isinstance(error, KVError):
-            self.feed(LeaseResult(outcome=LeaseOutcome.FAILED))
+            self.feed(core.LeaseResult(outcome=core.LeaseOutcome.FAILED))
         elif error is not None:
-            self.feed(LeaseResult(outcome=LeaseOutcome.TAKEN_ELSEWHERE))
+            self.feed(core.LeaseResult(outcome=core.LeaseOutcome.TAKEN_ELSEWHERE))
         else:
-            self.feed(LeaseResult(outcome=LeaseOutcome.HELD, revision=revision))
+            self.feed(core.LeaseResult(outcome=core.LeaseOutcome.HELD, revision=revision))
 
 
-def _member_read(key: str, entry: Entry | None, error: Exception | None) -> MemberRead:
+def _member_read(key: str, entry: Entry | None, error: Exception | None) -> core.MemberRead:
     if isinstance(error, NotFound):
-        return MemberRead(key=key, outcome=ReadOutcome.NOT_FOUND)
+        return core.MemberRead(key=key, outcome=ReadOutcome.NOT_FOUND)
     if error is not None:
-        return MemberRead(key=key, outcome=ReadOutcome.FAILED)
-    return MemberRead(key=key, outcome=ReadOutcome.FOUND, heartbeat=entry.value, revision=entry.revision)
+        return core.MemberRead(key=key, outcome=ReadOutcome.FAILED)
+    return core.MemberRead(key=key, outcome=ReadOutcome.FOUND, heartbeat=entry.value, revision=entry.revision)
 
 
-def _assignment_read(result: tuple | None, error: Exception | None) -> AssignmentRead:
+def _assignment_read(result: tuple | None, error: Exception | None) -> core.AssignmentRead:
     if error is not None:
-        return AssignmentRead(assignment=None, revision=0, failed=True)
+        return core.AssignmentRead(assignment=None, revision=0, failed=True)
     entry, drains = result
     if entry is None:
-        return AssignmentRead(assignment=None, revision=0, drains=drains)
-    return AssignmentRead(assignment=entry.value, revision=entry.revision, drains=drains)
+        return core.AssignmentRead(assignment=None, revision=0, drains=drains)
+    return core.AssignmentRead(assignment=entry.value, revision=entry.revision, drains=drains)
 
 
-def _write_outcome(error: Exception | None) -> WriteOutcome:
+def _write_outcome(error: Exception | None) -> core.WriteOutcome:
     if error is None:
-        return WriteOutcome.WRITTEN
-    return WriteOutcome.RACED if isinstance(error, WrongLast) else WriteOutcome.FAILED
+        return core.WriteOutcome.WRITTEN
+    return core.WriteOutcome.RACED if isinstance(error, WrongLast) else core.WriteOutcome.FAILED
 
 
 class SimShard(Process):

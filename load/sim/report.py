@@ -99,7 +99,7 @@ def summarize(run: SimRun, workload_name: str, bound: Bound, *, timing: bool = F
         total=total,
         models=models,
         mean_batch_size=float(sizes.mean()) if len(sizes) else 0.0,
-        batch_size_histogram={int(v): int(f) for v, f in zip(values, freq)},
+        batch_size_histogram={int(v): int(f) for v, f in zip(values, freq, strict=True)},
         slot_busy_fraction=busy_slots / run.slots if run.slots else 0.0,
         busy_slots=busy_slots,
         needed_slots=bound.needed_slots(schedule.scale),

@@ -301,7 +301,8 @@ class SymphonyPolicy:
             latest = invalid_after - self._jitter_ns
             if self._frontrun_mode:
                 condition = deadline - self._jitter_ns - exec_ns[batch_size + 1] - data_ns
-                if self._early and condition > earliest and self._dispatch_early(model, batch_size, target, earliest, now_ns):
+                if (self._early and condition > earliest
+                        and self._dispatch_early(model, batch_size, target, earliest, now_ns)):
                     condition = earliest  # Symphony+: run now on an idle slot instead of waiting
             else:
                 condition = self._condition(model, deadline, batch_size, target, earliest, latest)

@@ -28,7 +28,8 @@ def estimate_target_batch_size(
         return max(1, fail_b - 1)
     if rate_rps <= 0:
         return 1
-    fail_b2 = _first_true(2, latency.batch_size_max + 1, lambda b: _phase2_fails(latency, b, budget_s, data_s, rate_rps))
+    fail_b2 = _first_true(2, latency.batch_size_max + 1,
+                          lambda b: _phase2_fails(latency, b, budget_s, data_s, rate_rps))
     return fail_b2 - 1
 
 

@@ -37,7 +37,7 @@ class FastHistogram:
 
     def buckets(self) -> list[tuple[str, int]]:
         cumulative, out = 0, []
-        for bound, count in zip([*map(str, self.bounds), "+Inf"], self.counts):
+        for bound, count in zip([*map(str, self.bounds), "+Inf"], self.counts, strict=True):
             cumulative += count
             out.append((bound, cumulative))
         return out
@@ -105,15 +105,16 @@ class _Collector(Collector):
 
     def collect(self) -> Iterator:
         m = self.m
-        yield _counter("symphony_shard_requests_received", "Requests received", {(k,): v for k, v in m.received.items()},
-                       ["model"])
+        yield _counter("symphony_shard_requests_received", "Requests received",
+                       {(k,): v for k, v in m.received.items()}, ["model"])
         yield _counter("symphony_shard_requests", "Requests leaving the shard, by outcome: dispatched (in a batch), "
                        "dropped (504), rejected (413/429), bad_request (400), unavailable (503), lost (slot lost), "
                        "handed_back (moved), expired (past its deadline on arrival, 504), duplicate (a repeated "
                        "id within its deadline, not answered again), unknown (in a plan sent before a lost "
                        "connection: not answered by the shard)",
                        dict(m.outcomes), ["model", "outcome"])
-        yield _counter("symphony_shard_requests_succeeded", "Requests agents answered 200 (nv_inference_request_success)",
+        yield _counter("symphony_shard_requests_succeeded",
+                       "Requests agents answered 200 (nv_inference_request_success)",
                        {(k,): v for k, v in m.succeeded.items()}, ["model"])
         yield _counter("symphony_shard_requests_failed", "Requests agents answered with an error (bad input, expired)",
                        {(k,): v for k, v in m.failed.items()}, ["model"])

@@ -21,6 +21,7 @@ import nats
 import structlog
 from nats.aio.msg import Msg
 
+from runtime.clock import MonotonicClock
 from runtime.cluster_config import ClusterConfig, ShardEntry
 from runtime.connect import connect_service, creds_of, flush_ordered
 from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_back
@@ -45,7 +46,6 @@ from shard.core.events import (
     SlotRemoved,
 )
 from shard.core.policies import DEFAULT_POLICY, make_policy
-from runtime.clock import MonotonicClock
 from shard.core.policy import ModelStats, Policy
 from shard.service.clock import WakeTimer
 from shard.service.metrics import ShardMetrics

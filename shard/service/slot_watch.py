@@ -15,8 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable
 import nats
 import structlog
 
-from schemas.status import Status
 from runtime.clock import MonotonicClock
+from schemas.status import Status
 from shard.service.metrics import ShardMetrics
 from shard.service.publish import InFlight, reply_error
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from runtime.kv import open_buckets, read_assignment
 from load.sender import send_schedule
 from runtime.cluster import LocalCluster
 from runtime.connect import connect_client
+from runtime.kv import open_buckets, read_assignment
 
 pytestmark = pytest.mark.asyncio
 
@@ -58,14 +58,14 @@ BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'
 MODELS = ["resnet_sleep", "fast_sleep", "bert_sleep"]
 
 
-async def steady_load(url: str, seconds: float, rate: float = 300.0):  # noqa: ANN201
+async def steady_load(url: str, seconds: float, rate: float = 300.0):
     n = int(seconds * rate)
     subjects = [f"symphony.infer.{MODELS[i % 3]}" for i in range(n)]
     return await send_schedule(url, np.arange(n) / rate, subjects, [BODY] * n, drain_s=4.0)
 
 
 @pytest_asyncio.fixture
-async def cluster(tmp_path: Path):  # noqa: ANN201
+async def cluster(tmp_path: Path):
     path = tmp_path / "cluster.toml"
     path.write_text(CONFIG)
     local = LocalCluster(path, log_dir=tmp_path / "logs")
@@ -84,7 +84,7 @@ async def test_scaling_1_3_2_shards_under_load_answers_every_request_once(cluste
     result, _ = await asyncio.gather(steady_load(cluster.url, 12.0), scale())
     assert result.duplicates == 0
     assert np.count_nonzero(result.status == 0) == 0, "a request went unanswered"
-    statuses = dict(zip(*np.unique(result.status, return_counts=True)))
+    statuses = dict(zip(*np.unique(result.status, return_counts=True), strict=True))
     # Moves cost a few SLO drops on 2 shared cores; the contract is one reply each, checked above.
     assert statuses.get(200, 0) >= 0.95 * len(result.status), statuses
     assignment = await _assignment(cluster.url)
@@ -141,7 +141,7 @@ async def test_a_killed_leader_is_replaced(cluster: LocalCluster) -> None:
     assert "shard-1" in assignment.models.values()
 
 
-async def _assignment(url: str):  # noqa: ANN202
+async def _assignment(url: str):
     nc = await connect_client(url, "test", user="operator")  # reading KV is the operator's
     try:
         buckets = await open_buckets(nc, heartbeat_ttl_s=1.5, lease_s=1.5)
@@ -209,7 +209,7 @@ async def test_three_server_nats_cluster_keeps_serving_when_a_server_dies(tmp_pa
         result = await load
         assert result.duplicates == 0
         late_half = result.sent_s >= 6.0  # well after the kill: everything must be served again
-        late = dict(zip(*np.unique(result.status[late_half], return_counts=True)))
+        late = dict(zip(*np.unique(result.status[late_half], return_counts=True), strict=True))
         assert np.count_nonzero(result.status[late_half] == 200) >= 0.95 * np.count_nonzero(late_half), (
             f"late-half statuses {late}; warnings:\n{_warnings(tmp_path / 'logs')}")
         unanswered = int(np.count_nonzero(result.status == 0))

@@ -28,7 +28,8 @@ def table(reports: list[FaultReport]) -> str:
         rows.append(f"| {r.fault} | {r.load:.0%} | {r.sent} | {o.get('200', 0)} | {o.get('503', 0)} | "
                     f"{o.get('504', 0)} | {o.get('429', 0)} | {r.duplicates} | {where} | {_opt(r.detect_s)} | "
                     f"{_opt(r.recover_s)} | {r.expired_device_s:.2f} | {r.expired_not_run} | {r.withheld_plans} | "
-                    f"{'yes' if r.kv_members_live else 'NO'} | {'yes' if r.passed else 'NO: ' + '; '.join(r.problems)} |")
+                    f"{'yes' if r.kv_members_live else 'NO'} | "
+                    f"{'yes' if r.passed else 'NO: ' + '; '.join(r.problems)} |")
     return "\n".join(rows)
 
 
@@ -46,7 +47,7 @@ def plot(reports: list[FaultReport], path: Path) -> None:
     cols = 3
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=True):
         for r in (r for r in reports if r.fault == name):
             ax.plot([k * BIN_S for k in range(len(r.goodput_bins))], r.goodput_bins, label=f"{r.load:.0%}")
             ax.axvspan(r.fault_at_s, max(r.heal_at_s, r.fault_at_s + 0.1), color="red", alpha=0.08)

@@ -18,11 +18,11 @@ import msgspec
 import nats
 import numpy as np
 
-from runtime.kv import open_buckets, read_assignment, list_members
 from load.bound import best_batch
 from load.sender import SendResult, send_schedule
 from runtime.cluster import LocalCluster
 from runtime.connect import connect_options, resolve_creds, server_list
+from runtime.kv import list_members, open_buckets, read_assignment
 from runtime.nats_server import free_port
 from schemas.profile import profile_from_sleep_spec
 from shard.core.config import CoreConfig
@@ -106,7 +106,7 @@ class Run:
 
     nc: nats.NATS | None = None  # the harness's own connection (operator), reconnecting forever
 
-    async def assignment(self):  # noqa: ANN201
+    async def assignment(self):
         buckets = await open_buckets(self.nc, heartbeat_ttl_s=1.5, lease_s=1.5)
         assignment, _ = await read_assignment(buckets.state)
         return assignment
@@ -296,7 +296,7 @@ def _report(fault: Fault, load: float, rate: float, fault_at_s: float, heal_at_s
     window = (float(times[unanswered].min()), float(times[unanswered].max())) if unanswered.size else None
     report = FaultReport(
         fault=fault.name, load=load, rate_rps=round(rate, 1), fault_at_s=fault_at_s, heal_at_s=heal_at_s,
-        sent=len(times), outcomes={str(int(c)): int(n) for c, n in zip(codes, counts)},
+        sent=len(times), outcomes={str(int(c)): int(n) for c, n in zip(codes, counts, strict=True)},
         duplicates=int(np.count_nonzero(result.replies > 1)), unanswered=int(unanswered.size),
         unanswered_window_s=window, unanswered_where=run.notes.get("victim", ""),
         detect_s=None if detect_s is None else round(detect_s, 2),

@@ -11,8 +11,8 @@ import asyncio
 import nats
 import pytest
 
-from runtime.kv import open_buckets, read_assignment, list_members, undecodable
 from load.bench.bad_input import VALID, Expect, corpus, report, run_corpus, still_serving
+from runtime.kv import list_members, open_buckets, read_assignment, undecodable
 from schemas.control import ASSIGNMENT_KEY, ShardHeartbeat, encode
 from tests.integration.conftest import SLEEP_CONFIG, running_cluster
 

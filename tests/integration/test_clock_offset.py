@@ -26,14 +26,14 @@ BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'
 MS = 1_000_000
 
 
-async def send_and_count(nc, total: int = 200,  # noqa: ANN001
+async def send_and_count(nc, total: int = 200,
                          rate: float = 400.0) -> tuple[Counter[str], Counter[tuple[str, str]]]:
     """Open loop to resnet_sleep; replies per request, and per (status, reason), once all are in."""
     replies: Counter[str] = Counter()
     outcomes: Counter[tuple[str, str]] = Counter()
     inbox = nc.new_inbox()
 
-    async def on_reply(msg) -> None:  # noqa: ANN001
+    async def on_reply(msg) -> None:
         replies[msg.subject] += 1
         outcomes[msg.headers.get(HEADER_STATUS, "?"), msg.headers.get(HEADER_REASON, "")] += 1
 
@@ -91,7 +91,7 @@ async def test_an_agent_clock_ahead_past_the_slot_grace_withholds_every_plan_and
         assert shards[0].metrics.outcomes[("resnet_sleep", "lost")] == 200
 
 
-async def run_one_late_plan(url: str, tmp_path, offset_ms: int) -> tuple[ReportStatus, list[str]]:  # noqa: ANN001
+async def run_one_late_plan(url: str, tmp_path, offset_ms: int) -> tuple[ReportStatus, list[str]]:
     """This test as the shard: one plan whose lost moment passed 50 ms ago (its shard may have
     answered it already) to an agent `offset_ms` off; the report's status and the replies."""
     path = tmp_path / "cluster.toml"
@@ -103,10 +103,10 @@ async def run_one_late_plan(url: str, tmp_path, offset_ms: int) -> tuple[ReportS
     reports: asyncio.Queue[ReportStatus] = asyncio.Queue()
     replies: list[str] = []
 
-    async def on_report(msg) -> None:  # noqa: ANN001
+    async def on_report(msg) -> None:
         await reports.put(report_decoder.decode(msg.data).status)
 
-    async def on_reply(msg) -> None:  # noqa: ANN001
+    async def on_reply(msg) -> None:
         replies.append(msg.headers.get(HEADER_STATUS, "?"))
 
     try:

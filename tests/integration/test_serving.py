@@ -18,13 +18,13 @@ from tests.integration.conftest import JAX_CONFIG, SLEEP_CONFIG, running_cluster
 pytestmark = pytest.mark.asyncio
 
 
-async def reply_ledger(nc) -> tuple[str, Counter[str], Counter[str]]:  # noqa: ANN001
+async def reply_ledger(nc) -> tuple[str, Counter[str], Counter[str]]:
     """One wildcard inbox that counts replies per request subject and per status."""
     replies: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
     inbox = nc.new_inbox()
 
-    async def on_reply(msg) -> None:  # noqa: ANN001
+    async def on_reply(msg) -> None:
         replies[msg.subject] += 1
         statuses[msg.headers.get(HEADER_STATUS, "?")] += 1
 
@@ -129,7 +129,8 @@ async def test_thousands_of_requests_each_get_exactly_one_reply(nats_server, tmp
 
 
 async def test_a_silent_slot_is_declared_lost_and_every_request_still_gets_one_reply(nats_server, tmp_path) -> None:
-    config = SLEEP_CONFIG.replace('slots = ["s0", "s1", "s2", "s3"]', 'slots = ["s0", "s1", "s2", "s3"]\nslot_grace_ms = 300')
+    slots = 'slots = ["s0", "s1", "s2", "s3"]'
+    config = SLEEP_CONFIG.replace(slots, slots + '\nslot_grace_ms = 300')
     async with running_cluster(config, nats_server.url, tmp_path) as (client, shards, agents):
         agent_subs = agents[0].plan_subscriptions
         nc = client.nc

@@ -28,7 +28,7 @@ models_strategy = st.lists(
 )
 
 
-def _loaded(models, slots: int, seed: int) -> LoadedWorkload:  # noqa: ANN001
+def _loaded(models, slots: int, seed: int) -> LoadedWorkload:
     entries, profiles = [], {}
     for i, (slope, intercept, slo, rps, arrival, batch_max) in enumerate(models):
         spec = f"sleep:{slope},{intercept}"
@@ -48,7 +48,7 @@ def _loaded(models, slots: int, seed: int) -> LoadedWorkload:  # noqa: ANN001
     policy=st.sampled_from(sorted(POLICIES)),
     drop=st.sampled_from(list(DropPolicy)),
 )
-def test_every_policy_keeps_the_invariants(models, slots, seed, policy, drop) -> None:  # noqa: ANN001
+def test_every_policy_keeps_the_invariants(models, slots, seed, policy, drop) -> None:
     loaded = _loaded(models, slots, seed)
     options = SimOptions(checks=True, core=CoreConfig(drop=drop))
     first = simulate(loaded, policy, options)  # raises InvariantViolation on any breach

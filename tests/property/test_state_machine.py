@@ -51,7 +51,7 @@ class PolicyMachine(RuleBasedStateMachine):
         for slot in range(slots):
             self._apply(self.policy.handle(SlotAdded(slot), 0))
 
-    def _apply(self, step) -> None:  # noqa: ANN001
+    def _apply(self, step) -> None:
         for action in step.actions:
             if isinstance(action, DispatchBatch):
                 assert action.slot_id in self.slots, "dispatch to a slot the policy does not have"

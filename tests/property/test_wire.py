@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from schemas.plan import AgentInfo
 from schemas import control, model, plan, status_report
 from schemas.codec import Decoder, json_decoder, msgpack_decoder
 from schemas.model import ModelList, ModelMetadata, ModelSpec
+from schemas.plan import AgentInfo
 from schemas.profile import ModelProfile
 from schemas.status import CONTENT_JSON, CONTENT_MSGPACK
 from schemas.tensors import (
@@ -166,7 +166,7 @@ def valid_builtins(t: mi.Type, hostile: bool = False) -> st.SearchStrategy[Any]:
     return st.one_of(strategy, HOSTILE) if hostile else strategy
 
 
-def _valid(t: mi.Type, hostile: bool) -> st.SearchStrategy[Any]:  # noqa: PLR0911 - one arm per kind
+def _valid(t: mi.Type, hostile: bool) -> st.SearchStrategy[Any]:
     match t:
         case mi.IntType():
             return _ints(t)
@@ -203,7 +203,7 @@ def _struct(t: mi.StructType, hostile: bool) -> st.SearchStrategy[Any]:
     names = [f.encode_name for f in t.fields]
     fields = [CHECKED[t.cls, f.name] if (t.cls, f.name) in CHECKED else valid_builtins(f.type, hostile)
               for f in t.fields]
-    drawn = st.tuples(*fields).map(lambda v: dict(zip(names, v)))
+    drawn = st.tuples(*fields).map(lambda v: dict(zip(names, v, strict=True)))
     if t.cls is ModelProfile:  # __post_init__: the std table has the mean table's length
         drawn = drawn.map(_same_length_tables)
     return drawn.map(lambda d: list(d.values())) if t.array_like else drawn

@@ -16,9 +16,15 @@ import nats
 import pytest
 from nats.js.errors import BucketNotFoundError
 
+from runtime.connect import (
+    NatsUnreachable,
+    connect_client,
+    connect_options,
+    connect_service,
+    flush_ordered,
+    hand_back_request,
+)
 from runtime.kv import open_bucket, open_buckets
-from runtime.connect import (NatsUnreachable, connect_client, connect_options, connect_service, flush_ordered,
-                          hand_back_request)
 from runtime.nats_auth import Auth, Deployment, load_creds
 from runtime.nats_server import NatsServer
 from schemas.control import MEMBERS_BUCKET, STATE_BUCKET
@@ -70,7 +76,7 @@ async def connected(server: NatsServer, auth: Auth, user: str) -> AsyncIterator[
 async def inbox(conn: Conn, subject: str) -> list[nats.aio.msg.Msg]:
     got: list = []
 
-    async def on_msg(msg) -> None:  # noqa: ANN001
+    async def on_msg(msg) -> None:
         got.append(msg)
 
     await conn.nc.subscribe(subject, cb=on_msg)
@@ -154,10 +160,10 @@ async def test_a_client_request_gets_its_answer_in_its_own_inbox(server: NatsSer
     inbox carried in the plan."""
     async with connected(server, auth, "alice") as client, connected(server, auth, "shard") as shard, \
             connected(server, auth, "agent-a") as agent:
-        async def ingress(msg) -> None:  # noqa: ANN001 - the shard passes the reply on in a plan
+        async def ingress(msg) -> None:
             await shard.nc.publish(f"{P}.slot.a0.plan", msg.reply.encode())
 
-        async def execute(msg) -> None:  # noqa: ANN001 - the agent answers the client directly
+        async def execute(msg) -> None:
             await agent.nc.publish(msg.data.decode(), b"result")
 
         await shard.nc.subscribe(f"{P}.infer.m", queue=f"{P}.infer.m", cb=ingress)
@@ -232,10 +238,10 @@ async def test_hand_backs_are_answered_in_the_holders_hand_back_namespace(server
             with pytest.raises(nats.errors.NoRespondersError):  # nobody owns the model yet: retried
                 await hand_back_request(shard, f"{P}.infer.m", b"x", timeout=1.0)
 
-            async def ingress(msg) -> None:  # noqa: ANN001
+            async def ingress(msg) -> None:
                 await new_owner.nc.publish(f"{P}.slot.a0.plan", msg.reply.encode())
 
-            async def execute(msg) -> None:  # noqa: ANN001
+            async def execute(msg) -> None:
                 await agent.nc.publish(msg.data.decode(), b"answer")
 
             await new_owner.nc.subscribe(f"{P}.infer.m", cb=ingress)

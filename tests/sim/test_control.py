@@ -20,7 +20,8 @@ def test_every_seed_keeps_every_control_plane_invariant(chunk: int) -> None:
     for seed in range(chunk * SEEDS_PER_CHUNK, (chunk + 1) * SEEDS_PER_CHUNK):
         result = run_control_seed(seed)
         if not result.ok:
-            failures.append(f"seed {seed}: {result.violations[:3]}\n  replay: symphony sim control --seed {seed} --trace")
+            failures.append(f"seed {seed}: {result.violations[:3]}\n"
+                            f"  replay: symphony sim control --seed {seed} --trace")
     assert not failures, "\n".join(failures)
 
 
@@ -33,7 +34,7 @@ def test_the_same_seed_gives_the_same_run() -> None:
 def test_the_checkers_catch_a_shard_that_gains_before_it_releases(monkeypatch: pytest.MonkeyPatch) -> None:
     real = ownership.plan_transition
 
-    def gain_first(holding, models, slots, hosts):  # noqa: ANN001, ANN202
+    def gain_first(holding, models, slots, hosts):
         t = real(holding, models, slots, hosts)
         gains = [s for s in t.steps if isinstance(s, (ownership.AddModel, ownership.ClaimSlot))]
         losses = [s for s in t.steps if s not in gains]
@@ -47,7 +48,7 @@ def test_the_checkers_catch_a_coordinator_that_reads_silence_as_departure(monkey
     """The old design in spirit: a member missing from one look is gone, with no read to confirm."""
     real = MemberView.suspects
 
-    def drop_at_once(self, now_ns):  # noqa: ANN001, ANN202
+    def drop_at_once(self, now_ns):
         for key in real(self, now_ns):
             del self.members[key]
         return []

@@ -28,7 +28,7 @@ NOW_NS = 5_000 * MS  # monotonic clock now
 LIMITS = AdmissionLimits(body_bytes_max=1000, queue_len_max=10)
 
 
-def decide(headers=NO_HEADERS, *, body_bytes=10, seen=None, queued=0, released=False,  # noqa: ANN001, ANN201
+def decide(headers=NO_HEADERS, *, body_bytes=10, seen=None, queued=0, released=False,
            handed_back=False, slo_ns=SLO_NS):
     return admit(headers, body_bytes, slo_ns, WALL_NS, NOW_NS, seen or SeenIds(), LIMITS, queued=queued,
                  released=released, handed_back=handed_back)

@@ -9,14 +9,13 @@ from shard.core.baselines.nexus_plan import NexusModel, compute_batch_size
 from shard.core.baselines.shepherd import ShepherdPolicy
 from shard.core.baselines.triton import TritonModelSettings, TritonPolicy
 from shard.core.events import WAKE_UP, BatchCompleted, RequestArrived, SlotAdded
-from shard.core.latency import LatencyModel
 from shard.core.policies import make_policy
 from tests.factories import MS, model_config, resnet_latency
 
 US = 1000
 
 
-def of_type(step, kind):  # noqa: ANN001
+def of_type(step, kind):
     return [a for a in step.actions if isinstance(a, kind)]
 
 
@@ -95,7 +94,7 @@ def test_clockwork_never_preempts_and_takes_the_largest_batch_when_a_slot_frees(
     assert plan.model == "b" and plan.request_ids == [2, 3, 4, 5]
 
 
-def _stall_setup(fixed: bool):  # noqa: ANN202
+def _stall_setup(fixed: bool):
     policy = ShepherdPolicy([model_config(slo_ms=100)], fixed=fixed)
     policy.handle(SlotAdded(0), 0)
     (busy,) = of_type(policy.handle(RequestArrived(0, "resnet"), 0), DispatchBatch)

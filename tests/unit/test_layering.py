@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PURE_PACKAGES = [ROOT / "shard" / "core"]
-PURE_FILES = [ROOT / "coordinator" / name for name in ("placement.py", "demand.py", "membership.py", "epoch.py", "rates.py",
+PURE_FILES = [ROOT / "coordinator" / name for name in ("placement.py", "demand.py", "membership.py", "epoch.py",
+                                                       "rates.py",
                                                        "core.py")] + [
     ROOT / "gpu_agent" / name for name in ("fencing.py", "decisions.py")]
 FORBIDDEN = {"asyncio", "time", "os", "random", "logging", "structlog", "nats", "socket", "threading",
@@ -40,3 +41,45 @@ def test_pure_modules_import_nothing_impure(path: Path) -> None:
     impure = sorted(name for name in imported if name.split(".")[0] in PROJECT - {"schemas"}
                     and module_path(name) not in pure and module_path(name).exists())
     assert not impure, f"{path.name} imports project modules that are not pure: {impure}"
+
+
+# ---- the folder DAG (issue 12) ------------------------------------------------------------------
+# schemas <- runtime <- {shard, gpu_agent, coordinator} <- load <- ops. A folder imports only
+# folders of its own layer or below; shard and gpu_agent never import each other (they meet on
+# the wire); the coordinator imports nothing from load.
+LAYER = {"schemas": 0, "runtime": 1, "shard": 2, "gpu_agent": 2, "coordinator": 2, "load": 3, "ops": 4}
+NEVER = {("shard", "gpu_agent"), ("gpu_agent", "shard")}
+# The simulator (load/sim) apart from its CLI is pure too: virtual time and seeded randomness
+# only, no I/O, no asyncio, no NATS.
+SIM_FORBIDDEN = {"asyncio", "os", "socket", "threading", "subprocess", "nats", "structlog", "logging", "datetime",
+                 "runtime", "ops"}
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every absolute import in the file, function-level ones included."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def project_files() -> list[Path]:
+    return sorted(p for folder in LAYER for p in (ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", project_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_import_points_up_the_folder_dag(path: Path) -> None:
+    here = path.relative_to(ROOT).parts[0]
+    wrong = sorted(name for name in imports_of(path) if (top := name.split(".")[0]) in LAYER
+                   and (LAYER[top] > LAYER[here] or (here, top) in NEVER))
+    assert not wrong, f"{path.relative_to(ROOT)} (layer {LAYER[here]}) imports {wrong}"
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "load" / "sim").glob("*.py") if p.name != "cli.py"),
+                         ids=lambda p: p.name)
+def test_the_simulator_is_pure(path: Path) -> None:
+    roots = {name.split(".")[0] for name in imports_of(path)}
+    assert not roots & SIM_FORBIDDEN, f"{path.name} imports {sorted(roots & SIM_FORBIDDEN)}"

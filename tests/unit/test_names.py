@@ -62,7 +62,7 @@ slots = ["s0"]
 """
 
 
-def test_config_loading_refuses_a_model_name_with_a_dot(tmp_path) -> None:  # noqa: ANN001
+def test_config_loading_refuses_a_model_name_with_a_dot(tmp_path) -> None:
     path = tmp_path / "cluster.toml"
     path.write_text(CONFIG.replace("NAME", "a.b"))
     with pytest.raises(ValueError, match=r"invalid model name 'a\.b'"):

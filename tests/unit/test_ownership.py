@@ -21,7 +21,7 @@ SLEEP = frozenset({"resnet_sleep"})
 HOSTS = {"jax-s0": JAX, "jax-s1": JAX, "sleep-s0": SLEEP, "sleep-s1": SLEEP}
 
 
-def run(holding: Holding, models: frozenset[str], slots: frozenset[str], hosts=HOSTS, granted=lambda s: True):  # noqa: ANN001, ANN201
+def run(holding: Holding, models: frozenset[str], slots: frozenset[str], hosts=HOSTS, granted=lambda s: True):
     """Apply a transition step by step, checking the rule after each step."""
     transition = plan_transition(holding, models, slots, hosts)
     for step in transition.steps:
@@ -83,7 +83,7 @@ MODELS = ["m0", "m1", "m2", "m3"]
 
 
 @st.composite
-def hosts_and_assignments(draw):  # noqa: ANN001, ANN201
+def hosts_and_assignments(draw):
     hosts = {s: frozenset(draw(st.sets(st.sampled_from(MODELS), min_size=1))) for s in SLOTS}
     steps = draw(st.lists(st.tuples(st.sets(st.sampled_from(MODELS)), st.sets(st.sampled_from(SLOTS)),
                                     st.sets(st.sampled_from(SLOTS)), st.booleans()), min_size=1, max_size=8))
@@ -92,7 +92,7 @@ def hosts_and_assignments(draw):  # noqa: ANN001, ANN201
 
 @settings(max_examples=300, deadline=None)
 @given(hosts_and_assignments())
-def test_any_sequence_of_assignments_keeps_every_slot_able_to_run_every_model(case) -> None:  # noqa: ANN001
+def test_any_sequence_of_assignments_keeps_every_slot_able_to_run_every_model(case) -> None:
     """Assignments (even ones a coordinator would never write), refused claims, slots lost
     between epochs and grace periods ending in between: the rule holds at every step."""
     hosts, epochs = case

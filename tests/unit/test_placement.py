@@ -67,7 +67,8 @@ def test_models_on_different_slots_never_share_a_shard_when_shards_allow() -> No
 def test_a_class_keeps_its_shard_when_demand_shifts() -> None:
     gpu, cpu = ["g0"], ["c0", "c1"]
     first = plan_assignment(None, [model("jax", 500, hosts=gpu), model("sleep", 50, hosts=cpu)], ["A", "B"], gpu + cpu)
-    second = plan_assignment(first, [model("jax", 5, hosts=gpu), model("sleep", 5000, hosts=cpu)], ["A", "B"], gpu + cpu)
+    models = [model("jax", 5, hosts=gpu), model("sleep", 5000, hosts=cpu)]
+    second = plan_assignment(first, models, ["A", "B"], gpu + cpu)
     assert second.models == first.models
 
 

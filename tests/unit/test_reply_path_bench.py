@@ -6,7 +6,7 @@ from load.bench.reply_path import USERS, server_config
 from runtime.nats_server import nats_server_binary
 
 
-def test_only_the_forwarding_shard_has_allow_responses_and_only_agent_a_has_inboxes(tmp_path) -> None:  # noqa: ANN001
+def test_only_the_forwarding_shard_has_allow_responses_and_only_agent_a_has_inboxes(tmp_path) -> None:
     assert [u for u, (_, _, responses) in USERS.items() if responses] == ["shard_b"]
     assert [u for u, (pub, _, _) in USERS.items() if "_INBOX.>" in pub] == ["agent_a"]
     text = server_config(4222, str(tmp_path / "log"))

@@ -11,7 +11,7 @@ from tests.factories import MS, model_config, symphony_with_slots
 US = 1000
 
 
-def dispatches(step) -> list[DispatchBatch]:  # noqa: ANN001
+def dispatches(step) -> list[DispatchBatch]:
     return [a for a in step.actions if isinstance(a, DispatchBatch)]
 
 

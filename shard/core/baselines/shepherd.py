@@ -46,7 +46,7 @@ class _Model:
         self.slo_ns = model.slo_ns
         latency = LatencyModel(model.profile, monotone=False)  # raw profile, as the reference
         self.forward_ns = latency.forward_ns
-        self.monotone = all(a <= b for a, b in zip(self.forward_ns, self.forward_ns[1:]))
+        self.monotone = all(a <= b for a, b in zip(self.forward_ns, self.forward_ns[1:], strict=True))
         self.queue: list[Entry] = []  # sorted by (deadline, id)
 
 
