@@ -1,9 +1,10 @@
 """Typed decoders whose one error is `msgspec.DecodeError` (STYLE §9).
 
-A bare msgspec decoder raises two other errors on hostile bytes. `RecursionError` on input nested
+A bare msgspec decoder can raise two other errors on hostile bytes. `RecursionError` on input nested
 deeper than the interpreter's recursion limit: msgspec skips unknown fields (append-only messages
 depend on that) by recursing into them, so even a flat message type meets it, e.g. an unknown
-field holding `[[[...]]]` 50,000 deep. `UnicodeDecodeError` on a msgpack string that is not UTF-8.
+field holding `[[[...]]]` 50,000 deep. `UnicodeDecodeError` on a msgpack string that is not UTF-8
+(msgspec before 0.23; 0.23 raises DecodeError itself).
 A caller that catches `DecodeError` lets either escape, and a service loop that catches it dies.
 These wrappers turn both into the documented error. Built once per process, like the decoders
 they wrap.
