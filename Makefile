@@ -4,13 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo sim-demo test lint fuzz bench clean
+.PHONY: demo sim-demo test lint fuzz bench lock clean
 
-$(STAMP): pyproject.toml
+# Installs the exact versions in constraints.txt (see its header; `make lock` moves them on).
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 # The main job: the demo cluster (JAX and sleep models) under load for 20 s, then a summary.
@@ -35,6 +36,14 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m load.bench.scheduling
+
+# The newest versions pyproject.toml allows, installed and written to constraints.txt; then run
+# make test and commit the file.
+lock: $(STAMP)
+	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
+	{ grep '^#' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	touch $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -18,7 +18,7 @@ with no response margin, and estimates use l(b) without pre/post (reference §4.
 from __future__ import annotations
 
 import bisect
-from itertools import count
+from itertools import count, pairwise
 
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, PreemptBatch, Step
 from shard.core.config import CoreConfig, ModelConfig
@@ -46,7 +46,7 @@ class _Model:
         self.slo_ns = model.slo_ns
         latency = LatencyModel(model.profile, monotone=False)  # raw profile, as the reference
         self.forward_ns = latency.forward_ns
-        self.monotone = all(a <= b for a, b in zip(self.forward_ns, self.forward_ns[1:], strict=True))
+        self.monotone = all(a <= b for a, b in pairwise(self.forward_ns))
         self.queue: list[Entry] = []  # sorted by (deadline, id)
 
 
