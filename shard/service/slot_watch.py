@@ -1,6 +1,7 @@
 """The lost-slot watch: a slot whose completion report is overdue by the grace period is declared
-lost, on evidence only, and the requests of its plans are answered `503` once (or, for plans the
-shard cannot know the fate of, not at all); then the core is told the slot is gone.
+lost, on evidence only, and the requests of its overdue plans are answered `503` once (or, for
+plans the shard cannot know the fate of, not at all); then the core is told the slot is gone.
+Younger plans on the slot wait until they are overdue themselves (or reported).
 
 The rules are docs/reliability.md §2 rules 3 and 4; the decisions (which slots are overdue, when
 silence is long enough, whether a plan's requests are answered or `unknown`, what counts as a
@@ -54,9 +55,14 @@ def fate_unknown(flight: InFlight, reconnects: int, reconnected_at_ns: int) -> b
     return flight.connection != reconnects or flight.sent_ns < reconnected_at_ns + RECONNECT_SETTLE_NS
 
 
-def take_plans(inflight: dict[int, InFlight], slot_id: str) -> list[InFlight]:
-    """Take the slot's plans out of the in-flight table, oldest first."""
-    plans = [plan for plan, flight in inflight.items() if flight.slot_id == slot_id]
+def take_overdue_plans(inflight: dict[int, InFlight], slot_id: str, now_ns: int, grace_ns: int) -> list[InFlight]:
+    """Take the slot's overdue plans out of the in-flight table, oldest first. Only these may be
+    answered: the agent withholds a plan's replies from its `lost_after_unix_ns` (finish plus
+    grace) on, so an overdue plan can get no reply from it. A younger plan on the same slot stays:
+    an agent that is alive (it answered the ping) still answers it in time, and if it does not,
+    the plan becomes overdue and is judged on its own."""
+    plans = [plan for plan, flight in inflight.items()
+             if flight.slot_id == slot_id and now_ns > flight.finish_ns + grace_ns]
     return [inflight.pop(plan) for plan in plans]
 
 
@@ -142,11 +148,12 @@ class SlotWatch:
         return slot_id in overdue_slots(self._inflight.values(), self._clock.now_ns(), self.grace_ns)
 
     async def _lose_slot(self, slot_id: str, now: int) -> None:
+        """Answer the slot's overdue plans; the first time, also tell the core the slot is gone."""
+        first = slot_id not in self.lost
         self.lost.add(slot_id)
-        self._metrics.slots_lost += 1
         answered = unknown = 0
         reconnects = self._nc.stats["reconnects"]
-        for flight in take_plans(self._inflight, slot_id):
+        for flight in take_overdue_plans(self._inflight, slot_id, now, self.grace_ns):
             if fate_unknown(flight, reconnects, self._reconnected_at_ns):
                 unknown += len(flight.requests)
                 self._metrics.count(flight.model, "unknown", len(flight.requests))
@@ -156,5 +163,8 @@ class SlotWatch:
                 self._metrics.count(flight.model, "lost")
                 await reply_error(self._nc, request.reply, Status.UNAVAILABLE, f"slot {slot_id} was lost",
                                   request.client_request_id)
-        log.warning("slot_lost", shard=self._shard_id, slot=slot_id, requests=answered, unknown=unknown)
-        await self._slot_lost(slot_id, now)
+        log.warning("slot_lost", shard=self._shard_id, slot=slot_id, requests=answered, unknown=unknown,
+                    again=not first)
+        if first:
+            self._metrics.slots_lost += 1
+            await self._slot_lost(slot_id, now)

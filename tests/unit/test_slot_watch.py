@@ -12,7 +12,7 @@ from shard.service.slot_watch import (
     overdue_slots,
     silent_too_long,
     stalled_ns,
-    take_plans,
+    take_overdue_plans,
 )
 
 MS = 1_000_000
@@ -56,11 +56,19 @@ def test_a_plan_sent_while_everyone_was_resubscribing_is_left_unanswered() -> No
     assert fate_unknown(early, reconnects=2, reconnected_at_ns=reconnected_at)
 
 
-def test_losing_a_slot_takes_exactly_its_plans() -> None:
-    inflight = {1: flight("s0", 10), 2: flight("s1", 10), 3: flight("s0", 20)}
-    taken = take_plans(inflight, "s0")
+def test_losing_a_slot_takes_exactly_its_overdue_plans() -> None:
+    inflight = {1: flight("s0", 10), 2: flight("s1", 10), 3: flight("s0", 20), 4: flight("s0", 900)}
+    taken = take_overdue_plans(inflight, "s0", 520 * MS + 1, GRACE_NS)
     assert [f.finish_ns for f in taken] == [10 * MS, 20 * MS]
-    assert list(inflight) == [2]
+    assert list(inflight) == [2, 4]
+
+
+def test_a_plan_younger_than_its_grace_is_never_answered_by_the_shard() -> None:
+    """The agent replies to a plan until its lost_after (finish + grace): a shard that answered
+    it earlier would be the first of two replies (seen as 18 duplicates under link-reset)."""
+    inflight = {1: flight("s0", 100)}
+    assert take_overdue_plans(inflight, "s0", 100 * MS + GRACE_NS, GRACE_NS) == []
+    assert len(take_overdue_plans(inflight, "s0", 100 * MS + GRACE_NS + 1, GRACE_NS)) == 1
 
 
 def test_a_tick_more_than_two_ticks_late_is_a_stall_of_this_process() -> None:
