@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PURE_PACKAGES = [ROOT / "shard" / "core"]
-PURE_FILES = [ROOT / "coordinator" / name for name in ("placement.py", "demand.py", "membership.py", "epoch.py",
+PURE_FILES = [ROOT / "coordinator" / name for name in ("placement.py", "demand.py", "membership.py", "epoch.py", "rates.py",
                                                        "core.py")] + [ROOT / "gpu_agent" / "fencing.py"]
 FORBIDDEN = {"asyncio", "time", "os", "random", "logging", "structlog", "nats", "socket", "threading",
              "subprocess", "datetime", "load", "ops"}
