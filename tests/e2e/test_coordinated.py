@@ -15,47 +15,16 @@ from load.sender import send_schedule
 from runtime.cluster import LocalCluster
 from runtime.connect import connect_client
 from runtime.kv import open_buckets, read_assignment
+from tests.factories import SLEEP_KINDS, cluster_toml
 
 pytestmark = pytest.mark.asyncio
 
-CONFIG = """
-subject_prefix = "symphony"
-[coordinator]
-count = 2
-epoch_s = 1.0
-lease_s = 1.5
-heartbeat_ttl_s = 1.5
-[[models]]
-name = "resnet_sleep"
-kind = "sleep:1082,5204"
-slo_ms = 100
-batch_size_max = 128
-[[models]]
-name = "fast_sleep"
-kind = "sleep:20,500"
-slo_ms = 40
-batch_size_max = 64
-[[models]]
-name = "bert_sleep"
-kind = "sleep:2000,8000"
-slo_ms = 200
-batch_size_max = 64
-[[agents]]
-id = "agent-a"
-slots = [{id = "a0", models = ["resnet_sleep", "fast_sleep", "bert_sleep"]},
-         {id = "a1", models = ["resnet_sleep", "fast_sleep", "bert_sleep"]},
-         {id = "a2", models = ["resnet_sleep", "fast_sleep", "bert_sleep"]}]
-[[agents]]
-id = "agent-b"
-slots = [{id = "b0", models = ["resnet_sleep", "fast_sleep", "bert_sleep"]},
-         {id = "b1", models = ["resnet_sleep", "fast_sleep", "bert_sleep"]},
-         {id = "b2", models = ["resnet_sleep", "fast_sleep", "bert_sleep"]}]
-[[shards]]
-id = "shard-0"
-slot_grace_ms = 1500
-"""
-BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'
 MODELS = ["resnet_sleep", "fast_sleep", "bert_sleep"]
+CONFIG = cluster_toml(
+    {"resnet_sleep": (SLEEP_KINDS["resnet_sleep"], 100, 128), "fast_sleep": (SLEEP_KINDS["fast_sleep"], 40, 64),
+     "bert_sleep": (SLEEP_KINDS["bert_sleep"], 200, 64)},
+    {"agent-a": ["a0", "a1", "a2"], "agent-b": ["b0", "b1", "b2"]}, coordinators=2)
+BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'
 
 
 async def steady_load(url: str, seconds: float, rate: float = 300.0):

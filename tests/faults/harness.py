@@ -27,32 +27,11 @@ from runtime.nats_server import free_port
 from schemas.profile import profile_from_sleep_spec
 from shard.core.config import CoreConfig
 from shard.core.latency import LatencyModel
+from tests.factories import cluster_toml
 from tests.faults.proxy import LinkProxy
 
 MODELS = {"alpha": ("sleep:4000,4000", 150.0), "beta": ("sleep:6000,6000", 250.0)}
 SLOTS = 4
-CONFIG = """
-subject_prefix = "symphony"
-[coordinator]
-count = 2
-epoch_s = 1.0
-lease_s = 1.5
-heartbeat_ttl_s = 1.5
-{models}
-[[agents]]
-id = "agent-a"
-metrics_port = {port_a}
-slots = [{{id = "a0", models = ["alpha", "beta"]}}, {{id = "a1", models = ["alpha", "beta"]}}]
-[[agents]]
-id = "agent-b"
-metrics_port = {port_b}
-slots = [{{id = "b0", models = ["alpha", "beta"]}}, {{id = "b1", models = ["alpha", "beta"]}}]
-[[shards]]
-id = "shard-0"
-slot_grace_ms = 1000
-[[shards]]
-id = "shard-1"
-"""
 BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'
 BIN_S = 0.5
 
@@ -138,9 +117,10 @@ async def _quiet(error: Exception) -> None:
 
 
 def _config_text() -> str:
-    models = "".join(f'[[models]]\nname = "{n}"\nkind = "{k}"\nslo_ms = {s}\nbatch_size_max = 64\n'
-                     for n, (k, s) in MODELS.items())
-    return CONFIG.format(models=models, port_a=free_port(), port_b=free_port())
+    return cluster_toml({name: (kind, slo_ms, 64) for name, (kind, slo_ms) in MODELS.items()},
+                        {"agent-a": ["a0", "a1"], "agent-b": ["b0", "b1"]}, coordinators=2,
+                        shards={"shard-0": 1000, "shard-1": None},
+                        metrics_ports={"agent-a": free_port(), "agent-b": free_port()})
 
 
 def schedule(rate: float, seconds: float, seed: int, burst: tuple[float, float, float] | None):

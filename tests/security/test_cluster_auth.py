@@ -12,36 +12,13 @@ import pytest
 from runtime.client import SymphonyClient
 from runtime.cluster import LocalCluster
 from runtime.status import gather_status
+from tests.factories import SLEEP_KINDS, cluster_toml
 
 pytestmark = pytest.mark.asyncio
 
-CONFIG = """
-subject_prefix = "symphony"
-[coordinator]
-count = 1
-epoch_s = 1.0
-lease_s = 1.5
-heartbeat_ttl_s = 1.5
-[[models]]
-name = "resnet_sleep"
-kind = "sleep:1082,5204"
-slo_ms = 100
-batch_size_max = 64
-[[models]]
-name = "fast_sleep"
-kind = "sleep:20,500"
-slo_ms = 40
-batch_size_max = 64
-[[agents]]
-id = "agent-a"
-slots = [{id = "a0", models = ["resnet_sleep", "fast_sleep"]}, {id = "a1", models = ["resnet_sleep", "fast_sleep"]}]
-[[agents]]
-id = "agent-b"
-slots = [{id = "b0", models = ["resnet_sleep", "fast_sleep"]}, {id = "b1", models = ["resnet_sleep", "fast_sleep"]}]
-[[shards]]
-id = "shard-0"
-slot_grace_ms = 1500
-"""
+CONFIG = cluster_toml(
+    {"resnet_sleep": (SLEEP_KINDS["resnet_sleep"], 100, 64), "fast_sleep": (SLEEP_KINDS["fast_sleep"], 40, 64)},
+    {"agent-a": ["a0", "a1"], "agent-b": ["b0", "b1"]}, coordinators=1)
 BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'
 
 
