@@ -26,6 +26,27 @@ def scrape(port: int) -> dict[str, list]:
     return samples
 
 
+def value(samples: dict, name: str, **labels: str) -> float:
+    return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+async def scrape_settled(shard_port: int, agent_port: int, reports: int, timeout_s: float = 10.0) -> tuple[dict, dict]:
+    """Both scrapes once the shard has handled `reports` requests' completion reports and the
+    agent has counted as many replies. The client may have its replies before that: the agent
+    publishes the report first, but the shard and the client read from different connections, so
+    a busy shard may count the last batch a moment after the client saw it (seen once in a fresh
+    clone's make test: failed_total 0 instead of 1)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        shard, agent = scrape(shard_port), scrape(agent_port)
+        handled = (value(shard, "symphony_shard_requests_succeeded_total")
+                   + value(shard, "symphony_shard_requests_failed_total"))
+        replied = value(agent, "symphony_agent_replies_total")
+        if (handled >= reports and replied >= reports) or asyncio.get_running_loop().time() > deadline:
+            return shard, agent
+        await asyncio.sleep(0.05)
+
+
 def documented(prefix: str) -> list[str]:
     return sorted(set(re.findall(rf"`({prefix}[a-z_]+)`", DOC.read_text())))
 
@@ -40,8 +61,7 @@ async def test_every_documented_metric_is_served_with_sane_values(nats_server, t
                                          for _ in range(200)))
         assert all(r.ok for r in results)
         await client.infer("resnet_sleep", b"bad", content_type="application/json")
-        shard = scrape(shard_port)
-        agent = scrape(agent_port)
+        shard, agent = await scrape_settled(shard_port, agent_port, reports=201)
     for name in documented("symphony_shard_"):
         histogram = [k for k in shard if k.startswith(name + "_")]
         assert name in shard or histogram, f"shard does not serve {name}"
@@ -49,9 +69,6 @@ async def test_every_documented_metric_is_served_with_sane_values(nats_server, t
         if name == "symphony_agent_device_memory_bytes":
             continue  # only where JAX exposes device memory (not the CPU build)
         assert name in agent or any(k.startswith(name + "_") for k in agent), f"agent does not serve {name}"
-
-    def value(samples: dict, name: str, **labels: str) -> float:
-        return sum(s.value for s in samples.get(name, []) if all(s.labels.get(k) == v for k, v in labels.items()))
 
     assert value(shard, "symphony_shard_requests_received_total", model="resnet_sleep") == 201
     dispatched = value(shard, "symphony_shard_requests_total", model="resnet_sleep", outcome="dispatched")
