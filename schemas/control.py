@@ -3,6 +3,8 @@ put into the membership bucket, and slot claims. JSON in the KV (readable with `
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Annotated
 
 import msgspec
@@ -72,6 +74,14 @@ class ClaimReply(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     reason: Text = ""
     queued_plans: Count = 0
+
+
+def preference_order(slots: Iterable[str]) -> list[str]:
+    """Slots most preferred first: names in natural order (`gpu-2` before `gpu-10`). Shards pack
+    work onto the most preferred slots (shard.core.matcher) and the autoscaler drains from the
+    end (coordinator.autoscale.choose_slots), so the idle slots are the ones released."""
+    return sorted(slots, key=lambda name: [(0, int(part), "") if part.isdigit() else (1, 0, part)
+                                           for part in re.split(r"(\d+)", name)])
 
 
 def encode(value: msgspec.Struct) -> bytes:

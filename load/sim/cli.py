@@ -1,4 +1,4 @@
-"""`symphony sim ...`: run, capacity, min-slots, compare, fuzz, control. Human tables by default,
+"""`symphony sim ...`: run, capacity, min-slots, compare, autoscale, fuzz, control. Human tables by default,
 `--json` for machines. Progress of long searches goes to stderr."""
 
 from __future__ import annotations
@@ -62,6 +62,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     cmp_.add_argument("--max-bad-rate", type=float, default=0.01)
     cmp_.add_argument("--jobs", type=int, default=2, help="parallel worker processes")
     cmp_.set_defaults(handler=_compare)
+
+    auto = commands.add_parser("autoscale", help="a workload whose rates change, with the autoscaler and a "
+                               "cold-starting actuator in the loop: GPU-seconds against the oracle's")
+    auto.add_argument("workload", help="a workload TOML file or a built-in name (diurnal, steps, ...)")
+    auto.add_argument("--policy", default=DEFAULT_POLICY, choices=list(POLICIES))
+    auto.add_argument("--rule", default="demand", choices=["demand", "hpa", "fixed"],
+                      help="demand: rate x cost (ours); hpa: current x busy / target; fixed: --fixed-slots throughout")
+    auto.add_argument("--fixed-slots", type=int, default=0, help="with --rule fixed: the slots held")
+    auto.add_argument("--cold-start-s", type=float, default=20.0, help="before an added slot serves")
+    auto.add_argument("--epoch-s", type=float, default=5.0, help="the autoscaler runs once per epoch")
+    auto.add_argument("--target-utilization", type=float, default=None, help="(default: the autoscaler's)")
+    auto.add_argument("--scale", type=float, default=1.0, help="multiply every rate")
+    auto.add_argument("--slots", type=int, default=None, help="the pool (default: the workload's)")
+    auto.add_argument("--seed", type=int, default=None)
+    auto.add_argument("--noise", type=float, default=0.0)
+    auto.add_argument("--every", type=int, default=6, help="print every Nth epoch of the time series")
+    auto.add_argument("--plot", default=None, metavar="PNG", help="draw the time series")
+    auto.add_argument("--json", action="store_true")
+    auto.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a core setting")
+    auto.set_defaults(handler=_autoscale)
 
     fuzz = commands.add_parser("fuzz", help="swarm-test a seed: random workload, policy and faults under checkers")
     fuzz.add_argument("--seed", type=int, required=True)
@@ -205,6 +225,32 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _autoscale(args: argparse.Namespace) -> int:
+    from coordinator.autoscale import AutoscaleConfig
+    from load.sim.autoscale import simulate_autoscale
+    from load.sim.autoscale_report import format_series, format_summary, plot_runs
+
+    if args.rule == "fixed" and args.fixed_slots < 1:
+        print("--rule fixed needs --fixed-slots N (N >= 1)", file=sys.stderr)
+        return 2
+    settings = {"rule": "demand" if args.rule == "fixed" else args.rule, "cold_start_s": args.cold_start_s}
+    if args.target_utilization is not None:
+        settings["target_utilization"] = args.target_utilization
+    config = msgspec.convert(settings, AutoscaleConfig)
+    options = SimOptions(slots=args.slots, seed=args.seed, noise=args.noise, scale=args.scale,
+                         core=core_config(args.set))
+    result = simulate_autoscale(load_workload(args.workload), args.policy, config, epoch_s=args.epoch_s,
+                                options=options, fixed_slots=args.fixed_slots if args.rule == "fixed" else 0)
+    if args.plot:
+        plot_runs([result], args.plot)
+    if args.json:
+        print(msgspec.json.encode(result).decode())
+    else:
+        print(format_series(result, max(1, args.every)))
+        print(format_summary(result))
+    return 0
+
+
 def _fuzz(args: argparse.Namespace) -> int:
     from load.sim.swarm import run_swarm_seed
 
@@ -260,6 +306,9 @@ def format_run(report: SimReport) -> str:
         f"busy_slots {report.busy_slots:.2f} (slot busy fraction {report.slot_busy_fraction:.1%}); "
         f"needed_slots {report.needed_slots:.2f}; bound_scale {report.bound_scale:.3f}"
     )
+    idle = sum(f < 0.05 for f in report.slot_busy_fractions)
+    lines.append(f"slots under 5% busy: {idle} of {report.slots}; per slot: "
+                 + " ".join(f"{f:.0%}" for f in report.slot_busy_fractions))
     if report.timing:
         lines.append(
             f"cpu {report.timing['cpu_s']:.2f} s, "

@@ -141,6 +141,7 @@ class Kernel:
             finish_ns=self.ledger.finish_ns,
             batches=self.slots.batches,
             busy_ns_in_window=self.slots.busy_ns_in_window,
+            busy_ns_by_slot=self.slots.busy_ns_by_slot,
             cpu_s=cpu_s,
             events=self.events,
         )

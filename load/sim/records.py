@@ -76,5 +76,6 @@ class SimRun(msgspec.Struct, kw_only=True):
     finish_ns: array
     batches: list[Batch]
     busy_ns_in_window: int
+    busy_ns_by_slot: dict[int, int]  # per slot, over the bench window
     cpu_s: float
     events: int

@@ -39,6 +39,7 @@ class SimReport(msgspec.Struct, kw_only=True):
     mean_batch_size: float
     batch_size_histogram: dict[int, int]
     slot_busy_fraction: float
+    slot_busy_fractions: list[float]  # each slot's, in slot order (consolidation leaves some idle)
     busy_slots: float
     needed_slots: float
     bound_scale: float
@@ -101,6 +102,8 @@ def summarize(run: SimRun, workload_name: str, bound: Bound, *, timing: bool = F
         mean_batch_size=float(sizes.mean()) if len(sizes) else 0.0,
         batch_size_histogram={int(v): int(f) for v, f in zip(values, freq, strict=True)},
         slot_busy_fraction=busy_slots / run.slots if run.slots else 0.0,
+        slot_busy_fractions=[run.busy_ns_by_slot.get(s, 0) / 1e9 / window_s if window_s > 0 else 0.0
+                             for s in range(run.slots)],
         busy_slots=busy_slots,
         needed_slots=bound.needed_slots(schedule.scale),
         bound_scale=bound.bound_scale,

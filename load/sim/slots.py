@@ -42,6 +42,7 @@ class FakeSlots:
         self.plans: dict[PlanKey, Plan] = {}
         self.batches: list[Batch] = []
         self.busy_ns_in_window = 0
+        self.busy_ns_by_slot: dict[int, int] = {}  # the same, per slot
 
     def batch_size_max(self) -> list[int]:
         """Each model's largest batch, by model index."""
@@ -71,6 +72,7 @@ class FakeSlots:
         hi = min(finish_ns, self.window_end_ns)
         if hi > lo:
             self.busy_ns_in_window += hi - lo
+            self.busy_ns_by_slot[slot_id] = self.busy_ns_by_slot.get(slot_id, 0) + hi - lo
         self.plans[key] = Plan(slot_id, request_ids, start_ns, finish_ns, len(self.batches))
         self.batches.append(Batch(slot_id, model_index, len(request_ids), start_ns, finish_ns))
         return finish_ns
@@ -86,6 +88,7 @@ class FakeSlots:
         hi = min(plan.finish_ns, self.window_end_ns)
         if hi > lo:
             self.busy_ns_in_window -= hi - lo  # the part that will not run
+            self.busy_ns_by_slot[plan.slot_id] -= hi - lo
         cut_ns = max(now_ns, plan.start_ns)
         if self.free_ns.get(plan.slot_id) == plan.finish_ns:
             self.free_ns[plan.slot_id] = cut_ns

@@ -36,6 +36,13 @@ class DropPolicy(enum.Enum):
     WINDOW_FCFS = "window_fcfs"
 
 
+class SlotChoice(enum.Enum):
+    """Which free slot a grant takes (issue 13)."""
+
+    PREFERRED = "preferred"  # the most preferred slot free in time: work packs onto the fewest slots
+    EARLIEST = "earliest"  # the earliest-free slot (reference §1.10): among idle ones, the longest idle
+
+
 class CoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Latency constants and switches shared by the Symphony-family policies."""
 
@@ -48,6 +55,10 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     schedulable: SchedulableCondition = SchedulableCondition.FRONTRUN
     drop: DropPolicy = DropPolicy.WINDOW_DROP
     queue_len_max: Annotated[int, Meta(ge=1)] = 100_000  # per model; beyond it: overloaded
+    # Consolidation: a grant takes the most preferred slot free in time for the plan, so the least
+    # preferred slots stay idle and an autoscaler can release them (the coordinator ranks slots:
+    # those it would release first rank last). `earliest` is the reference's round robin.
+    slot_choice: SlotChoice = SlotChoice.PREFERRED
     # Symphony+ (symphony-plus). The defaults here switch every mechanism off, which is the
     # faithful policy; `shard.core.policies.PLUS` holds the tuned values.
     drop_beta: Annotated[float, Meta(gt=0, le=1)] = 1.0  # WindowDrop tests a batch of beta x target

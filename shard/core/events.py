@@ -38,10 +38,13 @@ class DispatchFailed(msgspec.Struct, frozen=True, gc=False):
 
 
 class SlotAdded(msgspec.Struct, frozen=True, gc=False):
-    """A slot joins; `free_at_ns` is when it finishes work it already has (another shard's)."""
+    """A slot joins; `free_at_ns` is when it finishes work it already has (another shard's).
+    `rank` is its place in the preference order (lower is preferred; None: its slot id): grants
+    take the most preferred slot free in time, so the least preferred can be released."""
 
     slot_id: int
     free_at_ns: int = 0
+    rank: int | None = None
 
 
 class SlotRemoved(msgspec.Struct, frozen=True, gc=False):

@@ -1,7 +1,9 @@
 """The matcher's rankings (reference §1.10): slots by free time, waiting plans by slack.
 
 Three value-ranked maps, each a heap with lazy deletion so every operation is O(log n):
-- the slot pool, slot -> free_at ascending;
+- the slot pool, slot -> free_at ascending (and, beside it, the slots in preference order, for
+  `preferred_free_by`: the most preferred slot free by a time, which packs work onto the fewest
+  slots so the rest stay idle for an autoscaler to release; issue 13);
 - waiting plans, model -> invalid_after ascending (least slack first);
 - waiting plans, model -> send latency (Dctrl + Ddata*bs), of which the maximum is used.
 Ties follow the reference: among equal values the most recently upserted key ranks first.
@@ -11,6 +13,7 @@ This module only ranks; the policy decides when to grant.
 from __future__ import annotations
 
 import heapq
+from bisect import insort
 from itertools import count
 
 from shard.core.latency import NEVER_NS
@@ -19,12 +22,15 @@ from shard.core.latency import NEVER_NS
 class Matcher:
     """Slot free times and the waiting-plan rankings of one shard."""
 
-    __slots__ = ("_pool", "_seq", "_slot_seq", "_waiting", "_by_invalid", "_by_latency", "free_at_ns")
+    __slots__ = ("_by_rank", "_pool", "_rank", "_seq", "_slot_seq", "_waiting", "_by_invalid", "_by_latency",
+                 "free_at_ns")
 
     def __init__(self) -> None:
         self.free_at_ns: dict[int, int] = {}  # slot -> predicted free time
         self._slot_seq: dict[int, int] = {}  # slot -> sequence of its latest upsert
         self._pool: list[tuple[int, int, int]] = []  # (free_at, -seq, slot)
+        self._rank: dict[int, tuple[int, int]] = {}  # slot -> (rank, slot)
+        self._by_rank: list[tuple[int, int]] = []  # (rank, slot) ascending: most preferred first
         self._waiting: dict[str, tuple[int, int, int]] = {}  # model -> (invalid_after, latency, seq)
         self._by_invalid: list[tuple[int, int, str]] = []  # (invalid_after, -seq, model)
         self._by_latency: list[tuple[int, int, str]] = []  # (-latency, -seq, model)
@@ -43,9 +49,32 @@ class Matcher:
         if len(self._pool) > 4 * len(self.free_at_ns) + 64:
             self._compact_pool()
 
+    def set_rank(self, slot_id: int, rank: int) -> None:
+        """The slot's place in the preference order (lower is preferred; ties by slot id)."""
+        old = self._rank.get(slot_id)
+        if old is not None:
+            self._by_rank.remove(old)
+        self._rank[slot_id] = (rank, slot_id)
+        insort(self._by_rank, (rank, slot_id))
+
     def remove_slot(self, slot_id: int) -> None:
         self.free_at_ns.pop(slot_id, None)
         self._slot_seq.pop(slot_id, None)
+        old = self._rank.pop(slot_id, None)
+        if old is not None:
+            self._by_rank.remove(old)
+
+    def preferred_free_by(self, at_ns: int) -> int | None:
+        """The most preferred slot predicted free by `at_ns`, or None. O(1) when none is (the
+        pool's head says so); otherwise a walk in preference order that stops at the first."""
+        earliest = self.earliest_slot()
+        if earliest is None or earliest[1] > at_ns:
+            return None
+        free_at = self.free_at_ns
+        for _rank, slot in self._by_rank:
+            if free_at[slot] <= at_ns:
+                return slot
+        return earliest[0]  # a slot without a rank
 
     def earliest_slot(self) -> tuple[int, int] | None:
         """Rank 0 of the pool: (slot, free_at), or None without slots."""

@@ -21,7 +21,7 @@ from collections import deque
 from itertools import count
 
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, Step
-from shard.core.config import CoreConfig, DropPolicy, ModelConfig, SchedulableCondition
+from shard.core.config import CoreConfig, DropPolicy, ModelConfig, SchedulableCondition, SlotChoice
 from shard.core.events import (
     BatchCompleted,
     DispatchFailed,
@@ -60,6 +60,7 @@ class SymphonyPolicy:
         "_overloaded",
         "_overload_checked_ns",
         "_plan_ids",
+        "_preferred",
         "_queue_len_max",
         "_schedulable",
         "_slot_timer",
@@ -97,6 +98,7 @@ class SymphonyPolicy:
         self._frontrun_mode = config.schedulable is SchedulableCondition.FRONTRUN
         self._drop_timeout = config.drop is DropPolicy.DROP_TIMEOUT
         self._queue_len_max = config.queue_len_max
+        self._preferred = config.slot_choice is SlotChoice.PREFERRED
         self._early = config.early_dispatch and config.schedulable is SchedulableCondition.FRONTRUN
         self._utilization = UtilizationMeter(config.rate_bin_ns, config.utilization_alpha, now_ns)
         self._overloaded = False
@@ -121,7 +123,8 @@ class SymphonyPolicy:
             case DispatchFailed():
                 self._on_completed(event.slot_id, event.plan_id, now_ns)  # as if it finished now
             case SlotAdded():
-                self._on_slot_added(event.slot_id, max(now_ns, event.free_at_ns), now_ns)
+                rank = event.slot_id if event.rank is None else event.rank
+                self._on_slot_added(event.slot_id, max(now_ns, event.free_at_ns), rank, now_ns)
             case SlotRemoved():
                 self._on_slot_removed(event.slot_id, now_ns)
             case ModelAdded():
@@ -175,10 +178,11 @@ class SymphonyPolicy:
             self._matcher.set_free_at(slot_id, corrected)
             self._arm_slot_timer(finished_at_ns)
 
-    def _on_slot_added(self, slot_id: int, free_at_ns: int, now_ns: int) -> None:
+    def _on_slot_added(self, slot_id: int, free_at_ns: int, rank: int, now_ns: int) -> None:
         if slot_id in self._matcher.free_at_ns:
             return
         self._matcher.set_free_at(slot_id, free_at_ns)
+        self._matcher.set_rank(slot_id, rank)
         self._inflight[slot_id] = deque()
         self._arm_slot_timer(now_ns)
 
@@ -408,16 +412,17 @@ class SymphonyPolicy:
         self._matcher.unpark(model.name)
 
     def _on_plan_timer(self, model: ModelState, now_ns: int) -> None:
-        """Model-initiated matching: grant the earliest-free slot if it is free by exec_at."""
+        """Model-initiated matching: grant a slot free by exec_at, the most preferred one (or, with
+        `slot_choice = earliest`, the earliest-free one), if there is one; otherwise wait."""
         model.send_at_ns = NEVER_NS
         if model.batch_size == 0:
             return
         send_latency = self._ctrl_ns + self._data_ns * model.batch_size
         if now_ns + send_latency > model.invalid_after_ns:
             return  # too late; the invalidate or drop timer re-plans (P2)
-        earliest = self._matcher.earliest_slot()
-        if earliest is not None and earliest[1] <= model.exec_at_ns:
-            self._grant(model, earliest[0], now_ns)
+        slot = self._slot_free_by(model.exec_at_ns)
+        if slot is not None:
+            self._grant(model, slot, now_ns)
             return
         self._park(model, send_latency)
         self._arm_slot_timer(now_ns)
@@ -431,8 +436,16 @@ class SymphonyPolicy:
             while (urgent := matcher.most_urgent()) is not None and free_at > urgent[1]:
                 self._unpark(self._models[urgent[0]])  # infeasible on any slot; re-planned later (P2)
             if urgent is not None:
-                self._grant(self._models[urgent[0]], slot_id, now_ns)
+                preferred = self._slot_free_by(free_at)  # ties with the earliest-free slot
+                self._grant(self._models[urgent[0]], slot_id if preferred is None else preferred, now_ns)
         self._arm_slot_timer(now_ns)
+
+    def _slot_free_by(self, at_ns: int) -> int | None:
+        """The slot a grant takes among those free by `at_ns` (issue 13: consolidation)."""
+        if self._preferred:
+            return self._matcher.preferred_free_by(at_ns)
+        earliest = self._matcher.earliest_slot()
+        return earliest[0] if earliest is not None and earliest[1] <= at_ns else None
 
     def _grant(self, model: ModelState, slot_id: int, now_ns: int) -> None:
         """Re-plan against this slot's free time, dispatch what is feasible, re-plan the rest."""

@@ -23,6 +23,7 @@ from schemas.control import (
     claim_reply_decoder,
     encode,
     model_spec_decoder,
+    preference_order,
 )
 from schemas.model import ModelSpec
 from shard.core.ownership import (
@@ -144,7 +145,7 @@ class AssignmentFollower:
                 case ClaimSlot(slot=slot):
                     if await self._claim(self.shard.agent_of_slot(slot), slot):
                         steps["claim_slot"] += 1
-                        await shard.add_slot(slot)
+                        await shard.add_slot(slot, rank=preference_order(assignment.slots).index(slot))
                     else:
                         steps["claim_refused"] += 1
         graceful = sorted(transition.releasing - self._releasing)

@@ -27,6 +27,7 @@ from runtime.connect import connect_service, creds_of, flush_ordered
 from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_back
 from runtime.nats_auth import HANDBACK_NAMESPACE
 from runtime.services import register_service
+from schemas.control import preference_order
 from schemas.model import ModelList, ModelSpec, metadata_of
 from schemas.plan import AgentInfo, PlanRequest, plan_encoder, report_decoder
 from schemas.status import CONTENT_JSON, HEADER_CONTENT_TYPE, HEADER_HANDED_BACK, HEADER_STATUS, Status
@@ -115,8 +116,9 @@ class ShardService:
             models = [ModelConfig(name=n, slo_ns=int(s.slo_ms * 1e6), profile=s.profile) for n, s in self.specs.items()]
             self.policy = make_policy(self.policy_name, models, core)
             now = self.clock.now_ns()
+            ranked = preference_order(self.slot_names)
             for slot in self.slot_names:
-                self._apply(self.policy.handle(SlotAdded(self.slot_index[slot]), now))
+                self._apply(self.policy.handle(SlotAdded(self.slot_index[slot], rank=ranked.index(slot)), now))
             for model in self.entry.models:
                 await self._subscribe_model(model)
         await self._subscribe()
@@ -191,13 +193,15 @@ class ShardService:
         await self._apply_async(self.policy.handle(ModelRemoved(name), self.clock.now_ns()))
         log.info("model_released", shard=self.entry.id, model=name)
 
-    async def add_slot(self, slot_id: str) -> None:
+    async def add_slot(self, slot_id: str, rank: int | None = None) -> None:
+        """`rank`: the slot's place in the cluster's preference order (schemas.control.preference_order)."""
         if slot_id not in self.slot_index:
             self.slot_index[slot_id] = len(self.slot_names)
             self.slot_names.append(slot_id)
         self.watch.forget(slot_id)
         self._owned.add(slot_id)
-        await self._apply_async(self.policy.handle(SlotAdded(self.slot_index[slot_id]), self.clock.now_ns()))
+        await self._apply_async(self.policy.handle(SlotAdded(self.slot_index[slot_id], rank=rank),
+                                                   self.clock.now_ns()))
 
     async def remove_slot(self, slot_id: str) -> None:
         if slot_id not in self._owned:

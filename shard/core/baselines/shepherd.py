@@ -74,6 +74,7 @@ class ShepherdPolicy:
         self._queue_len_max = queue_len_max
         self._models = {m.name: _Model(m) for m in models}
         self._slots: dict[int, _Running | None] = {}
+        self._rank: dict[int, int] = {}  # slot -> place in the preference order
         self._plan_ids = count(1)
         self._actions: list = []
 
@@ -87,9 +88,13 @@ class ShepherdPolicy:
             case SlotAdded():
                 if event.slot_id not in self._slots:
                     self._slots[event.slot_id] = None
+                    # Arrivals offer slots in this order: keep it the preference order (issue 13).
+                    self._rank[event.slot_id] = event.slot_id if event.rank is None else event.rank
+                    self._slots = dict(sorted(self._slots.items(), key=lambda item: self._rank[item[0]]))
                     self._on_idle(event.slot_id, now_ns)
             case SlotRemoved():
                 self._slots.pop(event.slot_id, None)
+                self._rank.pop(event.slot_id, None)
             case Shutdown():
                 for model in self._models.values():
                     if model.queue:

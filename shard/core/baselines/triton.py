@@ -19,7 +19,7 @@ from itertools import count
 import msgspec
 
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, Step
-from shard.core.config import CoreConfig, ModelConfig
+from shard.core.config import CoreConfig, ModelConfig, SlotChoice
 from shard.core.events import BatchCompleted, DispatchFailed, RequestArrived, Shutdown, SlotAdded, SlotRemoved, WakeUp
 from shard.core.latency import LatencyModel
 from shard.core.policy import ModelStats
@@ -77,6 +77,8 @@ class TritonPolicy:
             m.name: _Model(m, settings.get(m.name) or default_settings(m, config)) for m in models
         }
         self._free: deque[int] = deque()  # free slots, longest idle first
+        self._rank: dict[int, tuple[int, int]] = {}  # slot -> (rank, slot): with slot_choice preferred,
+        self._preferred = config.slot_choice is SlotChoice.PREFERRED  # the lowest-ranked free slot goes first
         self._slots: dict[int, int | None] = {}  # slot -> running plan id
         self._plan_ids = count(1)
         self._actions: list = []
@@ -94,7 +96,9 @@ class TritonPolicy:
                 if event.slot_id not in self._slots:
                     self._slots[event.slot_id] = None
                     self._free.append(event.slot_id)
+                    self._rank[event.slot_id] = (event.slot_id if event.rank is None else event.rank, event.slot_id)
             case SlotRemoved():
+                self._rank.pop(event.slot_id, None)
                 if self._slots.pop(event.slot_id, 0) is None:
                     self._free.remove(event.slot_id)
             case Shutdown():
@@ -132,8 +136,16 @@ class TritonPolicy:
             model = self._oldest_ready(now_ns)
             if model is None:
                 break
-            self._dispatch(model, self._free.popleft(), now_ns)
+            self._dispatch(model, self._take_free(), now_ns)
         return self._next_wake(now_ns)
+
+    def _take_free(self) -> int:
+        """The free slot a batch takes: the longest idle (Triton's own), or the most preferred."""
+        if not self._preferred:
+            return self._free.popleft()
+        slot = min(self._free, key=self._rank.__getitem__)
+        self._free.remove(slot)
+        return slot
 
     def _expire(self, model: _Model, now_ns: int) -> None:
         timeout = model.settings.queue_timeout_ns
