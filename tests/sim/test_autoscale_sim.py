@@ -30,13 +30,13 @@ diurnal = {peak_rps = 550, trough = 0.1875, period_s = 120, power = 2, step_s = 
 
 
 @pytest.fixture(scope="module")
-def day(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def day(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("day") / "day.toml"
     path.write_text(DAY)
     return load_workload(str(path))
 
 
-def test_slots_follow_the_day_and_nothing_is_lost(day) -> None:  # noqa: ANN001
+def test_slots_follow_the_day_and_nothing_is_lost(day) -> None:
     config = AutoscaleConfig(cold_start_s=4, down_window_s=8, down_cooldown_s=4)
     result = simulate_autoscale(day, "symphony-plus", config, epoch_s=1.0, options=SimOptions(checks=True))
     held = [s.active + s.starting + s.draining for s in result.samples]
@@ -49,14 +49,14 @@ def test_slots_follow_the_day_and_nothing_is_lost(day) -> None:  # noqa: ANN001
     assert fixed.gpu_seconds == pytest.approx(8 * fixed.bench_s, rel=1e-6)
 
 
-def test_same_seed_same_result(day) -> None:  # noqa: ANN001
+def test_same_seed_same_result(day) -> None:
     config = AutoscaleConfig(cold_start_s=4, down_window_s=8, down_cooldown_s=4)
     runs = [simulate_autoscale(day, "symphony", config, epoch_s=1.0, options=SimOptions(noise=0.05))
             for _ in range(2)]
     assert msgspec.json.encode(runs[0]) == msgspec.json.encode(runs[1])
 
 
-def test_hpa_rule_reads_eager_busy_slots_as_need(day) -> None:  # noqa: ANN001
+def test_hpa_rule_reads_eager_busy_slots_as_need(day) -> None:
     """Eager runs small batches, so its slots look busy: the HPA rule holds more of them."""
     ours = simulate_autoscale(day, "symphony-plus", AutoscaleConfig(cold_start_s=4), epoch_s=1.0)
     eager = simulate_autoscale(day, "eager", AutoscaleConfig(rule="hpa", cold_start_s=4), epoch_s=1.0)
@@ -64,7 +64,7 @@ def test_hpa_rule_reads_eager_busy_slots_as_need(day) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_swarm_of_settings_noise_and_slot_failures(day, seed: int) -> None:  # noqa: ANN001
+def test_swarm_of_settings_noise_and_slot_failures(day, seed: int) -> None:
     """Random autoscaler settings, execution noise and slot failures under the checkers: every
     request leaves exactly once, nothing is dispatched to a slot that is not serving, and the
     GPU time is never more than the pool."""
@@ -88,8 +88,9 @@ def test_cli_autoscale_json_and_plot(tmp_path: Path) -> None:
     path = tmp_path / "day.toml"
     path.write_text(DAY)
     plot = tmp_path / "day.png"
-    done = subprocess.run([sys.executable, "-m", "ops.cli", "sim", "autoscale", str(path), "--cold-start-s", "4",
-                           "--epoch-s", "1", "--json", "--plot", str(plot)], capture_output=True, text=True, check=False)
+    command = [sys.executable, "-m", "ops.cli", "sim", "autoscale", str(path), "--cold-start-s", "4",
+               "--epoch-s", "1", "--json", "--plot", str(plot)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     result = msgspec.json.decode(done.stdout)
     for key in ("gpu_seconds", "oracle_gpu_seconds", "bad_rate", "goodput_rps", "samples"):
