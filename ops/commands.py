@@ -35,6 +35,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--tls-cert", default=None, help="server certificate (PEM): clients connect with tls://")
     up.add_argument("--tls-key", default=None)
     up.add_argument("--tls-ca", default=None, help="CA that signed --tls-cert (given to clients to verify it)")
+    up.add_argument("--autoscale", action="store_true",
+                    help="run the autoscaler and act on it: start and stop agent processes as it decides "
+                         "(needs a [coordinator] section; settings in [coordinator.autoscale])")
+    up.add_argument("--cold-start", type=float, default=None, metavar="S",
+                    help="with --autoscale: seconds before a started slot's agent is launched "
+                         "(default: [coordinator.autoscale] cold_start_s)")
     up.set_defaults(handler=_up)
 
     auth = subparsers.add_parser("nats-auth", help="write a nats-server config with users and permissions, and "
@@ -108,9 +114,14 @@ def _up(args: argparse.Namespace) -> int:
     from runtime.nats_auth import TlsFiles
 
     tls = TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca or "") if args.tls_cert else None
-    cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs), nats_cluster=args.nats_cluster,
-                           auth=not args.no_auth, clients=args.client or ("client",), tls=tls,
-                           run_dir=Path(args.run_dir) if args.run_dir else None)
+    if args.cold_start is not None and (not args.autoscale or args.cold_start < 0):
+        raise SystemExit("--cold-start takes a number of seconds >= 0, and needs --autoscale")
+    try:
+        cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs), nats_cluster=args.nats_cluster,
+                               auth=not args.no_auth, clients=args.client or ("client",), tls=tls,
+                               run_dir=Path(args.run_dir) if args.run_dir else None, autoscale=args.autoscale)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -120,6 +131,7 @@ def _up(args: argparse.Namespace) -> int:
         print("starting (models compile and profile first; this can take a minute)...", flush=True)
         url = await cluster.start()
         ops_nc = await _serve_ops(cluster)
+        actuator = asyncio.create_task(cluster.run_actuator(cold_start_s=args.cold_start)) if args.autoscale else None
         print(f"symphony is up at {url}  (export NATS_URL={url}); logs in {args.logs}; Ctrl-C stops it", flush=True)
         if cluster.auth is not None:
             clients = ", ".join(str(cluster.creds_path(c)) for c in (args.client or ("client",)))
@@ -128,10 +140,14 @@ def _up(args: argparse.Namespace) -> int:
                   "other programs: export SYMPHONY_NATS_CREDS=<file>", flush=True)
         while not stop.is_set():
             cluster.check_alive()
+            if actuator is not None and actuator.done():
+                actuator.result()  # the actuator failed: say why and stop
             try:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             except TimeoutError:
                 pass
+        if actuator is not None:
+            actuator.cancel()
         await ops_nc.close()
 
     try:
