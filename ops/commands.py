@@ -21,27 +21,7 @@ CREDS_HELP = "NATS credentials file (else $SYMPHONY_NATS_CREDS, else those `symp
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    up = subparsers.add_parser("up", help="run a local cluster (embedded nats-server unless --nats-url)")
-    up.add_argument("--config", default=str(DEMO_CONFIG))
-    up.add_argument("--nats-url", default=None, help="use this server instead of starting one")
-    up.add_argument("--logs", default="results/cluster-logs", help="folder for the processes' logs")
-    up.add_argument("--nats-cluster", type=int, default=0, metavar="N",
-                    help="start N routed nats-servers (JetStream clustered, KV with N replicas) instead of one")
-    up.add_argument("--no-auth", action="store_true", help="start the server(s) without NATS users (open)")
-    up.add_argument("--client", action="append", default=None, metavar="NAME",
-                    help="a client NATS user (repeatable; default: one user `client`)")
-    up.add_argument("--run-dir", default=None,
-                    help="where credentials and server configs go (default: a private temp dir)")
-    up.add_argument("--tls-cert", default=None, help="server certificate (PEM): clients connect with tls://")
-    up.add_argument("--tls-key", default=None)
-    up.add_argument("--tls-ca", default=None, help="CA that signed --tls-cert (given to clients to verify it)")
-    up.add_argument("--autoscale", action="store_true",
-                    help="run the autoscaler and act on it: start and stop agent processes as it decides "
-                         "(needs a [coordinator] section; settings in [coordinator.autoscale])")
-    up.add_argument("--cold-start", type=float, default=None, metavar="S",
-                    help="with --autoscale: seconds before a started slot's agent is launched "
-                         "(default: [coordinator.autoscale] cold_start_s)")
-    up.set_defaults(handler=_up)
+    _add_up_parser(subparsers)
 
     auth = subparsers.add_parser("nats-auth", help="write a nats-server config with users and permissions, and "
                                                    "one credentials file per role, for a deployment")
@@ -105,6 +85,30 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     models.add_argument("--nats-url", default=None)
     models.add_argument("--creds", default=None, help=CREDS_HELP)
     models.set_defaults(handler=_models)
+
+
+def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
+    up = subparsers.add_parser("up", help="run a local cluster (embedded nats-server unless --nats-url)")
+    up.add_argument("--config", default=str(DEMO_CONFIG))
+    up.add_argument("--nats-url", default=None, help="use this server instead of starting one")
+    up.add_argument("--logs", default="results/cluster-logs", help="folder for the processes' logs")
+    up.add_argument("--nats-cluster", type=int, default=0, metavar="N",
+                    help="start N routed nats-servers (JetStream clustered, KV with N replicas) instead of one")
+    up.add_argument("--no-auth", action="store_true", help="start the server(s) without NATS users (open)")
+    up.add_argument("--client", action="append", default=None, metavar="NAME",
+                    help="a client NATS user (repeatable; default: one user `client`)")
+    up.add_argument("--run-dir", default=None,
+                    help="where credentials and server configs go (default: a private temp dir)")
+    up.add_argument("--tls-cert", default=None, help="server certificate (PEM): clients connect with tls://")
+    up.add_argument("--tls-key", default=None)
+    up.add_argument("--tls-ca", default=None, help="CA that signed --tls-cert (given to clients to verify it)")
+    up.add_argument("--autoscale", action="store_true",
+                    help="run the autoscaler and act on it: start and stop agent processes as it decides "
+                         "(needs a [coordinator] section; settings in [coordinator.autoscale])")
+    up.add_argument("--cold-start", type=float, default=None, metavar="S",
+                    help="with --autoscale: seconds before a started slot's agent is launched "
+                         "(default: [coordinator.autoscale] cold_start_s)")
+    up.set_defaults(handler=_up)
 
 
 def _up(args: argparse.Namespace) -> int:
