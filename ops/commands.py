@@ -152,6 +152,7 @@ def _up(args: argparse.Namespace) -> int:
                 pass
         if actuator is not None:
             actuator.cancel()
+            await asyncio.wait([actuator])
         await ops_nc.close()
 
     try:
