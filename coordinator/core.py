@@ -12,6 +12,11 @@ and writes it with compare-and-swap on the revision it read, so two coordinators
 they lead can never both write, and epochs only go up. Membership comes from the coordinator's
 own view (coordinator/membership.py), which only grows from what it observes and shrinks only on
 evidence; a coordinator decides nothing about departures before its view has watched for a TTL.
+
+Autoscaling (issue 13): with an `AutoscaleConfig`, each epoch first runs the autoscaler
+(coordinator/autoscale.py `decide`) on the shards' and agents' heartbeats, moves the slots
+through their phases (coordinator/slots.py: active, starting, draining, released), places only
+the active slots, and publishes the decision (`WriteAutoscale`) for any actuator.
 """
 
 from __future__ import annotations
@@ -20,11 +25,22 @@ import enum
 
 import msgspec
 
-from coordinator.epoch import EpochInputs, ModelSettings, decide_epoch, membership_of
+from coordinator.autoscale import AutoscaleConfig, AutoscaleState, decide
+from coordinator.epoch import EpochInputs, ModelSettings, decide_epoch, demand_slots, membership_of, shard_rates
 from coordinator.membership import Heartbeat, MemberView, ReadOutcome
 from coordinator.placement import PlacementConfig
 from coordinator.rates import RateMemory
-from schemas.control import Assignment
+from coordinator.slots import (
+    SlotPhases,
+    apply_target,
+    autoscale_signal,
+    autoscale_status,
+    held_slots,
+    observe,
+    phases_from_status,
+    present_slots,
+)
+from schemas.control import Assignment, AutoscaleStatus
 from schemas.profile import ModelProfile
 from shard.core.config import CoreConfig
 
@@ -107,8 +123,14 @@ class AssignmentWritten(msgspec.Struct, frozen=True, kw_only=True):
     outcome: WriteOutcome
 
 
+class AutoscaleSeen(msgspec.Struct, frozen=True, kw_only=True):
+    """The autoscaler's decision as published by anyone (from the state watch)."""
+
+    status: AutoscaleStatus
+
+
 Event = (Tick | LeaseResult | MemberUpdate | MemberRead | DrainUpdate | ProfileUpdate | AssignmentSeen
-         | AssignmentRead | AssignmentWritten)
+         | AssignmentRead | AssignmentWritten | AutoscaleSeen)
 
 
 # ---- commands: what the core asks of the shell -----------------------------------------------
@@ -143,6 +165,12 @@ class WriteAssignment(msgspec.Struct, frozen=True, kw_only=True):
     revision: int  # compare-and-swap on this revision (0: create)
 
 
+class WriteAutoscale(msgspec.Struct, frozen=True, kw_only=True):
+    """Publish the autoscaler's decision (KV key `autoscale`); nothing waits for the result."""
+
+    status: AutoscaleStatus
+
+
 class Note(msgspec.Struct, frozen=True, kw_only=True):
     """Something worth a log line and a metric, decided here and reported by the shell."""
 
@@ -151,12 +179,16 @@ class Note(msgspec.Struct, frozen=True, kw_only=True):
     fields: dict = {}
 
 
-Command = TakeLease | RenewLease | ReleaseLease | ReadMember | RestartWatches | ReadAssignment | WriteAssignment | Note
+Command = (TakeLease | RenewLease | ReleaseLease | ReadMember | RestartWatches | ReadAssignment | WriteAssignment
+           | WriteAutoscale | Note)
 
 
 class CoordinatorCore:
     def __init__(self, coordinator_id: str, models: list[ModelSettings], timing: CoordinatorTiming, *,
-                 core: CoreConfig, placement: PlacementConfig, now_ns: int) -> None:
+                 core: CoreConfig, placement: PlacementConfig, now_ns: int,
+                 autoscale: AutoscaleConfig | None = None, slots: list[str] | None = None) -> None:
+        """`autoscale`: run the autoscaler each epoch (None: every slot serves); `slots`: every
+        slot the cluster config knows, running or not (the autoscaler may start any of them)."""
         self.id = coordinator_id
         self.models = models
         self.timing = timing
@@ -181,6 +213,13 @@ class CoordinatorCore:
         self._confirming: set[str] = set()
         self._member_update_ns = now_ns  # the last update the members watch delivered
         self._watches_started_ns = now_ns
+        # Autoscaling state, decided only while leading.
+        self.autoscale = autoscale
+        self.slots = sorted(slots or [])
+        self.autoscale_state = AutoscaleState()
+        self.phases: SlotPhases | None = None  # None until this coordinator decided once
+        self.autoscale_seen: AutoscaleStatus | None = None  # the newest published by anyone
+        self.autoscale_status: AutoscaleStatus | None = None  # the newest this coordinator decided
 
     # ---- queries ------------------------------------------------------------------------------
     def leading(self, now_ns: int) -> bool:
@@ -214,6 +253,9 @@ class CoordinatorCore:
                     self.profiles.pop((model, agent), None)
                 else:
                     self.profiles[(model, agent)] = profile
+                return []
+            case AutoscaleSeen(status=status):
+                self.autoscale_seen = status
                 return []
             case AssignmentSeen(assignment=assignment):
                 if self.latest is None or assignment.epoch > self.latest.epoch:
@@ -330,17 +372,51 @@ class CoordinatorCore:
         # A KV that lost its assignment (or holds one that does not decode) gets a new one, placed
         # from the newest this coordinator saw so that models stay where they are.
         basis = read.assignment or self.latest
-        decision = decide_epoch(self.models, self._inputs(basis, now_ns, read.assignment is not None), core=self.core,
-                                placement=self.placement, coordinator_id=self.id)
+        inputs, scaled = self._autoscale(self._inputs(basis, now_ns, read.assignment is not None), now_ns)
+        decision = decide_epoch(self.models, inputs, core=self.core, placement=self.placement, coordinator_id=self.id)
         if decision.assignment is None:
             self._epoch_done(now_ns)
             if decision.reason == "unchanged":
-                return []
-            return [Note(event=f"epoch_{decision.reason}", level="error" if decision.errors else "warning",
-                         fields={"errors": decision.errors})]
+                return scaled
+            return scaled + [Note(event=f"epoch_{decision.reason}", level="error" if decision.errors else "warning",
+                                  fields={"errors": decision.errors})]
         self._epoch_op = "writing"
         self._pending = decision.assignment
-        return [WriteAssignment(assignment=decision.assignment, revision=read.revision)]
+        return scaled + [WriteAssignment(assignment=decision.assignment, revision=read.revision)]
+
+    def _autoscale(self, inputs: EpochInputs, now_ns: int) -> tuple[EpochInputs, list[Command]]:
+        """The autoscaler's step: the slots' phases from the heartbeats, the decision, the phases
+        after it, and the inputs with only the active slots (the rest are out of the assignment,
+        so their shards stop sending them plans)."""
+        if self.autoscale is None:
+            return inputs, []
+        seen = {agent: self.view.members[f"agent.{agent}"].seen_ns for agent in inputs.agents}
+        present = present_slots(inputs.agents, seen)
+        ranked = sorted(set(self.slots) | set(present))  # the preference order: slot names, sorted
+        phases = self.phases
+        if phases is None:
+            phases = phases_from_status(self.autoscale_seen, now_ns) if self.autoscale_seen else SlotPhases()
+        phases = observe(phases, present, held_slots(inputs.shards, self.latest), now_ns)
+        demand = demand_slots(self.models, shard_rates(inputs.shards), inputs.profiles, self.core)
+        signal = autoscale_signal(inputs.shards, demand, phases, present, len(ranked), now_ns)
+        decision, self.autoscale_state = decide(self.autoscale, self.autoscale_state, signal)
+        self.phases = apply_target(phases, ranked, decision.target_slots, present, now_ns)
+        status = autoscale_status(
+            self.phases, ranked, present, coordinator=self.id, epoch=self.latest.epoch if self.latest else 0,
+            target_slots=decision.target_slots, need_slots=decision.need_slots, reason=decision.reason,
+            rule=decision.rule, demand_slots=signal.demand_slots, busy_slots=signal.busy_slots,
+            bad_rate=signal.bad_rate)
+        previous, self.autoscale_status = self.autoscale_status, status
+        active = set(status.active)
+        agents = {agent: msgspec.structs.replace(beat, slots=[s for s in beat.slots if s.slot_id in active])
+                  for agent, beat in inputs.agents.items()}
+        commands: list[Command] = [WriteAutoscale(status=status)]
+        if previous is None or _phases_of(previous) != _phases_of(status):
+            commands.append(Note(event="autoscale", fields={
+                "target_slots": status.target_slots, "need_slots": round(status.need_slots, 3),
+                "reason": status.reason, "active": status.active, "starting": status.starting,
+                "draining": status.draining, "released": status.released}))
+        return msgspec.structs.replace(inputs, agents=agents), commands
 
     def _assignment_written(self, written: AssignmentWritten, now_ns: int) -> list[Command]:
         assert self._epoch_op == "writing" and self._pending is not None
@@ -357,3 +433,7 @@ class CoordinatorCore:
     def _epoch_done(self, now_ns: int) -> None:
         self._last_epoch_ns = now_ns
         self._membership_done = self._epoch_membership
+
+
+def _phases_of(status: AutoscaleStatus) -> tuple:
+    return status.target_slots, status.active, status.starting, status.draining, status.released

@@ -76,8 +76,7 @@ def decide_epoch(models: list[ModelSettings], inputs: EpochInputs, *, core: Core
     if not live:
         return EpochDecision(assignment=None, reason="no_live_shards")
     hosts = slot_hosts(inputs.agents)
-    configs = [ModelConfig(name=m.name, slo_ns=int(m.slo_ms * 1e6),
-                           profile=inputs.profiles.get(m.name) or m.fallback_profile()) for m in models]
+    configs = model_configs(models, inputs.profiles)
     previous = inputs.previous
     new = next_assignment(configs, inputs.rates, live, hosts, previous, core=core, placement=placement)
     floor = max([previous.epoch if previous else 0, inputs.latest_epoch]
@@ -90,6 +89,30 @@ def decide_epoch(models: list[ModelSettings], inputs: EpochInputs, *, core: Core
     if errors:
         return EpochDecision(assignment=None, reason="invalid", errors=errors)
     return EpochDecision(assignment=new, reason="changed")
+
+
+def model_configs(models: list[ModelSettings], profiles: dict[str, ModelProfile]) -> list[ModelConfig]:
+    """Each model with its measured profile (the slowest among its agents), else its fallback."""
+    return [ModelConfig(name=m.name, slo_ns=int(m.slo_ms * 1e6), profile=profiles.get(m.name) or m.fallback_profile())
+            for m in models]
+
+
+def shard_rates(shards: dict[str, ShardHeartbeat]) -> dict[str, float]:
+    """The rate each model arrives at now, summed over the shards that report it (during a move
+    two shards may each see part of it)."""
+    rates: dict[str, float] = {}
+    for beat in shards.values():
+        for model, load in beat.models.items():
+            rates[model] = rates.get(model, 0.0) + load.rate_rps
+    return rates
+
+
+def demand_slots(models: list[ModelSettings], rates: dict[str, float], profiles: dict[str, ModelProfile],
+                 core: CoreConfig) -> float:
+    """The autoscaler's signal: slot-seconds per second the load needs, rate x per-request cost
+    at the batch the core aims for at that rate (coordinator/demand.py), summed over models."""
+    demands = [model_demand(m, rates.get(m.name, 0.0), core, []) for m in model_configs(models, profiles)]
+    return sum(d.rate_rps * d.cost_s for d in demands)
 
 
 def next_assignment(models: list[ModelConfig], rates: dict[str, float], shards: list[str],

@@ -15,10 +15,12 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from coordinator.autoscale import AutoscaleConfig
 from coordinator.core import (
     AssignmentRead,
     AssignmentSeen,
     AssignmentWritten,
+    AutoscaleSeen,
     Command,
     CoordinatorCore,
     CoordinatorTiming,
@@ -38,6 +40,7 @@ from coordinator.core import (
     TakeLease,
     Tick,
     WriteAssignment,
+    WriteAutoscale,
     WriteOutcome,
 )
 from coordinator.epoch import ModelSettings
@@ -55,7 +58,16 @@ from runtime.kv import (
     with_retries,
 )
 from runtime.services import register_service
-from schemas.control import ASSIGNMENT_KEY, Assignment, assignment_decoder, encode, model_spec_decoder
+from schemas.control import (
+    ASSIGNMENT_KEY,
+    AUTOSCALE_KEY,
+    Assignment,
+    AutoscaleStatus,
+    assignment_decoder,
+    autoscale_status_decoder,
+    encode,
+    model_spec_decoder,
+)
 from schemas.limits import validate_identifier
 from schemas.model import validate_model_name
 from schemas.status_report import CoordinatorStatus
@@ -95,6 +107,7 @@ class Coordinator:
                             "profiles) that did not decode and were skipped, since start"),
         }
         self.gauges = {k: Gauge(name, doc, registry=self.registry) for k, (name, doc) in gauges.items()}
+        self._autoscale_gauges()
         for key, read in (("desired", lambda: self.status().desired_slots),
                           ("surplus", lambda: self.status().surplus_slots),
                           ("slots", lambda: self.status().slots), ("epoch", lambda: self.status().epoch),
@@ -102,6 +115,25 @@ class Coordinator:
                           ("members", lambda: len(self.core.view.members) if self.core else 0),
                           ("undecodable", lambda: sum(undecodable.values()))):
             self.gauges[key].set_function(read)
+
+    def _autoscale_gauges(self) -> None:
+        """The autoscaler's decision as metrics, for an HPA or KEDA (docs/operations.md): only the
+        leader reports it; the others report 0, so `max()` over coordinators is the decision."""
+        gauges = {
+            "target_slots": "Slots the autoscaler wants serving or starting (the actuator's target)",
+            "need_slots": "The autoscaler rule's unrounded need, in slots",
+            "demand_slots": "Rate x per-request cost at the target batch, summed over models (slot-seconds/s)",
+            "active_slots": "Slots serving (in the assignment)",
+            "starting_slots": "Slots asked for and not serving yet (cold start)",
+            "draining_slots": "Slots out of the assignment, finishing their plans",
+            "released_slots": "Slots drained and empty whose agents still run: safe to stop",
+        }
+        for key, doc in gauges.items():
+            gauge = Gauge(f"symphony_coordinator_autoscale_{key}", doc, registry=self.registry)
+            gauge.set_function(lambda key=key: _autoscale_value(self.autoscale_status() if self.leading else None, key))
+
+    def autoscale_status(self) -> AutoscaleStatus | None:
+        return self.core.autoscale_status if self.core is not None else None
 
     @property
     def leading(self) -> bool:
@@ -116,7 +148,9 @@ class Coordinator:
             self.id, [ModelSettings(name=m.name, slo_ms=m.slo_ms, kind=m.kind, batch_size_max=m.batch_size_max)
                       for m in self.config.models],
             self.timing, core=core_config_for(shard_template),
-            placement=PlacementConfig(target_utilization=settings.target_utilization), now_ns=time.monotonic_ns())
+            placement=PlacementConfig(target_utilization=settings.target_utilization), now_ns=time.monotonic_ns(),
+            autoscale=(AutoscaleConfig(**settings.autoscale.decision_fields()) if settings.autoscale.enabled else None),
+            slots=self.config.slot_ids())
         self.service = await register_service(
             self.nc, "symphony-coordinator", f"coordinator {self.id}", {"coordinator_id": self.id},
             f"{self.prefix}.coordinator.{self.id}.status", self.status)
@@ -151,7 +185,8 @@ class Coordinator:
         agents = sorted(self.core.view.agents()) if self.core else []
         return CoordinatorStatus(coordinator_id=self.id, leading=self.leading, epoch=a.epoch,
                                  shards=sorted(set(a.models.values())), agents=agents,
-                                 desired_slots=a.desired_slots, surplus_slots=a.surplus_slots, slots=len(a.slots))
+                                 desired_slots=a.desired_slots, surplus_slots=a.surplus_slots, slots=len(a.slots),
+                                 autoscale=self.autoscale_status() if self.leading else None)
 
     # ---- driving the core -----------------------------------------------------------------------
     async def _tick_loop(self) -> None:
@@ -228,6 +263,9 @@ class Coordinator:
                     except KeyNotFoundError:
                         pass
                 return AssignmentRead(assignment=assignment, revision=revision, drains=frozenset(drains))
+            case WriteAutoscale(status=status):
+                await state.put(AUTOSCALE_KEY, encode(status))
+                return None
             case WriteAssignment(assignment=assignment, revision=revision):
                 try:
                     if revision:
@@ -303,6 +341,12 @@ class Coordinator:
                 count_undecodable("profile", entry.key, error)
                 return None
             return None if spec.profile is None else ProfileUpdate(model=model, agent=agent, profile=spec.profile)
+        if entry.key == AUTOSCALE_KEY and not deleted:
+            try:
+                return AutoscaleSeen(status=autoscale_status_decoder.decode(entry.value))
+            except msgspec.DecodeError as error:
+                count_undecodable("autoscale", entry.key, error)
+                return None
         if entry.key == ASSIGNMENT_KEY and not deleted:
             try:
                 return AssignmentSeen(assignment=assignment_decoder.decode(entry.value))
@@ -335,3 +379,13 @@ def _failure(command: Command) -> Event | None:
         case WriteAssignment():
             return AssignmentWritten(outcome=WriteOutcome.FAILED)
     return None
+
+
+def _autoscale_value(status: AutoscaleStatus | None, key: str) -> float:
+    """A gauge's value: a field of the decision, or the length of one of its slot lists."""
+    if status is None:
+        return 0.0
+    phase = key.removesuffix("_slots")
+    if phase in ("active", "starting", "draining", "released"):
+        return float(len(getattr(status, phase)))
+    return float(getattr(status, key))

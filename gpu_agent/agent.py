@@ -82,6 +82,9 @@ class _Slot:
         self.recent: deque[tuple[int, float]] = deque()  # (finished_ns, seconds) of recent batches
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"slot-{slot_id}")
         self.executions = 0
+        # Plans taken to run and not yet answered, by (shard, plan id): a slot the autoscaler
+        # drains is released only at none (its heartbeat's `plans_open`).
+        self.open: set[tuple[str, int]] = set()
 
     def state(self) -> SlotState:
         return SlotState(owner=SlotOwner(shard=self.owner, epoch=self.epoch), models=self.model_set,
@@ -234,7 +237,8 @@ class Agent:
     async def _heartbeat(self) -> None:
         device = self.info().slots[0].device if self.slots else ""
         beat = AgentHeartbeat(agent_id=self.entry.id, device=device, slots=[
-            AgentSlot(slot_id=s.slot_id, models=s.models, owner=s.owner, epoch=s.epoch) for s in self.slots.values()],
+            AgentSlot(slot_id=s.slot_id, models=s.models, owner=s.owner, epoch=s.epoch, plans_open=len(s.open))
+            for s in self.slots.values()],
             memory_bytes={k: int(v) for k, v in self._metrics_state()["memory"].items()})
         await self.buckets.members.put(f"agent.{self.entry.id}", control_encode(beat))
 
@@ -271,6 +275,7 @@ class Agent:
             decision = await self._decide(Stage.RECEIVED, plan, slot)
             match decision:
                 case Run():
+                    slot.open.add((plan.shard_id, plan.plan_id))
                     slot.queue.put_nowait(Received(plan, received_ns))  # `decide` saw room; no await since
                 case HandBack():
                     await self._hand_back(plan)
@@ -417,6 +422,13 @@ class Agent:
         before the replies: a shard that has it never declares these requests lost, and one that
         lacks it (this agent died first) knows none was answered."""
         plan = outcome.plan
+        try:
+            await self._finish_plan(slot, outcome)
+        finally:
+            slot.open.discard((plan.shard_id, plan.plan_id))
+
+    async def _finish_plan(self, slot: _Slot, outcome: Outcome) -> None:
+        plan = outcome.plan
         decision = await self._decide(Stage.REPLYING, plan, slot)
         if isinstance(decision, Withhold):
             await self._withhold(slot, plan, decision)
@@ -443,6 +455,7 @@ class Agent:
         log.warning("plan_withheld", plan=plan.plan_id, shard=plan.shard_id, slot=plan.slot_id,
                     late_ms=decision.late_ns // 1_000_000)
         await self._report(Outcome(plan, ReportStatus.WITHHELD, []))
+        slot.open.discard((plan.shard_id, plan.plan_id))
 
     async def _hand_back(self, plan: BatchPlan) -> None:
         """Fencing: only the shard that claimed this slot, at its epoch or later, runs here. A plan

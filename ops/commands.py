@@ -21,21 +21,7 @@ CREDS_HELP = "NATS credentials file (else $SYMPHONY_NATS_CREDS, else those `symp
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    up = subparsers.add_parser("up", help="run a local cluster (embedded nats-server unless --nats-url)")
-    up.add_argument("--config", default=str(DEMO_CONFIG))
-    up.add_argument("--nats-url", default=None, help="use this server instead of starting one")
-    up.add_argument("--logs", default="results/cluster-logs", help="folder for the processes' logs")
-    up.add_argument("--nats-cluster", type=int, default=0, metavar="N",
-                    help="start N routed nats-servers (JetStream clustered, KV with N replicas) instead of one")
-    up.add_argument("--no-auth", action="store_true", help="start the server(s) without NATS users (open)")
-    up.add_argument("--client", action="append", default=None, metavar="NAME",
-                    help="a client NATS user (repeatable; default: one user `client`)")
-    up.add_argument("--run-dir", default=None,
-                    help="where credentials and server configs go (default: a private temp dir)")
-    up.add_argument("--tls-cert", default=None, help="server certificate (PEM): clients connect with tls://")
-    up.add_argument("--tls-key", default=None)
-    up.add_argument("--tls-ca", default=None, help="CA that signed --tls-cert (given to clients to verify it)")
-    up.set_defaults(handler=_up)
+    _add_up_parser(subparsers)
 
     auth = subparsers.add_parser("nats-auth", help="write a nats-server config with users and permissions, and "
                                                    "one credentials file per role, for a deployment")
@@ -101,6 +87,30 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     models.set_defaults(handler=_models)
 
 
+def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
+    up = subparsers.add_parser("up", help="run a local cluster (embedded nats-server unless --nats-url)")
+    up.add_argument("--config", default=str(DEMO_CONFIG))
+    up.add_argument("--nats-url", default=None, help="use this server instead of starting one")
+    up.add_argument("--logs", default="results/cluster-logs", help="folder for the processes' logs")
+    up.add_argument("--nats-cluster", type=int, default=0, metavar="N",
+                    help="start N routed nats-servers (JetStream clustered, KV with N replicas) instead of one")
+    up.add_argument("--no-auth", action="store_true", help="start the server(s) without NATS users (open)")
+    up.add_argument("--client", action="append", default=None, metavar="NAME",
+                    help="a client NATS user (repeatable; default: one user `client`)")
+    up.add_argument("--run-dir", default=None,
+                    help="where credentials and server configs go (default: a private temp dir)")
+    up.add_argument("--tls-cert", default=None, help="server certificate (PEM): clients connect with tls://")
+    up.add_argument("--tls-key", default=None)
+    up.add_argument("--tls-ca", default=None, help="CA that signed --tls-cert (given to clients to verify it)")
+    up.add_argument("--autoscale", action="store_true",
+                    help="run the autoscaler and act on it: start and stop agent processes as it decides "
+                         "(needs a [coordinator] section; settings in [coordinator.autoscale])")
+    up.add_argument("--cold-start", type=float, default=None, metavar="S",
+                    help="with --autoscale: seconds before a started slot's agent is launched "
+                         "(default: [coordinator.autoscale] cold_start_s)")
+    up.set_defaults(handler=_up)
+
+
 def _up(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -108,9 +118,14 @@ def _up(args: argparse.Namespace) -> int:
     from runtime.nats_auth import TlsFiles
 
     tls = TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca or "") if args.tls_cert else None
-    cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs), nats_cluster=args.nats_cluster,
-                           auth=not args.no_auth, clients=args.client or ("client",), tls=tls,
-                           run_dir=Path(args.run_dir) if args.run_dir else None)
+    if args.cold_start is not None and (not args.autoscale or args.cold_start < 0):
+        raise SystemExit("--cold-start takes a number of seconds >= 0, and needs --autoscale")
+    try:
+        cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs), nats_cluster=args.nats_cluster,
+                               auth=not args.no_auth, clients=args.client or ("client",), tls=tls,
+                               run_dir=Path(args.run_dir) if args.run_dir else None, autoscale=args.autoscale)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -120,6 +135,7 @@ def _up(args: argparse.Namespace) -> int:
         print("starting (models compile and profile first; this can take a minute)...", flush=True)
         url = await cluster.start()
         ops_nc = await _serve_ops(cluster)
+        actuator = asyncio.create_task(cluster.run_actuator(cold_start_s=args.cold_start)) if args.autoscale else None
         print(f"symphony is up at {url}  (export NATS_URL={url}); logs in {args.logs}; Ctrl-C stops it", flush=True)
         if cluster.auth is not None:
             clients = ", ".join(str(cluster.creds_path(c)) for c in (args.client or ("client",)))
@@ -128,10 +144,15 @@ def _up(args: argparse.Namespace) -> int:
                   "other programs: export SYMPHONY_NATS_CREDS=<file>", flush=True)
         while not stop.is_set():
             cluster.check_alive()
+            if actuator is not None and actuator.done():
+                actuator.result()  # the actuator failed: say why and stop
             try:
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
             except TimeoutError:
                 pass
+        if actuator is not None:
+            actuator.cancel()
+            await asyncio.wait([actuator])
         await ops_nc.close()
 
     try:

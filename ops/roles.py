@@ -11,7 +11,7 @@ import structlog
 
 from gpu_agent.agent import Agent
 from runtime.clock import MonotonicClock
-from runtime.cluster_config import load_cluster_config
+from runtime.cluster_config import AUTOSCALE_ENV, load_cluster_config
 from runtime.logs import configure_logging
 from shard.service.shard import ShardService
 
@@ -31,15 +31,22 @@ def _configure() -> None:
 
 
 def _config(path: str):  # noqa: ANN202
-    """The cluster config, with SYMPHONY_KV_REPLICAS (set by `symphony up --nats-cluster N`)."""
+    """The cluster config, with SYMPHONY_KV_REPLICAS (set by `symphony up --nats-cluster N`) and
+    SYMPHONY_AUTOSCALE=1 (set by `symphony up --autoscale`: the coordinators run the autoscaler
+    with the config's `[coordinator.autoscale]` settings, or the defaults)."""
     import msgspec
 
     config = load_cluster_config(path)
+    coordinator = config.coordinator
+    if coordinator is None:
+        return config
     replicas = os.environ.get("SYMPHONY_KV_REPLICAS")
-    if replicas and config.coordinator is not None:
-        config = msgspec.structs.replace(
-            config, coordinator=msgspec.structs.replace(config.coordinator, kv_replicas=int(replicas)))
-    return config
+    if replicas:
+        coordinator = msgspec.structs.replace(coordinator, kv_replicas=int(replicas))
+    if os.environ.get(AUTOSCALE_ENV) == "1":
+        coordinator = msgspec.structs.replace(
+            coordinator, autoscale=msgspec.structs.replace(coordinator.autoscale, enabled=True))
+    return msgspec.structs.replace(config, coordinator=coordinator)
 
 
 def agent_clock(environ: Mapping[str, str] = os.environ) -> MonotonicClock:

@@ -19,22 +19,28 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import nats
+import structlog
 
+from runtime.actuator import actuate
 from runtime.client import LOCAL_URL_FILE
-from runtime.cluster_config import ClusterConfig, load_cluster_config
+from runtime.cluster_config import AUTOSCALE_ENV, ClusterConfig, load_cluster_config
 from runtime.connect import connect_client
 from runtime.nats_auth import CREDS_ENV, Auth, TlsFiles, deployment_for, forget_local, record_local
 from runtime.nats_server import NatsCluster, NatsServer
+from schemas.control import AutoscaleStatus
+
+log = structlog.get_logger("ops")
 
 
 class LocalCluster:
     def __init__(self, config_path: str | Path, nats_url: str | None = None, *, log_dir: Path | None = None,
                  nats_cluster: int = 0, auth: bool = True, clients: Sequence[str] = ("client",),
-                 tls: TlsFiles | None = None, run_dir: Path | None = None) -> None:
+                 tls: TlsFiles | None = None, run_dir: Path | None = None, autoscale: bool = False) -> None:
         """`auth`: users and permissions on the server(s) this starts (not on a given `nats_url`,
         whose credentials come from $SYMPHONY_NATS_CREDS); `clients`: the client users; `tls`:
         the servers' certificate; `run_dir`: where the credentials and server configs go (a new
-        private temporary folder by default, removed by `stop()`)."""
+        private temporary folder by default, removed by `stop()`); `autoscale`: the coordinators run
+        the autoscaler, and `run_actuator()` starts and stops agents as it decides."""
         self.config_path = str(config_path)
         self.config: ClusterConfig = load_cluster_config(config_path)
         self.server: NatsServer | None = None
@@ -51,6 +57,10 @@ class LocalCluster:
         self.log_dir = log_dir
         self._spawned = 0
         self.role_urls: dict[str, str] = {}  # process name -> its own NATS URL (fault injection: a proxy)
+        if autoscale and self.config.coordinator is None:
+            raise ValueError(f"{config_path}: autoscaling needs a coordinator: add a [coordinator] section")
+        self.autoscale = autoscale
+        self.decisions: list[tuple[float, AutoscaleStatus]] = []  # (monotonic s, decision) as the actuator saw them
 
     def _spawn(self, name: str, *args: str) -> None:
         out = subprocess.DEVNULL
@@ -58,6 +68,8 @@ class LocalCluster:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.autoscale:
+            env[AUTOSCALE_ENV] = "1"
         if self.auth is not None:
             env[CREDS_ENV] = str(self.auth.creds_path(self._user_of(args)))
         url = self.url
@@ -126,15 +138,48 @@ class LocalCluster:
             self.stop_process(f"shard-{shard_id}")
         return self.shard_ids()
 
+    async def run_actuator(self, poll_s: float = 0.25, cold_start_s: float | None = None) -> None:
+        """Act on the autoscaler's decisions until cancelled (runtime/actuator.py decides): start
+        the agents of `starting` slots after the cold start, stop those whose slots are all
+        `released`. `cold_start_s`: default the config's `[coordinator.autoscale] cold_start_s`."""
+        from runtime.kv import open_buckets, read_autoscale
+
+        settings = self.config.coordinator
+        cold_s = settings.autoscale.cold_start_s if cold_start_s is None else cold_start_s
+        agents = {agent.id: [slot.id for slot in agent.slots] for agent in self.config.agents}
+        nc = await connect_client(self.url, "symphony-actuator", self.creds_path("operator"), user="operator")
+        asked: dict[str, float] = {}
+        try:
+            buckets = await open_buckets(nc, heartbeat_ttl_s=settings.heartbeat_ttl_s, lease_s=settings.lease_s)
+            while True:
+                try:
+                    status = await read_autoscale(buckets.state)
+                except nats.errors.Error as error:
+                    log.warning("autoscale_read_failed", error=repr(error))
+                    status = None
+                now_s = time.monotonic()
+                if status is not None and (not self.decisions or self.decisions[-1][1] != status):
+                    self.decisions.append((now_s, status))
+                running = {a for a in agents if self.processes.get(f"agent-{a}") is not None}
+                plan = actuate(status, agents, running, asked, now_s, cold_s)
+                asked = plan.asked_s
+                for agent in plan.start:
+                    log.info("actuator_start", agent=agent)
+                    self._spawn(f"agent-{agent}", "agent", "--id", agent)
+                for agent in plan.stop:
+                    log.info("actuator_stop", agent=agent)
+                    process = self.processes.pop(f"agent-{agent}")
+                    process.send_signal(signal.SIGTERM)  # the agent leaves the members bucket at once
+                    await asyncio.to_thread(_wait_or_kill, process)
+                await asyncio.sleep(poll_s)
+        finally:
+            await nc.close()
+
     def stop_process(self, name: str) -> None:
         process = self.processes.pop(name)
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            _wait_or_kill(process)
 
     def kill_process(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Fault injection: end a role abruptly (no drain, no goodbye)."""
@@ -223,3 +268,12 @@ class LocalCluster:
                 shutil.rmtree(self.auth.creds_dir, ignore_errors=True)
                 for conf in self.auth.run_dir.glob("nats-server-*.conf"):
                     conf.unlink(missing_ok=True)
+
+
+def _wait_or_kill(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
+    """Wait for a process told to stop; kill it after `timeout_s`."""
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -58,6 +58,34 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     jitter_us: Annotated[int, Meta(ge=0)] = 5000
 
 
+AUTOSCALE_ENV = "SYMPHONY_AUTOSCALE"  # "1": `symphony up --autoscale` turned the autoscaler on
+Fraction = Annotated[float, Meta(gt=0, le=1)]
+Seconds = Annotated[float, Meta(ge=0)]
+
+
+class AutoscaleEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[coordinator.autoscale]`: the autoscaler's settings. The fields after `enabled` are
+    coordinator.autoscale.AutoscaleConfig's, with its defaults (runtime may not import the
+    coordinator; tests/unit/test_autoscale_live.py keeps the two the same)."""
+
+    enabled: bool = False  # off: every slot serves (`symphony up --autoscale` turns it on)
+    rule: Literal["demand", "hpa"] = "demand"
+    target_utilization: Fraction = 0.7
+    min_slots: Annotated[int, Meta(ge=0)] = 1
+    max_slots: Annotated[int, Meta(ge=0)] = 0  # 0: every slot there is
+    hysteresis: Annotated[float, Meta(ge=0, lt=1)] = 0.1
+    up_cooldown_s: Seconds = 0.0
+    down_cooldown_s: Seconds = 30.0
+    down_window_s: Seconds = 60.0
+    pressure_bad_rate: Annotated[float, Meta(ge=0, le=1)] = 0.01
+    pressure_step: Annotated[float, Meta(gt=0)] = 0.25
+    cold_start_s: Seconds = 20.0  # the local actuator waits this long before it starts an agent
+
+    def decision_fields(self) -> dict[str, object]:
+        """Everything but `enabled`: the keyword arguments of an AutoscaleConfig."""
+        return {f: getattr(self, f) for f in self.__struct_fields__ if f != "enabled"}
+
+
 class CoordinatorEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """With this section, a coordinator assigns models and slots to shards (issue 6)."""
 
@@ -68,6 +96,7 @@ class CoordinatorEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     target_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.8
     kv_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     metrics_port: int = 0
+    autoscale: AutoscaleEntry = AutoscaleEntry()
 
 
 class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -135,6 +164,11 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     def slot_models(self) -> dict[str, frozenset[str]]:
         """slot -> the models it can run (its agent loads them all at start)."""
         return {slot.id: frozenset(slot.models) for agent in self.agents for slot in agent.slots}
+
+    def slot_ids(self) -> list[str]:
+        """Every slot of every agent, sorted: the autoscaler's preference order (most preferred
+        first; it drains from the end)."""
+        return sorted(slot.id for agent in self.agents for slot in agent.slots)
 
     def agent_of_slot(self, slot_id: str) -> str:
         return next(a.id for a in self.agents for s in a.slots if s.id == slot_id)

@@ -16,14 +16,17 @@ from nats.js.kv import KeyValue
 from runtime.connect import may_create_buckets
 from schemas.control import (
     ASSIGNMENT_KEY,
+    AUTOSCALE_KEY,
     LEADER_BUCKET,
     MEMBERS_BUCKET,
     STATE_BUCKET,
     AgentHeartbeat,
     Assignment,
+    AutoscaleStatus,
     ShardHeartbeat,
     agent_heartbeat_decoder,
     assignment_decoder,
+    autoscale_status_decoder,
     shard_heartbeat_decoder,
 )
 
@@ -86,6 +89,21 @@ async def with_retries(call, *, timeout_s: float = 15.0, delay_s: float = 0.25):
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(delay_s)
+
+
+async def read_autoscale(state: KeyValue) -> AutoscaleStatus | None:
+    """The autoscaler's latest published decision (None: none yet, or unreadable: counted)."""
+    try:
+        entry = await state.get(AUTOSCALE_KEY)
+    except KeyNotFoundError:
+        return None
+    if entry.value is None:
+        return None
+    try:
+        return autoscale_status_decoder.decode(entry.value)
+    except msgspec.DecodeError as error:
+        count_undecodable("autoscale", AUTOSCALE_KEY, error)
+        return None
 
 
 async def read_assignment(state: KeyValue) -> tuple[Assignment | None, int]:

@@ -14,6 +14,7 @@ import structlog
 from runtime.connect import connect_client
 from runtime.nats_auth import Creds
 from schemas.codec import Decoder
+from schemas.control import AutoscaleStatus
 from schemas.limits import InvalidName, validate_identifier
 from schemas.status_report import (
     AgentStatus,
@@ -82,8 +83,11 @@ def format_status(shards: list[ShardStatus], agents: list[AgentStatus],
     if leader is not None:
         lines.append(f"coordinator {leader.coordinator_id} leads: epoch {leader.epoch}, {leader.slots} slots, "
                      f"desired {leader.desired_slots}, surplus {leader.surplus_slots} (the autoscaling signal)")
+        if leader.autoscale is not None:
+            lines.append(autoscale_line(leader.autoscale))
     elif coordinators:
         lines.append("no coordinator leads right now (a lease is ageing out)")
+    states = slot_states(leader.autoscale if leader is not None else None)
     lines += ["",
              f"{'shard':<14}{'policy':<15}{'epoch':>6}{'slots':>7}{'busy':>6}{'lost':>6}  models"]
     for s in shards:
@@ -95,9 +99,31 @@ def format_status(shards: list[ShardStatus], agents: list[AgentStatus],
         for m in s.models:
             lines.append(f"{m.name:<16}{s.shard_id:<14}{m.rate_rps:>9.1f}{m.pending:>9}{m.target_batch_size:>8}"
                          f"{m.received:>10}{m.dispatched:>12}{m.dropped:>9}")
-    lines += ["", f"{'slot':<14}{'agent':<14}{'owner':<12}{'busy':>6}{'queued':>8}{'executions':>12}  models"]
+    lines += ["", f"{'slot':<14}{'state':<10}{'agent':<14}{'owner':<12}{'busy':>6}{'queued':>8}{'executions':>12}"
+                  "  models"]
+    running = set()
     for a in agents:
         for slot in a.slots:
-            lines.append(f"{slot.slot_id:<14}{a.agent_id:<14}{(slot.owner or '-'):<12}{slot.busy_fraction:>6.0%}"
-                         f"{slot.plans_queued:>8}{slot.executions:>12}  {', '.join(slot.models)}")
+            running.add(slot.slot_id)
+            lines.append(f"{slot.slot_id:<14}{states.get(slot.slot_id, 'active'):<10}{a.agent_id:<14}"
+                         f"{(slot.owner or '-'):<12}{slot.busy_fraction:>6.0%}{slot.plans_queued:>8}"
+                         f"{slot.executions:>12}  {', '.join(slot.models)}")
+    for slot_id in sorted(set(states) - running):  # not running: no agent answers for it
+        lines.append(f"{slot_id:<14}{states[slot_id]:<10}{'-':<14}{'-':<12}")
     return "\n".join(lines)
+
+
+def slot_states(status: AutoscaleStatus | None) -> dict[str, str]:
+    """slot -> active, starting, draining, released or idle, from the autoscaler's decision
+    (empty without one: then every running slot is active)."""
+    if status is None:
+        return {}
+    phases = ("active", "starting", "draining", "released", "idle")
+    return {slot: phase for phase in phases for slot in getattr(status, phase)}
+
+
+def autoscale_line(status: AutoscaleStatus) -> str:
+    return (f"autoscaler ({status.rule}): target {status.target_slots} slots, need {status.need_slots:.2f} "
+            f"({status.reason}); demand {status.demand_slots:.2f}, busy {status.busy_slots:.2f}, bad "
+            f"{status.bad_rate:.1%}; active {len(status.active)}, starting {len(status.starting)}, draining "
+            f"{len(status.draining)}, released {len(status.released)}, idle {len(status.idle)}")

@@ -18,10 +18,12 @@ STATE_BUCKET = "symphony"  # assignment, drain requests
 MEMBERS_BUCKET = "symphony-members"  # heartbeats; entries age out after the TTL
 LEADER_BUCKET = "symphony-leader"  # the leader's lease; ages out after the lease TTL
 ASSIGNMENT_KEY = "assignment"
+AUTOSCALE_KEY = "autoscale"  # the autoscaler's latest decision (AutoscaleStatus), for any actuator
 
 
 # The members a message may list: every name is a subject token, every count bounded.
 ModelNames = Annotated[list[ModelName], Meta(max_length=NAMES_MAX)]
+SlotIds = Annotated[list[Identifier], Meta(max_length=NAMES_MAX)]
 
 
 class Assignment(msgspec.Struct, frozen=True, kw_only=True):
@@ -46,6 +48,13 @@ class ShardHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     models: Annotated[dict[ModelName, ModelLoad], Meta(max_length=NAMES_MAX)] = {}
     epoch: Epoch = 0  # the assignment it has applied
     draining: bool = False
+    # For the autoscaler (issue 13), over the interval since the shard's previous heartbeat; new
+    # fields last and with defaults, so heartbeats of an older shard still decode.
+    busy_slots: NonNegative = 0.0  # slot-seconds of completed batches per second
+    bad_rate: Annotated[float, Meta(ge=0, le=1)] = 0.0  # dropped or lost, of the requests answered
+    # Slots this shard owns or still has a plan on that no report answered yet: a slot the
+    # autoscaler drains is released only when no shard lists it here.
+    slots_held: SlotIds = []
 
 
 class AgentSlot(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,6 +62,7 @@ class AgentSlot(msgspec.Struct, frozen=True, kw_only=True):
     models: ModelNames
     owner: MaybeIdentifier = ""
     epoch: Epoch = 0
+    plans_open: Count = 0  # received to run and not yet answered: a draining slot is released at 0
 
 
 class AgentHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,6 +72,30 @@ class AgentHeartbeat(msgspec.Struct, frozen=True, kw_only=True):
     slots: Annotated[list[AgentSlot], Meta(max_length=NAMES_MAX)]
     # device -> bytes in use, where JAX exposes it
     memory_bytes: Annotated[dict[Text, Count], Meta(max_length=NAMES_MAX)] = {}
+
+
+class AutoscaleStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """The autoscaler's decision as the leading coordinator published it at an epoch (KV key
+    `autoscale`). An actuator holds `target_slots` slots: it starts what `starting` lists (after
+    its cold start) and may stop what `released` lists; `draining` slots take no new plans and
+    must keep running until they are released, or requests in them would go unanswered.
+    `idle`: every other slot the cluster config knows, not running and not asked for."""
+
+    version: Version = 1
+    coordinator: MaybeIdentifier = ""
+    epoch: Epoch = 0  # the newest assignment when this was decided
+    target_slots: Count = 0
+    need_slots: NonNegative = 0.0  # the rule's unrounded need
+    reason: Text = "hold"  # hold, up, down, pressure
+    rule: Text = "demand"
+    demand_slots: NonNegative = 0.0  # the signal: rate x cost per model, summed
+    busy_slots: NonNegative = 0.0
+    bad_rate: Annotated[float, Meta(ge=0, le=1)] = 0.0
+    active: SlotIds = []  # serving: in the assignment
+    starting: SlotIds = []  # asked for, not heartbeating yet
+    draining: SlotIds = []  # out of the assignment, finishing what they hold
+    released: SlotIds = []  # drained and empty; the actuator may stop them
+    idle: SlotIds = []
 
 
 class SlotClaim(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,3 +131,4 @@ agent_heartbeat_decoder = json_decoder(AgentHeartbeat)
 slot_claim_decoder = json_decoder(SlotClaim)
 claim_reply_decoder = json_decoder(ClaimReply)
 model_spec_decoder = json_decoder(ModelSpec)
+autoscale_status_decoder = json_decoder(AutoscaleStatus)

@@ -9,6 +9,7 @@ import msgspec
 from msgspec import Meta
 
 from schemas.codec import json_decoder
+from schemas.control import AutoscaleStatus
 from schemas.limits import NAMES_MAX, Count, Epoch, Identifier, MaybeIdentifier, ModelName, NonNegative, Text, Version
 
 Ids = Annotated[list[Identifier], Meta(max_length=NAMES_MAX)]
@@ -63,6 +64,7 @@ class CoordinatorStatus(msgspec.Struct, kw_only=True):
     desired_slots: Count
     surplus_slots: Count
     slots: Count
+    autoscale: AutoscaleStatus | None = None  # the leader's latest decision, with autoscaling on
 
 
 # Typed decoders for `symphony status` and the load generator's slot poll (STYLE §9).

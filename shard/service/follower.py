@@ -39,6 +39,33 @@ from shard.service.specs import slowest_spec
 
 log = structlog.get_logger("shard")
 HANDOVER_GRACE_S = 1.0
+BAD_OUTCOMES = ("dropped", "expired", "lost", "unavailable")  # answered, but not served in time
+SERVED_OUTCOMES = ("dispatched",)
+
+
+class Totals(msgspec.Struct, frozen=True):
+    """Cumulative counts at one heartbeat: its time, busy slot-seconds, bad and all answers."""
+
+    now_ns: int
+    busy_s: float
+    bad: int
+    answered: int
+
+
+def interval_totals(now_ns: int, busy_s: float, outcomes: dict[tuple[str, str], int]) -> Totals:
+    bad = sum(n for (_model, outcome), n in outcomes.items() if outcome in BAD_OUTCOMES)
+    served = sum(n for (_model, outcome), n in outcomes.items() if outcome in SERVED_OUTCOMES)
+    return Totals(now_ns, busy_s, bad, bad + served)
+
+
+def interval_load(previous: Totals | None, now: Totals) -> tuple[float, float]:
+    """Busy slot-seconds per second and the bad fraction of the answers, between two heartbeats:
+    what the autoscaler reads from each shard (the first heartbeat reports nothing)."""
+    if previous is None or now.now_ns <= previous.now_ns:
+        return 0.0, 0.0
+    busy = max(0.0, now.busy_s - previous.busy_s) / ((now.now_ns - previous.now_ns) / 1e9)
+    answered = now.answered - previous.answered
+    return busy, (min(1.0, max(0, now.bad - previous.bad) / answered) if answered > 0 else 0.0)
 
 
 class AssignmentFollower:
@@ -51,6 +78,7 @@ class AssignmentFollower:
         self._lock = asyncio.Lock()
         self._releasing: set[str] = set()  # lost models kept for the handover grace
         self._models: frozenset[str] = frozenset()  # the models the latest assignment gives this shard
+        self._last_totals: Totals | None = None  # at the previous heartbeat: the autoscaler's interval
 
     async def start(self) -> None:
         self.buckets = await open_buckets(self.shard.nc, heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
@@ -68,10 +96,16 @@ class AssignmentFollower:
 
     # ---- heartbeats ---------------------------------------------------------------------
     async def _heartbeat(self) -> None:
+        shard = self.shard
         loads = {name: ModelLoad(rate_rps=stats.rate_rps, pending=stats.pending)
-                 for name, stats in self.shard.policy.stats().items()}
-        beat = ShardHeartbeat(shard_id=self.shard.entry.id, models=loads, epoch=self.epoch, draining=self.draining)
-        await self.buckets.members.put(f"shard.{self.shard.entry.id}", encode(beat))
+                 for name, stats in shard.policy.stats().items()}
+        now_ns = shard.clock.now_ns()
+        totals = interval_totals(now_ns, shard.busy_seconds(), shard.metrics.outcomes)
+        busy_slots, bad_rate = interval_load(self._last_totals, totals)
+        self._last_totals = totals
+        beat = ShardHeartbeat(shard_id=shard.entry.id, models=loads, epoch=self.epoch, draining=self.draining,
+                              busy_slots=busy_slots, bad_rate=bad_rate, slots_held=shard.held_slots())
+        await self.buckets.members.put(f"shard.{shard.entry.id}", encode(beat))
 
     async def _heartbeat_loop(self) -> None:
         while True:

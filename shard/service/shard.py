@@ -213,6 +213,15 @@ class ShardService:
         """The watch declared the slot lost and answered its requests: the core lets it go."""
         await self._apply_async(self.policy.handle(SlotRemoved(self.slot_index[slot_id]), now))
 
+    def held_slots(self) -> list[str]:
+        """Slots this shard owns or has a plan on that no report answered yet: a slot the
+        autoscaler drains is released only when no shard holds it (coordinator/slots.py)."""
+        return sorted(self.usable_slots() | {f.slot_id for f in self.inflight.values()})
+
+    def busy_seconds(self) -> float:
+        """Slot time of completed batches since start, as the agents measured it."""
+        return self._busy_s
+
     def agent_of_slot(self, slot_id: str) -> str | None:
         return self._agent_of_slot.get(slot_id)
 

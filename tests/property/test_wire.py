@@ -73,6 +73,7 @@ DECODERS = [
     Codec("Assignment", control.Assignment, control.assignment_decoder.decode, msgpack=False),
     Codec("ShardHeartbeat", control.ShardHeartbeat, control.shard_heartbeat_decoder.decode, msgpack=False),
     Codec("AgentHeartbeat", control.AgentHeartbeat, control.agent_heartbeat_decoder.decode, msgpack=False),
+    Codec("AutoscaleStatus", control.AutoscaleStatus, control.autoscale_status_decoder.decode, msgpack=False),
     Codec("SlotClaim", control.SlotClaim, control.slot_claim_decoder.decode, msgpack=False),
     Codec("ClaimReply", control.ClaimReply, control.claim_reply_decoder.decode, msgpack=False),
     Codec("ModelSpec", ModelSpec, control.model_spec_decoder.decode, msgpack=False),

@@ -9,7 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PURE_PACKAGES = [ROOT / "shard" / "core"]
 PURE_FILES = [ROOT / "coordinator" / name for name in ("placement.py", "demand.py", "membership.py", "epoch.py",
-                                                       "rates.py",
+                                                       "rates.py", "autoscale.py", "slots.py",
                                                        "core.py")] + [
     ROOT / "gpu_agent" / name for name in ("fencing.py", "decisions.py")]
 FORBIDDEN = {"asyncio", "time", "os", "random", "logging", "structlog", "nats", "socket", "threading",

@@ -1,0 +1,141 @@
+"""The live autoscaler's pure parts: slot phases (coordinator/slots.py), the local actuator
+(runtime/actuator.py), the shard's interval load, and the config table that feeds `decide`."""
+
+from __future__ import annotations
+
+import msgspec
+
+from coordinator.autoscale import AutoscaleConfig
+from coordinator.slots import (
+    NOT_QUIET,
+    SlotPhases,
+    SlotSeen,
+    apply_target,
+    autoscale_status,
+    held_slots,
+    observe,
+    phases_from_status,
+)
+from runtime.actuator import actuate
+from runtime.cluster_config import AutoscaleEntry
+from schemas.control import Assignment, AutoscaleStatus, ShardHeartbeat, autoscale_status_decoder, encode
+from shard.service.follower import Totals, interval_load
+
+RANKED = ["s0", "s1", "s2", "s3"]
+
+
+def seen(at_ns: int = 10, open_plans: int = 0, slots: list[str] = RANKED) -> dict[str, SlotSeen]:
+    return {s: SlotSeen(plans_open=open_plans, seen_ns=at_ns) for s in slots}
+
+
+def test_scaling_down_drains_the_least_preferred_slots_first() -> None:
+    phases = apply_target(SlotPhases(), RANKED, 2, seen(), now_ns=100)
+    assert phases.draining == {"s2": NOT_QUIET, "s3": NOT_QUIET}
+    assert sorted(phases.serving(seen())) == ["s0", "s1"]
+
+
+def test_a_drained_slot_is_released_only_when_no_shard_holds_it_and_a_later_heartbeat_shows_it_empty() -> None:
+    phases = SlotPhases(draining={"s3": NOT_QUIET})
+    held = frozenset({"s3"})  # its shard still owns it or has a plan on it
+    assert observe(phases, seen(), held, 100).draining == {"s3": NOT_QUIET}
+    quiet = observe(phases, seen(at_ns=90), frozenset(), 100)
+    assert quiet.draining == {"s3": 100} and not quiet.released  # quiet from now on
+    stale = observe(quiet, seen(at_ns=90), frozenset(), 200)
+    assert stale.draining == {"s3": 100}, "a heartbeat from before the quiet moment proves nothing"
+    busy = observe(quiet, seen(at_ns=150, open_plans=1), frozenset(), 200)
+    assert busy.draining == {"s3": 100}, "plans still open: not released"
+    done = observe(quiet, seen(at_ns=150), frozenset(), 200)
+    assert done.released == {"s3"} and not done.draining
+
+
+def test_a_shard_that_holds_the_slot_again_makes_it_not_quiet() -> None:
+    phases = SlotPhases(draining={"s3": 100})
+    assert observe(phases, seen(at_ns=150), frozenset({"s3"}), 200).draining == {"s3": NOT_QUIET}
+
+
+def test_held_slots_are_the_shards_held_slots_and_the_newest_assignments() -> None:
+    shards = {"a": ShardHeartbeat(shard_id="a", slots_held=["s1"])}
+    assert held_slots(shards, Assignment(slots={"s0": "a"})) == {"s0", "s1"}
+
+
+def test_a_starting_slot_serves_once_a_heartbeat_arrives_after_it_was_asked_for() -> None:
+    phases = apply_target(SlotPhases(), RANKED, 3, seen(slots=["s0", "s1"]), now_ns=100)
+    assert phases.starting == {"s2": 100}
+    assert observe(phases, seen(at_ns=50, slots=["s0", "s1", "s2"]), frozenset(), 150).starting == {"s2": 100}
+    later = observe(phases, seen(at_ns=120, slots=["s0", "s1", "s2"]), frozenset(), 150)
+    assert not later.starting and "s2" in later.serving(seen(slots=["s0", "s1", "s2"]))
+
+
+def test_scaling_up_takes_a_draining_slot_back_before_starting_a_cold_one() -> None:
+    phases = SlotPhases(draining={"s3": NOT_QUIET})
+    after = apply_target(phases, RANKED, 4, seen(), now_ns=100)
+    assert not after.draining and not after.starting and after.serving(seen()) == set(RANKED)
+
+
+def test_a_released_or_draining_slot_whose_agent_is_gone_is_idle() -> None:
+    phases = SlotPhases(draining={"s2": 5}, released=frozenset({"s3"}))
+    after = observe(phases, seen(slots=["s0", "s1"]), frozenset(), 100)
+    status = autoscale_status(after, RANKED, seen(slots=["s0", "s1"]), target_slots=2)
+    assert status.active == ["s0", "s1"] and status.idle == ["s2", "s3"] and not status.draining
+
+
+def test_every_slot_is_in_exactly_one_list_of_the_published_status() -> None:
+    phases = SlotPhases(starting={"s2": 1}, draining={"s1": NOT_QUIET}, released=frozenset({"s3"}))
+    status = autoscale_status(phases, RANKED, seen(slots=["s0", "s1", "s3"]), target_slots=2)
+    assert (status.active, status.starting, status.draining, status.released, status.idle) == (
+        ["s0"], ["s2"], ["s1"], ["s3"], [])
+    assert autoscale_status_decoder.decode(encode(status)) == status
+
+
+def test_a_new_leader_takes_over_the_published_phases() -> None:
+    status = AutoscaleStatus(starting=["s2"], draining=["s3"], released=["s1"])
+    phases = phases_from_status(status, 7)
+    assert phases.starting == {"s2": 7} and phases.draining == {"s3": NOT_QUIET} and phases.released == {"s1"}
+
+
+# ---- the local actuator ----------------------------------------------------------------------
+AGENTS = {"a0": ["s0"], "a1": ["s1"], "a2": ["s2"]}
+
+
+def test_the_actuator_does_nothing_before_a_decision() -> None:
+    plan = actuate(None, AGENTS, {"a0", "a1", "a2"}, {}, 0.0, 5.0)
+    assert plan.start == [] and plan.stop == []
+
+
+def test_the_actuator_stops_only_agents_whose_slots_are_all_released() -> None:
+    status = AutoscaleStatus(active=["s0"], draining=["s1"], released=["s2"])
+    assert actuate(status, AGENTS, {"a0", "a1", "a2"}, {}, 0.0, 5.0).stop == ["a2"]
+    two = {"a0": ["s0"], "a1": ["s1", "s2"]}
+    assert actuate(status, two, {"a0", "a1"}, {}, 0.0, 5.0).stop == [], "s1 of the same agent still drains"
+
+
+def test_the_actuator_starts_a_starting_slots_agent_after_the_cold_start() -> None:
+    status = AutoscaleStatus(active=["s0"], starting=["s1"], idle=["s2"])
+    first = actuate(status, AGENTS, {"a0"}, {}, 10.0, 5.0)
+    assert first.start == [] and first.asked_s == {"a1": 10.0}
+    assert actuate(status, AGENTS, {"a0"}, first.asked_s, 14.9, 5.0).start == []
+    assert actuate(status, AGENTS, {"a0"}, first.asked_s, 15.0, 5.0).start == ["a1"]
+    assert actuate(status, AGENTS, {"a0"}, {}, 10.0, 0.0).start == ["a1"]
+
+
+# ---- the shard's interval load and the config table ----------------------------------------------
+def test_a_shard_reports_busy_slot_seconds_per_second_and_the_bad_fraction_of_its_answers() -> None:
+    assert interval_load(None, Totals(1, 0.0, 0, 0)) == (0.0, 0.0)
+    busy, bad = interval_load(Totals(0, 1.0, 5, 100), Totals(2_000_000_000, 2.0, 15, 200))
+    assert (busy, bad) == (0.5, 0.1)
+
+
+def test_the_config_table_has_exactly_the_deciders_fields_and_defaults() -> None:
+    entry = AutoscaleEntry()
+    assert not entry.enabled
+    assert AutoscaleConfig(**entry.decision_fields()) == AutoscaleConfig()
+    assert set(entry.decision_fields()) == set(AutoscaleConfig.__struct_fields__)
+
+
+def test_a_bad_autoscale_table_is_refused_with_the_field_named() -> None:
+    try:
+        msgspec.convert({"target_utilization": 1.5}, AutoscaleEntry)
+    except msgspec.ValidationError as error:
+        assert "target_utilization" in str(error)
+    else:
+        raise AssertionError("a utilisation above 1 was accepted")
