@@ -99,11 +99,13 @@ def model_configs(models: list[ModelSettings], profiles: dict[str, ModelProfile]
 
 def shard_rates(shards: dict[str, ShardHeartbeat]) -> dict[str, float]:
     """The rate each model arrives at now, summed over the shards that report it (during a move
-    two shards may each see part of it)."""
+    two shards may each see part of it): the larger of the core's meter (seconds of history) and
+    the answers since the previous heartbeat, so that a step up shows within one heartbeat and a
+    step down as the meter falls (the autoscaler's down window holds it longer still)."""
     rates: dict[str, float] = {}
     for beat in shards.values():
         for model, load in beat.models.items():
-            rates[model] = rates.get(model, 0.0) + load.rate_rps
+            rates[model] = rates.get(model, 0.0) + max(load.rate_rps, load.recent_rps)
     return rates
 
 

@@ -38,8 +38,9 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ModelLoad(msgspec.Struct, frozen=True, kw_only=True):
-    rate_rps: NonNegative
+    rate_rps: NonNegative  # the core's rate meter (seconds of history: what placement plans with)
     pending: Count
+    recent_rps: NonNegative = 0.0  # answers per second since the shard's previous heartbeat
 
 
 class ShardHeartbeat(msgspec.Struct, frozen=True, kw_only=True):

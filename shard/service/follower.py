@@ -44,28 +44,46 @@ SERVED_OUTCOMES = ("dispatched",)
 
 
 class Totals(msgspec.Struct, frozen=True):
-    """Cumulative counts at one heartbeat: its time, busy slot-seconds, bad and all answers."""
+    """Cumulative counts at one heartbeat: its time, busy slot-seconds, bad and all answers, and
+    all answers per model."""
 
     now_ns: int
     busy_s: float
     bad: int
     answered: int
+    answered_by_model: dict[str, int] = {}
+
+
+class IntervalLoad(msgspec.Struct, frozen=True):
+    """What the autoscaler reads from a shard about the time since its previous heartbeat."""
+
+    busy_slots: float = 0.0  # busy slot-seconds per second
+    bad_rate: float = 0.0  # of the answers, the ones not served in time
+    rates_rps: dict[str, float] = {}  # answers per second by model: a rate that follows a step at once
 
 
 def interval_totals(now_ns: int, busy_s: float, outcomes: dict[tuple[str, str], int]) -> Totals:
     bad = sum(n for (_model, outcome), n in outcomes.items() if outcome in BAD_OUTCOMES)
     served = sum(n for (_model, outcome), n in outcomes.items() if outcome in SERVED_OUTCOMES)
-    return Totals(now_ns, busy_s, bad, bad + served)
+    by_model: dict[str, int] = {}
+    for (model, outcome), n in outcomes.items():
+        if outcome in BAD_OUTCOMES or outcome in SERVED_OUTCOMES:
+            by_model[model] = by_model.get(model, 0) + n
+    return Totals(now_ns, busy_s, bad, bad + served, by_model)
 
 
-def interval_load(previous: Totals | None, now: Totals) -> tuple[float, float]:
-    """Busy slot-seconds per second and the bad fraction of the answers, between two heartbeats:
-    what the autoscaler reads from each shard (the first heartbeat reports nothing)."""
+def interval_load(previous: Totals | None, now: Totals) -> IntervalLoad:
+    """Busy slots, the bad fraction and each model's answer rate between two heartbeats (the
+    first heartbeat reports nothing). The core's rate meter averages over seconds; the answer
+    rate over one heartbeat interval lets the autoscaler see a step up within an epoch."""
     if previous is None or now.now_ns <= previous.now_ns:
-        return 0.0, 0.0
-    busy = max(0.0, now.busy_s - previous.busy_s) / ((now.now_ns - previous.now_ns) / 1e9)
+        return IntervalLoad()
+    seconds = (now.now_ns - previous.now_ns) / 1e9
+    busy = max(0.0, now.busy_s - previous.busy_s) / seconds
     answered = now.answered - previous.answered
-    return busy, (min(1.0, max(0, now.bad - previous.bad) / answered) if answered > 0 else 0.0)
+    bad = min(1.0, max(0, now.bad - previous.bad) / answered) if answered > 0 else 0.0
+    rates = {m: max(0, n - previous.answered_by_model.get(m, 0)) / seconds for m, n in now.answered_by_model.items()}
+    return IntervalLoad(busy, bad, rates)
 
 
 class AssignmentFollower:
@@ -97,14 +115,15 @@ class AssignmentFollower:
     # ---- heartbeats ---------------------------------------------------------------------
     async def _heartbeat(self) -> None:
         shard = self.shard
-        loads = {name: ModelLoad(rate_rps=stats.rate_rps, pending=stats.pending)
-                 for name, stats in shard.policy.stats().items()}
         now_ns = shard.clock.now_ns()
         totals = interval_totals(now_ns, shard.busy_seconds(), shard.metrics.outcomes)
-        busy_slots, bad_rate = interval_load(self._last_totals, totals)
+        load = interval_load(self._last_totals, totals)
         self._last_totals = totals
+        loads = {name: ModelLoad(rate_rps=stats.rate_rps, pending=stats.pending,
+                                 recent_rps=load.rates_rps.get(name, 0.0))
+                 for name, stats in shard.policy.stats().items()}
         beat = ShardHeartbeat(shard_id=shard.entry.id, models=loads, epoch=self.epoch, draining=self.draining,
-                              busy_slots=busy_slots, bad_rate=bad_rate, slots_held=shard.held_slots())
+                              busy_slots=load.busy_slots, bad_rate=load.bad_rate, slots_held=shard.held_slots())
         await self.buckets.members.put(f"shard.{shard.entry.id}", encode(beat))
 
     async def _heartbeat_loop(self) -> None:

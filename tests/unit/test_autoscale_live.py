@@ -6,6 +6,7 @@ from __future__ import annotations
 import msgspec
 
 from coordinator.autoscale import AutoscaleConfig
+from coordinator.epoch import shard_rates
 from coordinator.slots import (
     NOT_QUIET,
     SlotPhases,
@@ -18,8 +19,8 @@ from coordinator.slots import (
 )
 from runtime.actuator import actuate
 from runtime.cluster_config import AutoscaleEntry
-from schemas.control import Assignment, AutoscaleStatus, ShardHeartbeat, autoscale_status_decoder, encode
-from shard.service.follower import Totals, interval_load
+from schemas.control import Assignment, AutoscaleStatus, ModelLoad, ShardHeartbeat, autoscale_status_decoder, encode
+from shard.service.follower import IntervalLoad, Totals, interval_load
 
 RANKED = ["s0", "s1", "s2", "s3"]
 
@@ -120,9 +121,16 @@ def test_the_actuator_starts_a_starting_slots_agent_after_the_cold_start() -> No
 
 # ---- the shard's interval load and the config table ----------------------------------------------
 def test_a_shard_reports_busy_slot_seconds_per_second_and_the_bad_fraction_of_its_answers() -> None:
-    assert interval_load(None, Totals(1, 0.0, 0, 0)) == (0.0, 0.0)
-    busy, bad = interval_load(Totals(0, 1.0, 5, 100), Totals(2_000_000_000, 2.0, 15, 200))
-    assert (busy, bad) == (0.5, 0.1)
+    assert interval_load(None, Totals(1, 0.0, 0, 0)) == IntervalLoad()
+    before, after = Totals(0, 1.0, 5, 100, {"m": 60, "n": 40}), Totals(2_000_000_000, 2.0, 15, 200, {"m": 160, "n": 40})
+    load = interval_load(before, after)
+    assert (load.busy_slots, load.bad_rate, load.rates_rps) == (0.5, 0.1, {"m": 50.0, "n": 0.0})
+
+
+def test_a_step_up_shows_in_the_autoscalers_rate_before_the_meter_catches_up() -> None:
+    slow = ShardHeartbeat(shard_id="a", models={"m": ModelLoad(rate_rps=100.0, pending=0, recent_rps=400.0)})
+    other = ShardHeartbeat(shard_id="b", models={"m": ModelLoad(rate_rps=50.0, pending=0, recent_rps=20.0)})
+    assert shard_rates({"a": slow, "b": other}) == {"m": 450.0}
 
 
 def test_the_config_table_has_exactly_the_deciders_fields_and_defaults() -> None:
