@@ -11,7 +11,7 @@ from load.sim.kernel import SimOptions, simulate
 from load.sim.swarm import draw_case, run_swarm_seed
 from load.workload import LoadedWorkload, ModelWorkload, Segment, Workload
 from schemas.profile import profile_from_sleep_spec
-from shard.core.config import CoreConfig, DropPolicy
+from shard.core.config import CoreConfig, DropPolicy, SlotChoice
 from shard.core.policies import POLICIES
 
 models_strategy = st.lists(
@@ -47,10 +47,11 @@ def _loaded(models, slots: int, seed: int) -> LoadedWorkload:
     seed=st.integers(0, 10_000),
     policy=st.sampled_from(sorted(POLICIES)),
     drop=st.sampled_from(list(DropPolicy)),
+    choice=st.sampled_from(list(SlotChoice)),
 )
-def test_every_policy_keeps_the_invariants(models, slots, seed, policy, drop) -> None:
+def test_every_policy_keeps_the_invariants(models, slots, seed, policy, drop, choice) -> None:
     loaded = _loaded(models, slots, seed)
-    options = SimOptions(checks=True, core=CoreConfig(drop=drop))
+    options = SimOptions(checks=True, core=CoreConfig(drop=drop, slot_choice=choice))
     first = simulate(loaded, policy, options)  # raises InvariantViolation on any breach
     assert all(code != 0 for code in first.outcome)
     second = simulate(loaded, policy, options)

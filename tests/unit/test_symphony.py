@@ -4,8 +4,9 @@ least-slack matching, drops, slot changes and shutdown (reference §1.8-§1.10).
 import msgspec
 
 from shard.core.actions import DispatchBatch, DropReason, DropRequests
-from shard.core.config import CoreConfig, SchedulableCondition
+from shard.core.config import CoreConfig, SchedulableCondition, SlotChoice
 from shard.core.events import SHUTDOWN, WAKE_UP, BatchCompleted, RequestArrived, SlotAdded, SlotRemoved
+from shard.core.symphony import SymphonyPolicy
 from tests.factories import MS, model_config, symphony_with_slots
 
 US = 1000
@@ -147,3 +148,39 @@ def test_actions_are_msgspec_records() -> None:
     policy = symphony_with_slots(1)
     step = policy.handle(RequestArrived(0, "resnet", slo_ns=1), 0)
     assert msgspec.json.decode(msgspec.json.encode(step.actions[0]))["reason"] == "deadline"
+
+
+def _slots_used(config: CoreConfig, ranks: list[int] | None = None) -> list[int]:
+    """Sixty lone requests, 20 ms apart, on four slots: which slot ran each batch."""
+    policy = SymphonyPolicy([model_config()], config)
+    for slot in range(4):
+        policy.handle(SlotAdded(slot, rank=None if ranks is None else ranks[slot]), 0)
+    used, wake = [], None
+    for i in range(60):
+        at = i * 20 * MS
+        while wake is not None and wake <= at:
+            step = policy.handle(WAKE_UP, wake)
+            used += [p.slot_id for p in dispatches(step)]
+            wake = step.wake_at_ns
+        step = policy.handle(RequestArrived(i, "resnet"), at)
+        used += [p.slot_id for p in dispatches(step)]
+        wake = step.wake_at_ns
+    return used
+
+
+def test_grants_pack_onto_the_most_preferred_free_slot() -> None:
+    """Issue 13: at light load every batch runs on the first slot; the reference's choice (the
+    earliest-free slot, among idle ones the longest idle) spreads them round robin."""
+    assert set(_slots_used(CoreConfig())) == {0}
+    assert set(_slots_used(CoreConfig(slot_choice=SlotChoice.EARLIEST))) == {0, 1, 2, 3}
+    assert set(_slots_used(CoreConfig(), ranks=[3, 1, 0, 2])) == {2}  # rank 0 is slot 2
+
+
+def test_a_busy_preferred_slot_passes_the_grant_to_the_next_free_one() -> None:
+    policy = symphony_with_slots(3, config=CoreConfig(schedulable=SchedulableCondition.IMMEDIATELY))
+    first = dispatches(policy.handle(RequestArrived(0, "resnet"), 0))
+    second = dispatches(policy.handle(RequestArrived(1, "resnet"), 1 * US))
+    assert [p.slot_id for p in first + second] == [0, 1]
+    policy.handle(BatchCompleted(0, first[0].plan_id, 0, 7 * MS), 7 * MS)
+    third = dispatches(policy.handle(RequestArrived(2, "resnet"), 8 * MS))
+    assert [p.slot_id for p in third] == [0]  # free again, and preferred over the idle slot 2
