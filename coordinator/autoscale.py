@@ -31,28 +31,12 @@ what it has, and only then is released, so scale-down loses and duplicates nothi
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Meta
 
-Fraction = Annotated[float, Meta(gt=0, le=1)]
-Seconds = Annotated[float, Meta(ge=0)]
+from schemas.autoscale import AutoscaleConfig
 
-
-class AutoscaleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    rule: Literal["demand", "hpa"] = "demand"
-    target_utilization: Fraction = 0.7
-    min_slots: Annotated[int, Meta(ge=0)] = 1
-    max_slots: Annotated[int, Meta(ge=0)] = 0  # 0: every slot there is
-    hysteresis: Annotated[float, Meta(ge=0, lt=1)] = 0.1
-    up_cooldown_s: Seconds = 0.0
-    down_cooldown_s: Seconds = 30.0
-    down_window_s: Seconds = 60.0
-    pressure_bad_rate: Annotated[float, Meta(ge=0, le=1)] = 0.01
-    pressure_step: Annotated[float, Meta(gt=0)] = 0.25
-    cold_start_s: Seconds = 20.0
-
+__all__ = ["AutoscaleConfig", "AutoscaleDecision", "AutoscaleSignal", "AutoscaleState", "choose_slots", "decide"]
 
 class AutoscaleSignal(msgspec.Struct, frozen=True, kw_only=True):
     """One epoch's measurements. Slot counts are slot-seconds per second."""

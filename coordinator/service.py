@@ -15,7 +15,6 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from coordinator.autoscale import AutoscaleConfig
 from coordinator.core import (
     AssignmentRead,
     AssignmentSeen,
@@ -149,7 +148,7 @@ class Coordinator:
                       for m in self.config.models],
             self.timing, core=core_config_for(shard_template),
             placement=PlacementConfig(target_utilization=settings.target_utilization), now_ns=time.monotonic_ns(),
-            autoscale=(AutoscaleConfig(**settings.autoscale.decision_fields()) if settings.autoscale.enabled else None),
+            autoscale=(settings.autoscale.decision() if settings.autoscale.enabled else None),
             slots=self.config.slot_ids())
         self.service = await register_service(
             self.nc, "symphony-coordinator", f"coordinator {self.id}", {"coordinator_id": self.id},

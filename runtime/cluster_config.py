@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
 
+from schemas.autoscale import AutoscaleConfig
 from schemas.limits import BATCH_SIZE_LIMIT, Identifier, ModelName, SloMs, Text, validate_identifier
 from schemas.model import InvalidModelName, validate_model_name
 
@@ -59,31 +60,16 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
 
 
 AUTOSCALE_ENV = "SYMPHONY_AUTOSCALE"  # "1": `symphony up --autoscale` turned the autoscaler on
-Fraction = Annotated[float, Meta(gt=0, le=1)]
-Seconds = Annotated[float, Meta(ge=0)]
 
 
-class AutoscaleEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """`[coordinator.autoscale]`: the autoscaler's settings. The fields after `enabled` are
-    coordinator.autoscale.AutoscaleConfig's, with its defaults (runtime may not import the
-    coordinator; tests/unit/test_autoscale_live.py keeps the two the same)."""
+class AutoscaleEntry(AutoscaleConfig, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[coordinator.autoscale]`: the autoscaler's settings (schemas/autoscale.py) and a switch."""
 
     enabled: bool = False  # off: every slot serves (`symphony up --autoscale` turns it on)
-    rule: Literal["demand", "hpa"] = "demand"
-    target_utilization: Fraction = 0.7
-    min_slots: Annotated[int, Meta(ge=0)] = 1
-    max_slots: Annotated[int, Meta(ge=0)] = 0  # 0: every slot there is
-    hysteresis: Annotated[float, Meta(ge=0, lt=1)] = 0.1
-    up_cooldown_s: Seconds = 0.0
-    down_cooldown_s: Seconds = 30.0
-    down_window_s: Seconds = 60.0
-    pressure_bad_rate: Annotated[float, Meta(ge=0, le=1)] = 0.01
-    pressure_step: Annotated[float, Meta(gt=0)] = 0.25
-    cold_start_s: Seconds = 20.0  # the local actuator waits this long before it starts an agent
 
-    def decision_fields(self) -> dict[str, object]:
-        """Everything but `enabled`: the keyword arguments of an AutoscaleConfig."""
-        return {f: getattr(self, f) for f in self.__struct_fields__ if f != "enabled"}
+    def decision(self) -> AutoscaleConfig:
+        """The settings without the switch."""
+        return AutoscaleConfig(**{f: getattr(self, f) for f in AutoscaleConfig.__struct_fields__})
 
 
 class CoordinatorEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -136,8 +136,8 @@ def test_a_step_up_shows_in_the_autoscalers_rate_before_the_meter_catches_up() -
 def test_the_config_table_has_exactly_the_deciders_fields_and_defaults() -> None:
     entry = AutoscaleEntry()
     assert not entry.enabled
-    assert AutoscaleConfig(**entry.decision_fields()) == AutoscaleConfig()
-    assert set(entry.decision_fields()) == set(AutoscaleConfig.__struct_fields__)
+    assert entry.decision() == AutoscaleConfig()
+    assert type(entry.decision()) is AutoscaleConfig
 
 
 def test_a_bad_autoscale_table_is_refused_with_the_field_named() -> None:
