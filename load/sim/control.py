@@ -69,6 +69,8 @@ class World:
         self._membership = self._ground_truth()
         for at_ns, kind in case.faults:
             self.sim.at(at_ns, lambda kind=kind: self.fault(kind))
+        for at_ns, _factor in case.autoscale.steps if case.autoscale else ():
+            self.sim.at(at_ns, lambda: self.checker.load_changed(self.sim.now_ns))
         for _start, end in case.anomalies.outages:
             self.sim.at(end, lambda: self.checker.membership_changed(self.sim.now_ns))
         self._sample()

@@ -9,7 +9,8 @@ core held at every step, against the ground truth of which processes were alive.
 4. A slot is granted to at most one shard per epoch.
 5. At every step, every slot in a shard's core can run every model in it.
 6. Stickiness: a model moves only when its shard left or drained, or membership changed within
-   the bound (the balance rule may then act).
+   the bound, or (autoscaled seeds) the load stepped within `load_bound_ns` (the balance rule
+   may then act: what it reads changed).
 With the autoscaler on (issue 13; load/sim/control_autoscale.py):
 7. No agent is stopped while a plan is open or on its way to one of its slots, or while a shard
    that is alive (running, or paused with its heartbeat still in the KV) owns one or has a plan
@@ -21,14 +22,14 @@ With the autoscaler on (issue 13; load/sim/control_autoscale.py):
     within `autoscale_bound_ns` (nothing starting or draining, the target active, exactly the
     active slots' agents running) and stays so.
 11. A slot whose plans are done, that no live shard holds, is not left draining longer than
-    `drain_bound_ns` while the KV is up and membership is unchanged.
+    `drain_bound_ns` while the KV is up, a coordinator runs and membership is unchanged.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from coordinator.core import CoordinatorTiming
+from coordinator.core import RATE_HOLD_EPOCHS, CoordinatorTiming
 from load.sim.control_autoscale import ACTUATOR_POLL_NS, PLAN_TIMEOUT_NS
 from schemas.control import AUTOSCALE_KEY, Assignment, AutoscaleStatus
 from shard.core.ownership import Holding, hosting_violations
@@ -83,6 +84,7 @@ class Checker:
         self.moves = 0
         self.previous: Assignment | None = None
         self.changed_ns = 0  # the last membership change or outage end
+        self.load_changed_ns = -self.bound_ns  # the last step of the load (autoscaled seeds)
         self.grants: dict[tuple[str, int], str] = {}
         self.decisions = 0
         self.stops = 0
@@ -98,6 +100,16 @@ class Checker:
 
     def membership_changed(self, now_ns: int) -> None:
         self.changed_ns = now_ns
+
+    def load_changed(self, now_ns: int) -> None:
+        self.load_changed_ns = now_ns
+
+    def load_bound_ns(self) -> int:
+        """After a load step the placement's rates keep changing: the shards' meters follow at
+        once, and a fall reaches the planning rate only after the coordinator's rate memory
+        (RATE_HOLD_EPOCHS epochs and a TTL); then the convergence bound."""
+        t = self.case.timing
+        return RATE_HOLD_EPOCHS * t.epoch_ns + t.heartbeat_ttl_ns + self.bound_ns
 
     def stable(self, now_ns: int) -> bool:
         return now_ns - self.changed_ns >= self.bound_ns
@@ -128,7 +140,7 @@ class Checker:
             if old is None or old == shard:
                 continue
             self.moves += 1
-            if old in live and self.stable(now):
+            if old in live and self.stable(now) and now - self.load_changed_ns >= self.load_bound_ns():
                 self.fail(now, f"epoch {new.epoch} moved {model} from live {old} to {shard} with membership "
                                f"unchanged for {(now - self.changed_ns) / 1e9:.1f} s")
 
@@ -216,7 +228,8 @@ class Checker:
         for slot in sorted(draining):
             agent = world.agents[world.agent_of[slot]]
             done = (agent.alive and not agent.open.get(slot, 0) and not world.traffic.in_transit.get(slot, 0)
-                    and not self._holders(world, slot) and not world.kv.in_outage(now))
+                    and not self._holders(world, slot) and not world.kv.in_outage(now)
+                    and any(c.running() for c in world.coordinators.values()))
             if not done:
                 self.drain_ready.pop(slot, None)
                 continue
