@@ -84,7 +84,7 @@ class Checker:
         self.moves = 0
         self.previous: Assignment | None = None
         self.changed_ns = 0  # the last membership change or outage end
-        self.load_changed_ns = -self.bound_ns  # the last step of the load (autoscaled seeds)
+        self.load_changed_ns = -(1 << 62)  # the last step of the load (autoscaled seeds only)
         self.grants: dict[tuple[str, int], str] = {}
         self.decisions = 0
         self.stops = 0
