@@ -320,6 +320,8 @@ class SimAgent(Process):
         self.alive = True
         self.incarnation += 1
         self.owners = {slot: SlotOwner() for slot in self.slots}
+        if self.world.traffic is not None:
+            self.world.traffic.stopped.discard(self.name)  # started again, by the actuator or a fault
         self.open: dict[str, int] = {}  # slot -> plans received and not yet answered
         self.every(self.world.case.timing.heartbeat_ttl_ns // 3, self.heartbeat)
 

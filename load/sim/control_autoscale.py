@@ -162,7 +162,6 @@ class SimActuator:
         for name in plan.start:
             world.log(f"actuator start {name}")
             world.checker.note("actuator_start")
-            world.traffic.stopped.discard(name)
             world.agents[name].start()
         for name in plan.stop:
             world.log(f"actuator stop {name}")
