@@ -22,7 +22,9 @@ With the autoscaler on (issue 13; load/sim/control_autoscale.py):
     within `autoscale_bound_ns` (nothing starting or draining, the target active, exactly the
     active slots' agents running) and stays so.
 11. A slot whose plans are done, that no live shard holds, is not left draining longer than
-    `drain_bound_ns` while the KV is up, a coordinator runs and membership is unchanged.
+    `drain_bound_ns` while the KV is up, a coordinator runs, a live shard exists and membership
+    is unchanged. (With no live shard no assignment is written, as for check 3, and a slot
+    leaves the assignment only by a new one: the newest still gives it away.)
 """
 
 from __future__ import annotations
@@ -229,7 +231,7 @@ class Checker:
             agent = world.agents[world.agent_of[slot]]
             done = (agent.alive and not agent.open.get(slot, 0) and not world.traffic.in_transit.get(slot, 0)
                     and not self._holders(world, slot) and not world.kv.in_outage(now)
-                    and any(c.running() for c in world.coordinators.values()))
+                    and any(c.running() for c in world.coordinators.values()) and bool(world.live_shards()))
             if not done:
                 self.drain_ready.pop(slot, None)
                 continue
@@ -241,8 +243,11 @@ class Checker:
             del self.drain_ready[slot]
 
     def autoscale_converged(self, world: World) -> str:
-        """Check 10's condition; empty when it holds, else why not."""
+        """Check 10's condition; empty when it holds, else why not. Like check 3, it asks nothing
+        of a cluster without a live shard (no assignment can take a slot out then)."""
         status = self.published(world)
+        if not world.live_shards():
+            return ""
         if status is None:
             return "no decision published"
         if status.starting or status.draining:
