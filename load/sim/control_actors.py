@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from coordinator import core
-from coordinator.epoch import demand_slots
 from coordinator.membership import ReadOutcome
 from coordinator.placement import PlacementConfig
 from gpu_agent.fencing import SlotOwner, decide_claim
@@ -249,7 +248,7 @@ class SimShard(Process):
         beat = ShardHeartbeat(shard_id=self.name, models=loads, epoch=self.epoch)
         if w.case.autoscale is not None:
             # Busy slot time: what the load needs, up to every slot the shard owns.
-            need = demand_slots([m for m in w.case.models if m.name in rates], rates, {}, CoreConfig())
+            need = w.traffic.need(rates)
             beat = msgspec.structs.replace(beat, busy_slots=min(float(len(self.holding.slots)), need),
                                            slots_held=sorted(self.holding.slots | set(self.in_flight.values())))
         self.kv(lambda: w.kv.buckets["members"].put(f"shard.{self.name}", beat), lambda _r, _e: None)

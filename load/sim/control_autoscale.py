@@ -91,6 +91,16 @@ class PlanTraffic:
         self.in_transit: dict[str, int] = {}
         self._next_id = 0
         self.stopped: set[str] = set()  # agents the actuator stopped and nobody started since
+        self._needs: dict[tuple, float] = {}
+
+    def need(self, rates: dict[str, float]) -> float:
+        """Slot-seconds per second these models' rates need (coordinator.epoch.demand_slots),
+        remembered: the rates change only at load steps, and a profile is costly to build."""
+        key = tuple(sorted(rates.items()))
+        if key not in self._needs:
+            models = [m for m in self.world.case.models if m.name in rates]
+            self._needs[key] = demand_slots(models, rates, {}, CoreConfig())
+        return self._needs[key]
 
     def send_plans(self, shard: SimShard) -> None:
         """One plan tick of a shard: while it has load, a plan to some of the slots it owns."""
