@@ -254,14 +254,21 @@ def run_case(case: ControlCase, *, trace: bool = False) -> ControlResult:
     c = world.checker
     scaling_ns = autoscale_bound_ns(case) if case.autoscale else 0
     deadline = case.duration_ns + c.bound_ns + scaling_ns
-    while not (c.stable(world.sim.now_ns) and not (case.autoscale and c.autoscale_converged(world))) \
-            and world.sim.now_ns < case.duration_ns + SETTLE_NS_MAX + scaling_ns:
+    # Converged means it stays so: for the down window and cool-down (an older, higher
+    # recommendation may still be in the window and then let the target fall) and two epochs.
+    hold_ns = _hold_ns(case)
+    since: int | None = None
+    while world.sim.now_ns < case.duration_ns + SETTLE_NS_MAX + scaling_ns:
+        settled = c.stable(world.sim.now_ns) and not (case.autoscale and c.autoscale_converged(world))
+        since = (since if since is not None else world.sim.now_ns) if settled else None
+        if since is not None and world.sim.now_ns - since >= hold_ns:
+            break
         world.sim.run_until(world.sim.now_ns + S)
     if not c.stable(world.sim.now_ns):
         c.fail(world.sim.now_ns, "membership never settled")
     elif case.autoscale and (why := c.autoscale_converged(world)):
         c.fail(world.sim.now_ns, f"the autoscaler did not converge: {why}")
-    elif case.autoscale and world.sim.now_ns > deadline:
+    elif case.autoscale and world.sim.now_ns - hold_ns > deadline:
         c.fail(world.sim.now_ns, f"the autoscaler converged {(world.sim.now_ns - deadline) / 1e9:.1f} s "
                                  f"after its bound")
     world.sim.run_until(world.sim.now_ns + S)  # a sample taken while stable
@@ -270,6 +277,13 @@ def run_case(case: ControlCase, *, trace: bool = False) -> ControlResult:
 
     return ControlResult(seed=case.seed, violations=c.violations, epochs_written=c.writes, model_moves=c.moves,
                          notes=dict(sorted(c.notes.items())), trace=world.trace or [])
+
+
+def _hold_ns(case: ControlCase) -> int:
+    if case.autoscale is None:
+        return 0
+    c = case.autoscale.config
+    return int((c.down_window_s + c.down_cooldown_s) * S) + 2 * case.timing.epoch_ns
 
 
 def run_control_seed(seed: int, *, duration_s: float = 60.0, trace: bool = False) -> ControlResult:
