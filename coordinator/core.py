@@ -40,7 +40,7 @@ from coordinator.slots import (
     phases_from_status,
     present_slots,
 )
-from schemas.control import Assignment, AutoscaleStatus
+from schemas.control import Assignment, AutoscaleStatus, preference_order
 from schemas.profile import ModelProfile
 from shard.core.config import CoreConfig
 
@@ -392,7 +392,9 @@ class CoordinatorCore:
             return inputs, []
         seen = {agent: self.view.members[f"agent.{agent}"].seen_ns for agent in inputs.agents}
         present = present_slots(inputs.agents, seen)
-        ranked = sorted(set(self.slots) | set(present))  # the preference order: slot names, sorted
+        # The shards' preference order (natural: gpu-2 before gpu-10), so that the autoscaler drains
+        # the slots the shards pack least work onto; plain sorted() disagreed past 9 slots.
+        ranked = preference_order(set(self.slots) | set(present))
         phases = self.phases
         if phases is None:
             phases = phases_from_status(self.autoscale_seen, now_ns) if self.autoscale_seen else SlotPhases()

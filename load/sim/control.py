@@ -16,7 +16,8 @@ import msgspec
 from coordinator.core import CoordinatorTiming
 from coordinator.epoch import ModelSettings
 from load.sim.control_actors import CLAIM_TIMEOUT_NS, SimAgent, SimCoordinator, SimShard
-from load.sim.control_checks import Checker
+from load.sim.control_autoscale import AutoscaleCase, PlanTraffic, SimActuator, draw_autoscale
+from load.sim.control_checks import Checker, autoscale_bound_ns
 from load.sim.control_kv import MS, Anomalies, S, Sim, SimKV
 
 
@@ -31,6 +32,7 @@ class ControlCase(msgspec.Struct, frozen=True, kw_only=True):
     anomalies: Anomalies
     faults: list[tuple[int, str]]  # (at_ns, kind); the target is drawn when it fires
     duration_ns: int  # then every process comes back and the run settles, with no more faults
+    autoscale: AutoscaleCase | None = None  # the autoscaler on, with an actuator, plans and a changing load
 
 
 class ControlResult(msgspec.Struct, kw_only=True):
@@ -59,12 +61,16 @@ class World:
         self.agent_of = {slot: agent for agent, slots in case.slots.items() for slot in slots}
         self.checker = Checker(case)
         self.drained: set[str] = set()
+        self.traffic = PlanTraffic(self, case.autoscale) if case.autoscale else None
         self.coordinators = {f"c{i}": SimCoordinator(self, f"c{i}") for i in range(case.coordinators)}
         self.shards = {f"shard-{i}": SimShard(self, f"shard-{i}") for i in range(case.shards)}
         self.agents = {name: SimAgent(self, name, slots) for name, slots in sorted(case.slots.items())}
+        self.actuator = SimActuator(self, case.autoscale) if case.autoscale else None
         self._membership = self._ground_truth()
         for at_ns, kind in case.faults:
             self.sim.at(at_ns, lambda kind=kind: self.fault(kind))
+        for at_ns, _factor in case.autoscale.steps if case.autoscale else ():
+            self.sim.at(at_ns, lambda: self.checker.load_changed(self.sim.now_ns))
         for _start, end in case.anomalies.outages:
             self.sim.at(end, lambda: self.checker.membership_changed(self.sim.now_ns))
         self._sample()
@@ -89,14 +95,14 @@ class World:
         running = tuple(sorted(n for n, c in self.coordinators.items() if c.running()))
         return tuple(sorted(self.live_shards())), tuple(sorted(self.live_agents())), running, expired
 
-    def _membership_check(self) -> None:
+    def membership_check(self) -> None:
         truth = self._ground_truth()
         if truth != self._membership:
             self._membership = truth
             self.checker.membership_changed(self.sim.now_ns)
 
     def _sample(self) -> None:
-        self._membership_check()
+        self.membership_check()
         self.checker.sample(self)
         self.sim.after(100 * MS, self._sample)
 
@@ -133,7 +139,7 @@ class World:
             name = f"shard-{len(self.shards)}"
             self.log(f"fault {kind} {name} (new)")
             self.shards[name] = SimShard(self, name)
-            self._membership_check()
+            self.membership_check()
             return
         candidates, act = {
             "shard_crash": (alive_shards, lambda n: self.shards[n].crash()),
@@ -159,7 +165,7 @@ class World:
             name = rng.choice(names)
             self.log(f"fault {kind} {name}")
             act(name)
-            self._membership_check()
+            self.membership_check()
 
     def _drain(self, name: str, draining: bool = True) -> None:
         """The operator's `symphony drain [--undo]`: retried until the KV takes it; the shard
@@ -173,7 +179,7 @@ class World:
             else:
                 state.delete(f"drain.{name}")
                 self.drained.discard(name)
-            self._membership_check()
+            self.membership_check()
 
         def done(_result: object, error: Exception | None) -> None:
             if error is not None:
@@ -224,9 +230,11 @@ def draw_case(seed: int, *, duration_s: float = 60.0) -> ControlCase:
     while t < duration_s:
         faults.append((int(t * S), rng.choice(FAULT_KINDS)))
         t += rng.expovariate(1 / (4 + 16 * (1 - intensity)))
-    return ControlCase(seed=seed, models=models, rates={m.name: rng.choice([0.0, 20.0, 300.0, 2000.0]) for m in models},
-                       slots=slots, shards=rng.randint(1, 4), coordinators=rng.randint(1, 3), timing=timing,
-                       anomalies=anomalies, faults=faults, duration_ns=duration_ns)
+    rates = {m.name: rng.choice([0.0, 20.0, 300.0, 2000.0]) for m in models}
+    return ControlCase(seed=seed, models=models, rates=rates, slots=slots, shards=rng.randint(1, 4),
+                       coordinators=rng.randint(1, 3), timing=timing, anomalies=anomalies, faults=faults,
+                       duration_ns=duration_ns, autoscale=draw_autoscale(
+                           seed, models, rates, sum(len(s) for s in slots.values()), duration_ns))
 
 
 SETTLE_NS_MAX = 120 * S
@@ -235,21 +243,47 @@ SETTLE_NS_MAX = 120 * S
 def run_case(case: ControlCase, *, trace: bool = False) -> ControlResult:
     world = World(case, trace=trace)
     world.sim.run_until(case.duration_ns)
-    # Settle: every process that is down comes back, no more faults or outages; once membership
-    # has been stable for the bound, the last check must hold.
-    for process in [*world.coordinators.values(), *world.shards.values(), *world.agents.values()]:
+    # Settle: every process that is down comes back (agents, with the autoscaler, only as its
+    # actuator starts them), no more faults or outages; once membership has been stable for the
+    # bound, the last check must hold, and the autoscaler must have converged (check 10).
+    agents = [] if case.autoscale else list(world.agents.values())
+    for process in [*world.coordinators.values(), *world.shards.values(), *agents]:
         if not process.alive:
             process.start()
-    world._membership_check()  # noqa: SLF001
+    world.membership_check()
     c = world.checker
-    while not c.stable(world.sim.now_ns) and world.sim.now_ns < case.duration_ns + SETTLE_NS_MAX:
+    scaling_ns = autoscale_bound_ns(case) if case.autoscale else 0
+    deadline = case.duration_ns + c.bound_ns + scaling_ns
+    # Converged means it stays so: for the down window and cool-down (an older, higher
+    # recommendation may still be in the window and then let the target fall) and two epochs.
+    hold_ns = _hold_ns(case)
+    since: int | None = None
+    while world.sim.now_ns < case.duration_ns + SETTLE_NS_MAX + scaling_ns:
+        settled = c.stable(world.sim.now_ns) and not (case.autoscale and c.autoscale_converged(world))
+        since = (since if since is not None else world.sim.now_ns) if settled else None
+        if since is not None and world.sim.now_ns - since >= hold_ns:
+            break
         world.sim.run_until(world.sim.now_ns + S)
     if not c.stable(world.sim.now_ns):
         c.fail(world.sim.now_ns, "membership never settled")
+    elif case.autoscale and (why := c.autoscale_converged(world)):
+        c.fail(world.sim.now_ns, f"the autoscaler did not converge: {why}")
+    elif case.autoscale and world.sim.now_ns - hold_ns > deadline:
+        c.fail(world.sim.now_ns, f"the autoscaler converged {(world.sim.now_ns - deadline) / 1e9:.1f} s "
+                                 f"after its bound")
     world.sim.run_until(world.sim.now_ns + S)  # a sample taken while stable
+    if case.autoscale and (why := c.autoscale_converged(world)):
+        c.fail(world.sim.now_ns, f"the autoscaler left its converged state: {why}")
 
     return ControlResult(seed=case.seed, violations=c.violations, epochs_written=c.writes, model_moves=c.moves,
                          notes=dict(sorted(c.notes.items())), trace=world.trace or [])
+
+
+def _hold_ns(case: ControlCase) -> int:
+    if case.autoscale is None:
+        return 0
+    c = case.autoscale.config
+    return int((c.down_window_s + c.down_cooldown_s) * S) + 2 * case.timing.epoch_ns
 
 
 def run_control_seed(seed: int, *, duration_s: float = 60.0, trace: bool = False) -> ControlResult:

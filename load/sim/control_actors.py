@@ -14,8 +14,9 @@ from coordinator import core
 from coordinator.membership import ReadOutcome
 from coordinator.placement import PlacementConfig
 from gpu_agent.fencing import SlotOwner, decide_claim
+from load.sim.control_autoscale import PLAN_TICK_NS
 from load.sim.control_kv import MS, Entry, KVError, NotFound, S, WrongLast
-from schemas.control import AgentHeartbeat, AgentSlot, Assignment, ModelLoad, ShardHeartbeat
+from schemas.control import AUTOSCALE_KEY, AgentHeartbeat, AgentSlot, Assignment, ModelLoad, ShardHeartbeat
 from shard.core.config import CoreConfig
 from shard.core.ownership import AddModel, ClaimSlot, Holding, apply_step, plan_release, plan_transition
 
@@ -86,8 +87,10 @@ class SimCoordinator(Process):
         w = self.world
         self.alive = True
         self.incarnation += 1
+        scaling = w.case.autoscale
         self.core = core.CoordinatorCore(self.name, w.case.models, w.case.timing, core=CoreConfig(),
-                                    placement=PlacementConfig(), now_ns=w.sim.now_ns)
+                                         placement=PlacementConfig(), now_ns=w.sim.now_ns,
+                                         autoscale=scaling.config if scaling else None, slots=sorted(w.agent_of))
         self.watches: list = []
         self._restart_watches()
         self.every(TICK_NS, lambda: self.feed(core.Tick()))
@@ -118,6 +121,8 @@ class SimCoordinator(Process):
                 event = core.DrainUpdate(shard=key.split(".", 1)[1], draining=entry is not None)
             elif key == "assignment" and entry is not None:
                 event = core.AssignmentSeen(assignment=entry.value)
+            elif key == AUTOSCALE_KEY and entry is not None:
+                event = core.AutoscaleSeen(status=entry.value)
             if event is not None:
                 self.arrive(incarnation, lambda: self.feed(event))
 
@@ -148,11 +153,16 @@ class SimCoordinator(Process):
                     except NotFound:
                         return None, drains
                 self.kv(read, lambda r, e: self.feed(_assignment_read(r, e)))
+            case core.WriteAutoscale(status=status):
+                self.world.checker.autoscale_decided(self.world, status)
+                self.kv(lambda: buckets["state"].put(AUTOSCALE_KEY, status), lambda _r, _e: None)
             case core.WriteAssignment(assignment=new, revision=revision):
+                decided = self.core.autoscale_status
+
                 def write() -> int:
                     state = buckets["state"]
                     written = state.update("assignment", new, revision) if revision else state.create("assignment", new)
-                    self.world.checker.assignment_written(self.world, new)
+                    self.world.checker.assignment_written(self.world, new, decided)
                     return written
                 self.kv(write, lambda r, e: self.feed(core.AssignmentWritten(outcome=_write_outcome(e))))
             case _:
@@ -205,12 +215,16 @@ class SimShard(Process):
         self.applying = False
         self.gained_ns: dict[str, int] = {}
         self.models: frozenset[str] = frozenset()
+        self.in_flight: dict[int, str] = {}  # plan -> slot, sent and not reported
         self.every(self.world.case.timing.heartbeat_ttl_ns // 3, self.heartbeat)
         self.every(POLL_NS, self.poll)
+        if self.world.traffic is not None:
+            self.every(PLAN_TICK_NS, lambda: self.world.traffic.send_plans(self))
 
     def crash(self) -> None:
         self.alive = False
         self.holding = Holding()
+        self.in_flight = {}
         self.world.checker.shard_holding(self.world, self.name, self.holding)
 
     def leave(self) -> None:
@@ -218,13 +232,26 @@ class SimShard(Process):
         self.world.kv.call(lambda: self.world.kv.buckets["members"].delete(f"shard.{self.name}"), lambda _r, _e: None)
         self.crash()
 
-    def heartbeat(self) -> None:
+    def rate(self, model: str) -> float:
+        """What the shard's meter reads for a model it holds: the case's rate (times the load
+        factor in force, with autoscaling); 0 for a moment after the model arrives."""
         now = self.world.sim.now_ns
-        # A model's rate meter needs a moment after the model arrives: 0 until then.
-        loads = {m: ModelLoad(rate_rps=self.world.case.rates[m] if now - self.gained_ns.get(m, 0) > 2 * S else 0.0,
-                              pending=0) for m in sorted(self.holding.models)}
+        if now - self.gained_ns.get(model, 0) <= 2 * S:
+            return 0.0
+        scaling = self.world.case.autoscale
+        return self.world.case.rates[model] * (scaling.factor(now) if scaling else 1.0)
+
+    def heartbeat(self) -> None:
+        w = self.world
+        rates = {m: self.rate(m) for m in sorted(self.holding.models)}
+        loads = {m: ModelLoad(rate_rps=rate, recent_rps=rate, pending=0) for m, rate in rates.items()}
         beat = ShardHeartbeat(shard_id=self.name, models=loads, epoch=self.epoch)
-        self.kv(lambda: self.world.kv.buckets["members"].put(f"shard.{self.name}", beat), lambda _r, _e: None)
+        if w.case.autoscale is not None:
+            # Busy slot time: what the load needs, up to every slot the shard owns.
+            need = w.traffic.need(rates)
+            beat = msgspec.structs.replace(beat, busy_slots=min(float(len(self.holding.slots)), need),
+                                           slots_held=sorted(self.holding.slots | set(self.in_flight.values())))
+        self.kv(lambda: w.kv.buckets["members"].put(f"shard.{self.name}", beat), lambda _r, _e: None)
 
     def poll(self) -> None:
         if self.applying:
@@ -292,14 +319,24 @@ class SimAgent(Process):
         self.alive = True
         self.incarnation += 1
         self.owners = {slot: SlotOwner() for slot in self.slots}
+        if self.world.traffic is not None:
+            self.world.traffic.stopped.discard(self.name)  # started again, by the actuator or a fault
+        self.open: dict[str, int] = {}  # slot -> plans received and not yet answered
         self.every(self.world.case.timing.heartbeat_ttl_ns // 3, self.heartbeat)
 
     def crash(self) -> None:
         self.alive = False
+        self.open = {}
+
+    def stop(self) -> None:
+        """The actuator stops the agent: it leaves (its heartbeat is deleted) and is gone."""
+        self.world.kv.call(lambda: self.world.kv.buckets["members"].delete(f"agent.{self.name}"), lambda _r, _e: None)
+        self.crash()
 
     def heartbeat(self) -> None:
         beat = AgentHeartbeat(agent_id=self.name, device="sim", slots=[
-            AgentSlot(slot_id=s, models=models, owner=self.owners[s].shard, epoch=self.owners[s].epoch)
+            AgentSlot(slot_id=s, models=models, owner=self.owners[s].shard, epoch=self.owners[s].epoch,
+                      plans_open=self.open.get(s, 0))
             for s, models in sorted(self.slots.items())])
         self.kv(lambda: self.world.kv.buckets["members"].put(f"agent.{self.name}", beat), lambda _r, _e: None)
 

@@ -5,9 +5,12 @@ load/sim/control_checks.py. More seeds: `symphony sim control --seed 1 --count 5
 import msgspec
 import pytest
 
+from coordinator import core as coordinator_core
+from coordinator.core import CoordinatorCore
 from coordinator.membership import MemberView
-from load.sim import control_actors
-from load.sim.control import run_control_seed
+from load.sim import control_actors, control_autoscale
+from load.sim.control import draw_case, run_control_seed
+from runtime.actuator import actuate
 from shard.core import ownership
 
 SEEDS_PER_CHUNK = 30
@@ -55,3 +58,69 @@ def test_the_checkers_catch_a_coordinator_that_reads_silence_as_departure(monkey
 
     monkeypatch.setattr(MemberView, "suspects", drop_at_once)
     assert any(not run_control_seed(seed).ok for seed in range(40))
+
+
+# ---- autoscaling (issue 13): each of checks 7-11 catches its rule broken on purpose ------------------
+def autoscaled_seeds(count: int) -> list[int]:
+    return [seed for seed in range(100) if draw_case(seed).autoscale is not None][:count]
+
+
+def caught(*messages: str, count: int = 12) -> bool:
+    """Some autoscaled seed among the first `count` fails with one of `messages` in a violation."""
+    return any(message in violation for seed in autoscaled_seeds(count)
+               for violation in run_control_seed(seed).violations for message in messages)
+
+
+def test_about_half_the_seeds_run_the_autoscaler_and_it_scales_both_ways() -> None:
+    seeds = autoscaled_seeds(100)
+    assert 35 <= len(seeds) <= 65
+    notes = [run_control_seed(seed).notes for seed in seeds[:3]]
+    assert sum(n.get("actuator_start", 0) for n in notes) > 0 and sum(n.get("actuator_stop", 0) for n in notes) > 0
+
+
+def test_check_7_catches_an_actuator_that_stops_draining_agents(monkeypatch: pytest.MonkeyPatch) -> None:
+    def eager(status, *args, **kwargs):
+        if status is not None:
+            status = msgspec.structs.replace(status, released=status.released + status.draining, draining=[])
+        return actuate(status, *args, **kwargs)
+
+    monkeypatch.setattr(control_autoscale, "actuate", eager)
+    assert caught("plans open", "holds", "which the actuator stopped")
+
+
+def test_check_8_catches_a_coordinator_that_assigns_slots_it_drains(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = CoordinatorCore._autoscale
+
+    def every_slot(self, inputs, now_ns):
+        _active_only, commands = real(self, inputs, now_ns)
+        return inputs, commands
+
+    monkeypatch.setattr(CoordinatorCore, "_autoscale", every_slot)
+    assert caught("its decision does not have active")
+
+
+def test_check_9_catches_a_decision_below_min_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = coordinator_core.decide
+
+    def none(config, state, signal):
+        decision, state = real(config, state, signal)
+        return msgspec.structs.replace(decision, target_slots=0), state
+
+    monkeypatch.setattr(coordinator_core, "decide", none)
+    assert caught("active or starting, outside")
+
+
+def test_check_10_catches_an_actuator_that_never_starts_an_agent(monkeypatch: pytest.MonkeyPatch) -> None:
+    def lazy(*args, **kwargs):
+        return msgspec.structs.replace(actuate(*args, **kwargs), start=[])
+
+    monkeypatch.setattr(control_autoscale, "actuate", lazy)
+    assert caught("did not converge")
+
+
+def test_check_11_catches_a_drain_that_never_sees_its_slot_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    def always_held(shards, assignment):
+        return frozenset(f"a{a}s{k}" for a in range(4) for k in range(3))
+
+    monkeypatch.setattr(coordinator_core, "held_slots", always_held)
+    assert caught("still draining")

@@ -147,3 +147,25 @@ def test_a_bad_autoscale_table_is_refused_with_the_field_named() -> None:
         assert "target_utilization" in str(error)
     else:
         raise AssertionError("a utilisation above 1 was accepted")
+
+
+def test_the_coordinator_drains_in_the_shards_preference_order_not_plain_sorted_names() -> None:
+    """Regression: the core ranked slots with `sorted()` ("gpu-10" before "gpu-2") while shards
+    pack work by `preference_order` ("gpu-2" before "gpu-10"), so scaling 3 slots to 2 drained
+    gpu-2, one the shards keep busy, and kept gpu-10, the one they leave idle."""
+    from coordinator.core import CoordinatorCore, CoordinatorTiming
+    from coordinator.epoch import EpochInputs
+    from coordinator.placement import PlacementConfig
+    from schemas.control import AgentHeartbeat, AgentSlot
+    from shard.core.config import CoreConfig
+
+    slots = ["gpu-1", "gpu-2", "gpu-10"]
+    timing = CoordinatorTiming(epoch_ns=10**9, lease_ns=3 * 10**9, heartbeat_ttl_ns=3 * 10**9)
+    core = CoordinatorCore("c0", [], timing, core=CoreConfig(), placement=PlacementConfig(), now_ns=0,
+                           autoscale=AutoscaleConfig(min_slots=2, down_cooldown_s=0, down_window_s=0), slots=slots)
+    agents = {s: AgentHeartbeat(agent_id=s, device="cpu", slots=[AgentSlot(slot_id=s, models=[])]) for s in slots}
+    for name, beat in agents.items():
+        core.view.observe(f"agent.{name}", beat, 1, now_ns=0)
+    core._autoscale(EpochInputs(shards={}, agents=agents, drains=frozenset(), previous=None), now_ns=10**9)
+    assert core.autoscale_status.active == ["gpu-1", "gpu-2"]
+    assert core.autoscale_status.draining == ["gpu-10"]
