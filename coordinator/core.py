@@ -40,7 +40,7 @@ from coordinator.slots import (
     phases_from_status,
     present_slots,
 )
-from schemas.control import Assignment, AutoscaleStatus, preference_order
+from schemas.control import Assignment, AutoscaleStatus, freshest, preference_order
 from schemas.profile import ModelProfile
 from shard.core.config import CoreConfig
 
@@ -219,6 +219,7 @@ class CoordinatorCore:
         self.autoscale_state = AutoscaleState()
         self.phases: SlotPhases | None = None  # None until this coordinator decided once
         self.autoscale_seen: AutoscaleStatus | None = None  # the newest published by anyone
+        self.autoscale_seq = 0  # this coordinator's decisions (AutoscaleStatus.seq)
         self.autoscale_status: AutoscaleStatus | None = None  # the newest this coordinator decided
 
     # ---- queries ------------------------------------------------------------------------------
@@ -255,7 +256,7 @@ class CoordinatorCore:
                     self.profiles[(model, agent)] = profile
                 return []
             case AutoscaleSeen(status=status):
-                self.autoscale_seen = status
+                self.autoscale_seen = freshest(status, self.autoscale_seen)  # a late put is not news
                 return []
             case AssignmentSeen(assignment=assignment):
                 if self.latest is None or assignment.epoch > self.latest.epoch:
@@ -402,9 +403,12 @@ class CoordinatorCore:
         demand = demand_slots(self.models, shard_rates(inputs.shards), inputs.profiles, self.core)
         signal = autoscale_signal(inputs.shards, demand, phases, present, len(ranked), now_ns)
         decision, self.autoscale_state = decide(self.autoscale, self.autoscale_state, signal)
-        self.phases = apply_target(phases, ranked, decision.target_slots, present, now_ns)
+        hosts = {slot.slot_id: frozenset(slot.models) for beat in inputs.agents.values() for slot in beat.slots}
+        self.phases = apply_target(phases, ranked, decision.target_slots, present, now_ns, hosts)
+        self.autoscale_seq += 1
         status = autoscale_status(
             self.phases, ranked, present, coordinator=self.id, epoch=self.latest.epoch if self.latest else 0,
+            lease_revision=self.lease_revision, seq=self.autoscale_seq,
             target_slots=decision.target_slots, need_slots=decision.need_slots, reason=decision.reason,
             rule=decision.rule, demand_slots=signal.demand_slots, busy_slots=signal.busy_slots,
             bad_rate=signal.bad_rate)

@@ -61,10 +61,16 @@ def held_slots(shards: dict[str, ShardHeartbeat], assignment: Assignment | None)
 def observe(phases: SlotPhases, present: dict[str, SlotSeen], held: frozenset[str], now_ns: int) -> SlotPhases:
     """Move slots along as the heartbeats allow: starting -> serving, draining -> quiet ->
     released; a released or draining slot whose agent is gone is idle (a draining agent that
-    died is the lost-slot path's: its shards answer what it held)."""
+    died is the lost-slot path's: its shards answer what it held).
+
+    Released is re-checked every epoch: a released slot that some shard holds or that has a plan
+    open is draining again. A new leader takes its predecessor's phases from the newest status
+    it saw, which may be older than what the cluster did since (seed 1277 of `symphony sim
+    control`: a leader whose watch lagged published a slot as released while two shards sent it
+    plans, and the actuator stopped its agent with 17 plans open)."""
     starting = {s: at for s, at in phases.starting.items() if s not in present or present[s].seen_ns <= at}
-    released = {s for s in phases.released if s in present}
-    draining: dict[str, int] = {}
+    released = {s for s in phases.released if s in present and s not in held and present[s].plans_open == 0}
+    draining: dict[str, int] = {s: NOT_QUIET for s in phases.released if s in present and s not in released}
     for slot, quiet_ns in phases.draining.items():
         if slot not in present:
             continue
@@ -80,11 +86,14 @@ def observe(phases: SlotPhases, present: dict[str, SlotSeen], held: frozenset[st
 
 
 def apply_target(phases: SlotPhases, ranked: list[str], target: int, present: dict[str, SlotSeen],
-                 now_ns: int) -> SlotPhases:
+                 now_ns: int, hosts: dict[str, frozenset[str]] | None = None) -> SlotPhases:
     """Start or drain slots so that `target` serve or start (coordinator.autoscale.choose_slots
-    picks which: the least preferred drain first, draining slots come back first)."""
+    picks which: the least preferred drain first, draining slots come back first). `hosts`
+    (slot -> the models it runs): a slot that is the last serving host of a model is not
+    drained, whatever the target (`keep_hosts`)."""
     serving = phases.serving(present)
     start, drain = choose_slots(ranked, target, serving, set(phases.starting), set(phases.draining))
+    drain = keep_hosts(drain, serving, hosts or {})
     starting, draining, released = dict(phases.starting), dict(phases.draining), set(phases.released)
     for slot in start:
         if slot in draining:
@@ -100,6 +109,24 @@ def apply_target(phases: SlotPhases, ranked: list[str], target: int, present: di
         else:
             draining[slot] = NOT_QUIET
     return SlotPhases(starting=starting, draining=draining, released=frozenset(released))
+
+
+def keep_hosts(drain: list[str], serving: set[str], hosts: dict[str, frozenset[str]]) -> list[str]:
+    """The slots of `drain` that may go: not one whose leaving leaves a model it runs with no
+    serving host. With mixed slots the least preferred slot may be the only one that runs some
+    model; draining it would strand that model's requests, and its shard (with models and no
+    slots) would stop reporting their rate, so the need would fall and the pool flap (seed 1116
+    of `symphony sim control`: up and down every two epochs for 150 s)."""
+    remaining = serving - set(drain)
+    models = {model for slot in serving for model in hosts.get(slot, ())}
+    allowed = []
+    for slot in drain:
+        stranded = [m for m in hosts.get(slot, ()) if not any(m in hosts.get(other, ()) for other in remaining)]
+        if slot in serving and stranded and set(stranded) <= models:
+            remaining.add(slot)  # it stays: the last host of `stranded`
+        else:
+            allowed.append(slot)
+    return allowed
 
 
 def autoscale_signal(shards: dict[str, ShardHeartbeat], demand: float, phases: SlotPhases,

@@ -27,7 +27,7 @@ from runtime.cluster_config import AUTOSCALE_ENV, ClusterConfig, load_cluster_co
 from runtime.connect import connect_client
 from runtime.nats_auth import CREDS_ENV, Auth, TlsFiles, deployment_for, forget_local, record_local
 from runtime.nats_server import NatsCluster, NatsServer
-from schemas.control import AutoscaleStatus
+from schemas.control import AutoscaleStatus, freshest
 
 log = structlog.get_logger("ops")
 
@@ -149,14 +149,14 @@ class LocalCluster:
         agents = {agent.id: [slot.id for slot in agent.slots] for agent in self.config.agents}
         nc = await connect_client(self.url, "symphony-actuator", self.creds_path("operator"), user="operator")
         asked: dict[str, float] = {}
+        status: AutoscaleStatus | None = None  # the newest decision read: the only one acted on
         try:
             buckets = await open_buckets(nc, heartbeat_ttl_s=settings.heartbeat_ttl_s, lease_s=settings.lease_s)
             while True:
                 try:
-                    status = await read_autoscale(buckets.state)
+                    status = freshest(await read_autoscale(buckets.state), status)
                 except nats.errors.Error as error:
                     log.warning("autoscale_read_failed", error=repr(error))
-                    status = None
                 now_s = time.monotonic()
                 if status is not None and (not self.decisions or self.decisions[-1][1] != status):
                     self.decisions.append((now_s, status))

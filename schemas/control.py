@@ -85,6 +85,12 @@ class AutoscaleStatus(msgspec.Struct, frozen=True, kw_only=True):
     version: Version = 1
     coordinator: MaybeIdentifier = ""
     epoch: Epoch = 0  # the newest assignment when this was decided
+    # The order of decisions: (lease_revision, seq). The leader's lease revision grows with every
+    # renewal and every new leader; seq counts one coordinator's decisions. An actuator never acts
+    # on a status older than one it has seen (a stale read, or a deposed leader's late write):
+    # `freshest` below.
+    lease_revision: Count = 0
+    seq: Count = 0
     target_slots: Count = 0
     need_slots: NonNegative = 0.0  # the rule's unrounded need
     reason: Text = "hold"  # hold, up, down, pressure
@@ -97,6 +103,20 @@ class AutoscaleStatus(msgspec.Struct, frozen=True, kw_only=True):
     draining: SlotIds = []  # out of the assignment, finishing what they hold
     released: SlotIds = []  # drained and empty; the actuator may stop them
     idle: SlotIds = []
+
+
+def freshest(read: AutoscaleStatus | None, seen: AutoscaleStatus | None) -> AutoscaleStatus | None:
+    """The newer of a status just read and the newest seen before, by (lease_revision, seq).
+
+    A read can return an older value than one already acted on (a KV replica behind the
+    leader), and a deposed leader's put can land after its successor's: acting on either could
+    stop an agent whose slot is active again, losing the requests it holds (seed 1277 of
+    `symphony sim control`). An actuator keeps what this returns and acts only on it."""
+    if read is None:
+        return seen
+    if seen is None or (read.lease_revision, read.seq) >= (seen.lease_revision, seen.seq):
+        return read
+    return seen
 
 
 class SlotClaim(msgspec.Struct, frozen=True, kw_only=True):

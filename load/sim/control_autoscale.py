@@ -24,7 +24,7 @@ from coordinator.autoscale import AutoscaleConfig
 from coordinator.epoch import ModelSettings, demand_slots
 from load.sim.control_kv import MS, Entry, S
 from runtime.actuator import actuate
-from schemas.control import AUTOSCALE_KEY, AutoscaleStatus
+from schemas.control import AUTOSCALE_KEY, AutoscaleStatus, freshest
 from shard.core.config import CoreConfig
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ class SimActuator:
     def _read(self, entry: Entry | None, error: Exception | None) -> None:
         self.reading = False
         if error is None and entry is not None:
-            self.status = entry.value
+            self.status = freshest(entry.value, self.status)
         world = self.world
         agents = {name: sorted(agent.slots) for name, agent in world.agents.items()}
         running = {name for name, agent in world.agents.items() if agent.alive}

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from coordinator.autoscale import choose_slots
 from coordinator.core import RATE_HOLD_EPOCHS, CoordinatorTiming
+from coordinator.slots import keep_hosts
 from load.sim.control_autoscale import ACTUATOR_POLL_NS, PLAN_TIMEOUT_NS
-from schemas.control import AUTOSCALE_KEY, Assignment, AutoscaleStatus
+from schemas.control import AUTOSCALE_KEY, Assignment, AutoscaleStatus, preference_order
 from shard.core.ownership import Holding, hosting_violations
 
 if TYPE_CHECKING:
@@ -252,13 +254,22 @@ class Checker:
             return "no decision published"
         if status.starting or status.draining:
             return f"slots still moving ({_phases(status)})"
-        if len(status.active) != status.target_slots:
+        if len(status.active) < status.target_slots or (
+                len(status.active) > status.target_slots and _drainable(status, world.hosts)):
             return f"{len(status.active)} active for a target of {status.target_slots}"
         running = {name for name, agent in world.agents.items() if agent.alive}
         serving = {world.agent_of[slot] for slot in status.active}
         if running != serving:
             return f"agents running {sorted(running)}, serving {sorted(serving)} ({_phases(status)})"
         return ""
+
+
+def _drainable(status: AutoscaleStatus, hosts: dict[str, frozenset[str]]) -> list[str]:
+    """Active slots beyond the target that may still go: more active than the target is
+    converged only when every extra one is the last host of some model (coordinator.slots.keep_hosts)."""
+    active = set(status.active)
+    _start, drain = choose_slots(preference_order(active), status.target_slots, active, set(), set())
+    return keep_hosts(drain, active, hosts)
 
 
 def _phases(status: AutoscaleStatus | None) -> str:

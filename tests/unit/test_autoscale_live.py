@@ -14,12 +14,21 @@ from coordinator.slots import (
     apply_target,
     autoscale_status,
     held_slots,
+    keep_hosts,
     observe,
     phases_from_status,
 )
 from runtime.actuator import actuate
 from runtime.cluster_config import AutoscaleEntry
-from schemas.control import Assignment, AutoscaleStatus, ModelLoad, ShardHeartbeat, autoscale_status_decoder, encode
+from schemas.control import (
+    Assignment,
+    AutoscaleStatus,
+    ModelLoad,
+    ShardHeartbeat,
+    autoscale_status_decoder,
+    encode,
+    freshest,
+)
 from shard.service.follower import IntervalLoad, Totals, interval_load
 
 RANKED = ["s0", "s1", "s2", "s3"]
@@ -169,3 +178,32 @@ def test_the_coordinator_drains_in_the_shards_preference_order_not_plain_sorted_
     core._autoscale(EpochInputs(shards={}, agents=agents, drains=frozenset(), previous=None), now_ns=10**9)
     assert core.autoscale_status.active == ["gpu-1", "gpu-2"]
     assert core.autoscale_status.draining == ["gpu-10"]
+
+
+def test_a_released_slot_that_a_shard_holds_or_has_plans_open_is_draining_again() -> None:
+    """Seed 1277 of `symphony sim control`: a new leader took over phases from a status older
+    than what the cluster did since; released is re-checked against the heartbeats."""
+    phases = SlotPhases(released=frozenset({"s2", "s3"}))
+    after = observe(phases, seen(open_plans=0), held=frozenset({"s2"}), now_ns=50)
+    assert after.released == {"s3"} and "s2" in after.draining
+    after = observe(phases, seen(open_plans=3), held=frozenset(), now_ns=50)
+    assert after.released == frozenset() and set(after.draining) == {"s2", "s3"}
+
+
+def test_the_last_serving_host_of_a_model_is_not_drained() -> None:
+    """Seed 1116: draining the only slot that runs some models left their shard with models and
+    no slots; its rates vanished, the need fell and the pool flapped for 150 s."""
+    hosts = {"s0": frozenset({"a"}), "s1": frozenset({"a"}), "s2": frozenset({"a", "b"}), "s3": frozenset({"a"})}
+    assert keep_hosts(["s3", "s2", "s1"], {"s0", "s1", "s2", "s3"}, hosts) == ["s3", "s1"]
+    phases = apply_target(SlotPhases(), RANKED, 1, seen(), now_ns=100, hosts=hosts)
+    assert set(phases.draining) == {"s1", "s3"}
+
+
+def test_an_actuator_never_goes_back_to_an_older_decision() -> None:
+    """A stale read or a deposed leader's late put must not undo a newer decision."""
+    old = AutoscaleStatus(lease_revision=5, seq=9, released=["s1"])
+    new = AutoscaleStatus(lease_revision=7, seq=1, active=["s1"])
+    assert freshest(old, new) is new and freshest(new, old) is new
+    assert freshest(None, new) is new and freshest(new, None) is new
+    newer_same_lease = AutoscaleStatus(lease_revision=7, seq=2)
+    assert freshest(newer_same_lease, new) is newer_same_lease
