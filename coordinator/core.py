@@ -397,14 +397,21 @@ class CoordinatorCore:
         # the slots the shards pack least work onto; plain sorted() disagreed past 9 slots.
         ranked = preference_order(set(self.slots) | set(present))
         phases = self.phases
-        if phases is None:
-            phases = phases_from_status(self.autoscale_seen, now_ns) if self.autoscale_seen else SlotPhases()
+        seen = self.autoscale_seen
+        if seen is not None and seen.coordinator != self.id and (
+                self.autoscale_status is None or freshest(seen, self.autoscale_status) is seen):
+            # Another leader decided since this one last did (seed 851: two coordinators taking
+            # turns each went on from its own old phases, draining a different slot each time).
+            phases = phases_from_status(seen, now_ns)
+        elif phases is None:
+            phases = SlotPhases()
         phases = observe(phases, present, held_slots(inputs.shards, self.latest), now_ns)
         demand = demand_slots(self.models, shard_rates(inputs.shards), inputs.profiles, self.core)
         signal = autoscale_signal(inputs.shards, demand, phases, present, len(ranked), now_ns)
         decision, self.autoscale_state = decide(self.autoscale, self.autoscale_state, signal)
         hosts = {slot.slot_id: frozenset(slot.models) for beat in inputs.agents.values() for slot in beat.slots}
-        self.phases = apply_target(phases, ranked, decision.target_slots, present, now_ns, hosts)
+        self.phases = apply_target(phases, ranked, decision.target_slots, present, now_ns, hosts,
+                                   cap=self.autoscale.max_slots)
         self.autoscale_seq += 1
         status = autoscale_status(
             self.phases, ranked, present, coordinator=self.id, epoch=self.latest.epoch if self.latest else 0,

@@ -86,14 +86,19 @@ def observe(phases: SlotPhases, present: dict[str, SlotSeen], held: frozenset[st
 
 
 def apply_target(phases: SlotPhases, ranked: list[str], target: int, present: dict[str, SlotSeen],
-                 now_ns: int, hosts: dict[str, frozenset[str]] | None = None) -> SlotPhases:
+                 now_ns: int, hosts: dict[str, frozenset[str]] | None = None, cap: int = 0) -> SlotPhases:
     """Start or drain slots so that `target` serve or start (coordinator.autoscale.choose_slots
     picks which: the least preferred drain first, draining slots come back first). `hosts`
     (slot -> the models it runs): a slot that is the last serving host of a model is not
-    drained, whatever the target (`keep_hosts`)."""
+    drained though the target says so (`keep_hosts`), as long as no more than `cap` slots
+    (`max_slots`, a budget the operator set; 0: none) serve or start."""
     serving = phases.serving(present)
     start, drain = choose_slots(ranked, target, serving, set(phases.starting), set(phases.draining))
-    drain = keep_hosts(drain, serving, hosts or {})
+    kept = keep_hosts(drain, serving, hosts or {})
+    if cap:
+        room = cap - (len(serving) + len(phases.starting) + len(start) - len(kept))
+        kept += [slot for slot in drain if slot not in kept][:max(0, -room)]
+    drain = [slot for slot in drain if slot in kept]
     starting, draining, released = dict(phases.starting), dict(phases.draining), set(phases.released)
     for slot in start:
         if slot in draining:
