@@ -306,6 +306,12 @@ class CoordinatorCore:
             self.lease_revision = result.revision
             self.lease_valid_until_ns = sent_ns + self.timing.lease_ns  # the server's TTL started later
             if not was_leading:
+                # What it decided in an earlier tenure is no claim on the present: the phases
+                # come from the newest status published, or from the heartbeats (seed 1596: a
+                # leader back after 6 s went on from its own old phases, in which three slots
+                # started again since were released, and their agent was stopped).
+                self.phases = None
+                self.autoscale_status = None
                 return [Note(event="leadership_taken")]
             return []
         if result.outcome is LeaseOutcome.TAKEN_ELSEWHERE:

@@ -108,9 +108,12 @@ def apply_target(phases: SlotPhases, ranked: list[str], target: int, present: di
             released.discard(slot)
     for slot in drain:
         if slot in starting:
-            del starting[slot]  # nothing was sent to it yet
+            del starting[slot]
             if slot in present:
-                released.add(slot)  # its agent runs but has nothing: the actuator may stop it
+                # Its agent runs: drained like any other, since a leader that published it as
+                # starting is not the only one that may have given it work (seed 1596: a new
+                # leader inherited "starting" for slots its predecessor had put to work since).
+                draining[slot] = NOT_QUIET
         else:
             draining[slot] = NOT_QUIET
     return SlotPhases(starting=starting, draining=draining, released=frozenset(released))
@@ -148,9 +151,13 @@ def autoscale_signal(shards: dict[str, ShardHeartbeat], demand: float, phases: S
 
 def phases_from_status(status: AutoscaleStatus, now_ns: int) -> SlotPhases:
     """A new leader takes over the phases its predecessor published, so that it neither puts a
-    draining slot back to work nor forgets one that an actuator is starting."""
+    draining slot back to work nor forgets one that an actuator is starting. A slot published as
+    released is taken over as draining: released is a claim about the heartbeats its author had
+    seen, and the newest status this leader saw may be older than what happened since (seed 1596:
+    a leader whose watch lagged inherited three released slots that had been started again and
+    held plans; the actuator stopped their agent). The new leader sees them quiet itself."""
     return SlotPhases(starting=dict.fromkeys(status.starting, now_ns),
-                      draining=dict.fromkeys(status.draining, NOT_QUIET), released=frozenset(status.released))
+                      draining=dict.fromkeys([*status.draining, *status.released], NOT_QUIET))
 
 
 def autoscale_status(phases: SlotPhases, ranked: list[str], present: dict[str, SlotSeen],

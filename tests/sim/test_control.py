@@ -30,8 +30,10 @@ def test_every_seed_keeps_every_control_plane_invariant(chunk: int) -> None:
 
 # Seeds that once failed, kept beside the sweep: 1277 (an actuator stopped an agent on an old
 # decision), 1116 (the last host of some models drained: the pool flapped), 291 (more slots kept
-# than max_slots allows), 851 (a re-elected leader went on from its own old phases).
-@pytest.mark.parametrize("seed", [291, 851, 1116, 1277])
+# than max_slots allows), 851 (a re-elected leader went on from its own old phases), 1596 (a new
+# leader inherited "starting" slots its predecessor had put to work, and released them), 477
+# (an agent aged out during the settle).
+@pytest.mark.parametrize("seed", [291, 477, 851, 1116, 1277, 1596])
 def test_seeds_that_once_failed(seed: int) -> None:
     result = run_control_seed(seed)
     assert result.ok, f"{result.violations[:3]}\n  replay: symphony sim control --seed {seed} --trace"

@@ -97,10 +97,17 @@ def test_every_slot_is_in_exactly_one_list_of_the_published_status() -> None:
     assert autoscale_status_decoder.decode(encode(status)) == status
 
 
-def test_a_new_leader_takes_over_the_published_phases() -> None:
+def test_a_new_leader_takes_over_the_published_phases_and_sees_released_slots_quiet_itself() -> None:
     status = AutoscaleStatus(starting=["s2"], draining=["s3"], released=["s1"])
     phases = phases_from_status(status, 7)
-    assert phases.starting == {"s2": 7} and phases.draining == {"s3": NOT_QUIET} and phases.released == {"s1"}
+    assert phases.starting == {"s2": 7} and phases.draining == {"s3": NOT_QUIET, "s1": NOT_QUIET}
+    assert phases.released == frozenset()
+
+
+def test_a_starting_slot_drained_while_its_agent_runs_is_drained_like_any_other() -> None:
+    """Seed 1596: a leader that inherited "starting" cannot know its predecessor gave it no work."""
+    phases = apply_target(SlotPhases(starting={"s3": 5}), RANKED, 2, seen(), now_ns=100)
+    assert phases.draining.get("s3") == NOT_QUIET and "s3" not in phases.released
 
 
 # ---- the local actuator ----------------------------------------------------------------------
