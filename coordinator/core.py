@@ -220,6 +220,7 @@ class CoordinatorCore:
         self.phases: SlotPhases | None = None  # None until this coordinator decided once
         self.autoscale_seen: AutoscaleStatus | None = None  # the newest published by anyone
         self.autoscale_seq = 0  # this coordinator's decisions (AutoscaleStatus.seq)
+        self.tenure = 0  # times it took the lead
         self.autoscale_status: AutoscaleStatus | None = None  # the newest this coordinator decided
 
     # ---- queries ------------------------------------------------------------------------------
@@ -312,6 +313,7 @@ class CoordinatorCore:
                 # started again since were released, and their agent was stopped).
                 self.phases = None
                 self.autoscale_status = None
+                self.tenure += 1
                 return [Note(event="leadership_taken")]
             return []
         if result.outcome is LeaseOutcome.TAKEN_ELSEWHERE:

@@ -282,6 +282,7 @@ def run_case(case: ControlCase, *, trace: bool = False) -> ControlResult:
         c.fail(world.sim.now_ns, f"the autoscaler converged {(world.sim.now_ns - deadline) / 1e9:.1f} s "
                                  f"after its bound")
     world.sim.run_until(world.sim.now_ns + S)  # a sample taken while stable
+    leader_stable = leader_stable and _leader(world) == leader
     # Unless membership changed meanwhile (seed 477: an agent's heartbeat aged out under the KV's
     # failed writes and came back; the leader rightly asked for a slot in its place).
     if case.autoscale and leader_stable and c.stable(world.sim.now_ns) and (why := c.autoscale_converged(world)):
@@ -291,10 +292,12 @@ def run_case(case: ControlCase, *, trace: bool = False) -> ControlResult:
                          notes=dict(sorted(c.notes.items())), trace=world.trace or [])
 
 
-def _leader(world: World) -> str | None:
-    """The coordinator that leads now, if one does."""
+def _leader(world: World) -> tuple[str, int] | None:
+    """The coordinator that leads now and its tenure, if one does (a tenure starts from the
+    newest published phases, so losing and taking the lead again is a change too)."""
     now = world.sim.now_ns
-    return next((name for name, c in sorted(world.coordinators.items()) if c.alive and c.core.leading(now)), None)
+    return next(((name, c.core.tenure) for name, c in sorted(world.coordinators.items())
+                 if c.alive and c.core.leading(now)), None)
 
 
 def _hold_ns(case: ControlCase) -> int:
