@@ -9,7 +9,7 @@
    run over the whole day, and for each phase the smallest pool whose bad rate stays within 1%.
 
     python -m load.bench.autoscale [--jobs 2] [--out results/bench-autoscale] [--skip-capacity]
-        [--workloads example,many-model,bursty,steps] [--policies ...] [--day diurnal]
+        [--workloads example,many-model,bursty,steps] [--policies ...] [--day diurnal] [--skip-consolidation]
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cold-start-s", type=float, default=20.0)
     parser.add_argument("--skip-capacity", action="store_true", help="consolidation without capacity searches")
+    parser.add_argument("--skip-consolidation", action="store_true", help="only the autoscaled day")
     parser.add_argument("--out", default="results/bench-autoscale")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="for consolidation")
     parser.add_argument("--policies", default=",".join(POLICIES))
@@ -97,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     workloads, policies = args.workloads.split(","), args.policies.split(",")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cases = [(w, p, c) for w in workloads for p in policies for c in ("preferred", "earliest")]
+    cases = [] if args.skip_consolidation else [
+        (w, p, c) for w in workloads for p in policies for c in ("preferred", "earliest")]
     pool_size = load_workload(args.day).workload.slots
     runs = [(p, r, 0) for p in policies for r in ("demand", "hpa")] + [
         ("eager", "fixed", k) for k in range(4, pool_size + 1, 2)]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         scaled_futures = [pool.submit(autoscaled, args.day, p, r, k, args.cold_start_s) for p, r, k in runs]
         consolidation = list(pool.map(consolidation_row, *zip(*cases, strict=True),
-                                      [not args.skip_capacity] * len(cases)))
+                                      [not args.skip_capacity] * len(cases))) if cases else []
         results = [f.result() for f in scaled_futures]
     scaled = [r for r in results if r.rule != "fixed"]
     fixed = best_fixed_per_phase([r for r in results if r.rule == "fixed"])
@@ -120,7 +122,7 @@ def print_tables(consolidation: list[dict], scaled: list[AutoscaleResult], fixed
                  policies: list[str]) -> None:
     print("| workload | policy | idle slots (<5% busy) preferred | earliest | capacity preferred | earliest | ratio |")
     print("|---|---|---|---|---|---|---|")
-    for w in workloads:
+    for w in workloads if consolidation else []:
         for p in policies:
             pref, early = (next(r for r in consolidation if (r["workload"], r["policy"], r["slot_choice"]) == (w, p, c))
                            for c in ("preferred", "earliest"))
