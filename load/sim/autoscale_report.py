@@ -34,7 +34,7 @@ def plot_runs(results: list[AutoscaleResult], path: Path | str) -> None:
         ax.step(t, [s.active + s.starting + s.draining for s in result.samples], where="post", label="held (GPU cost)")
         ax.step(t, [s.active for s in result.samples], where="post", label="serving", alpha=0.7)
         ax.step(t, [s.oracle_slots for s in result.samples], where="post", label="oracle", linestyle="--")
-        ax.plot(t, [s.busy_slots for s in result.samples], label="busy", alpha=0.6, linewidth=0.8)
+        ax.plot(t, [s.busy_slots for s in result.samples], label="busy", color="tab:purple", alpha=0.6, linewidth=0.8)
         rule = f"fixed {result.fixed_slots}" if result.rule == "fixed" else f"{result.rule} rule"
         ax.set_title(f"{result.policy}, {rule}: {result.gpu_seconds:.0f} GPU-s = x{result.gpu_vs_oracle:.2f} oracle, "
                      f"bad {result.bad_rate:.2%}", fontsize=9)
