@@ -1,5 +1,5 @@
 """The control-plane soak, short form: the demo cluster under steady load at half capacity for
-about two minutes (load/bench/soak.py, the same code as the 30-minute run). Nothing is killed, so
+about a minute (load/bench/soak.py, the same code as the 30-minute run). Nothing is killed, so
 the assignment must not move a model or go empty, and every request gets exactly one reply.
 The epoch counting it relies on is checked first, without a cluster."""
 
@@ -13,7 +13,10 @@ from load.bench.soak import run_soak
 from load.bench.soak_epochs import EpochWatch, model_moves
 from schemas.control import Assignment
 
-SOAK_MINUTES = 1.75  # with ~35 s of cluster start and ~10 s to stop: about 2.5 minutes in all
+# With ~35 s of cluster start and ~10 s to stop: about 1.75 minutes in all. It was 1.75 minutes
+# of load until issue 13's tests brought `make test` to 14.5 of its 15 minutes; the 30-minute
+# soak (BENCHMARKS.md §10) is where time-dependent faults are looked for.
+SOAK_MINUTES = 1.0
 
 # What the control plane owes this run: every answer a 200 (in time or a few ms late) or a 504
 # (its deadline could not be met). A 503 means a model had no slot, was moving or lost its slot:
