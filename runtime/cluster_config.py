@@ -57,6 +57,10 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     data_us: Annotated[int, Meta(ge=0)] = 10
     resp_us: Annotated[int, Meta(ge=0)] = 2000
     jitter_us: Annotated[int, Meta(ge=0)] = 5000
+    # Consolidation's margin: a batch is queued behind a busy preferred slot only if that slot is
+    # predicted free this long before the batch starts, else it takes an idle slot (a batch that
+    # overruns its profile would otherwise expire the one packed behind it).
+    pack_guard_us: Annotated[int, Meta(ge=0)] = 5000
 
 
 AUTOSCALE_ENV = "SYMPHONY_AUTOSCALE"  # "1": `symphony up --autoscale` turned the autoscaler on

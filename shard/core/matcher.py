@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import insort
+from collections.abc import Mapping, Sized
 from itertools import count
 
 from shard.core.latency import NEVER_NS
@@ -64,17 +65,28 @@ class Matcher:
         if old is not None:
             self._by_rank.remove(old)
 
-    def preferred_free_by(self, at_ns: int) -> int | None:
-        """The most preferred slot predicted free by `at_ns`, or None. O(1) when none is (the
-        pool's head says so); otherwise a walk in preference order that stops at the first."""
+    def preferred_free_by(self, at_ns: int, busy_by_ns: int | None = None,
+                          in_flight: Mapping[int, Sized] | None = None) -> int | None:
+        """The most preferred slot free by `at_ns`, else None. A slot with work in flight (per
+        `in_flight`; without it every slot counts as busy) qualifies only if predicted free by
+        `busy_by_ns` (default `at_ns`): the policy sets it a guard early (before any free time
+        once that moment has passed), so that a plan queues behind a busy slot only with time to
+        spare (live batches overrun their profile by a few ms on a busy host). Failing all, the
+        earliest-free slot. O(1) when no slot is free by `at_ns` (the pool's head says so);
+        otherwise a walk in preference order that stops at the first slot that qualifies."""
         earliest = self.earliest_slot()
         if earliest is None or earliest[1] > at_ns:
             return None
         free_at = self.free_at_ns
         for _rank, slot in self._by_rank:
-            if free_at[slot] <= at_ns:
+            slot_free_at = free_at[slot]
+            if slot_free_at > at_ns:
+                continue
+            if in_flight is not None and not in_flight.get(slot):
+                return slot  # idle
+            if slot_free_at <= (at_ns if busy_by_ns is None else busy_by_ns):
                 return slot
-        return earliest[0]  # a slot without a rank
+        return earliest[0]  # none with time to spare (or a slot without a rank)
 
     def earliest_slot(self) -> tuple[int, int] | None:
         """Rank 0 of the pool: (slot, free_at), or None without slots."""

@@ -61,6 +61,7 @@ class SymphonyPolicy:
         "_overload_checked_ns",
         "_plan_ids",
         "_preferred",
+        "_pack_guard_ns",
         "_queue_len_max",
         "_schedulable",
         "_slot_timer",
@@ -99,6 +100,7 @@ class SymphonyPolicy:
         self._drop_timeout = config.drop is DropPolicy.DROP_TIMEOUT
         self._queue_len_max = config.queue_len_max
         self._preferred = config.slot_choice is SlotChoice.PREFERRED
+        self._pack_guard_ns = config.pack_guard_ns
         self._early = config.early_dispatch and config.schedulable is SchedulableCondition.FRONTRUN
         self._utilization = UtilizationMeter(config.rate_bin_ns, config.utilization_alpha, now_ns)
         self._overloaded = False
@@ -420,7 +422,7 @@ class SymphonyPolicy:
         send_latency = self._ctrl_ns + self._data_ns * model.batch_size
         if now_ns + send_latency > model.invalid_after_ns:
             return  # too late; the invalidate or drop timer re-plans (P2)
-        slot = self._slot_free_by(model.exec_at_ns)
+        slot = self._slot_free_by(model.exec_at_ns, now_ns, self._pack_guard_ns)
         if slot is not None:
             self._grant(model, slot, now_ns)
             return
@@ -436,14 +438,17 @@ class SymphonyPolicy:
             while (urgent := matcher.most_urgent()) is not None and free_at > urgent[1]:
                 self._unpark(self._models[urgent[0]])  # infeasible on any slot; re-planned later (P2)
             if urgent is not None:
-                preferred = self._slot_free_by(free_at)  # ties with the earliest-free slot
+                preferred = self._slot_free_by(free_at, now_ns)  # ties with the earliest-free slot
                 self._grant(self._models[urgent[0]], slot_id if preferred is None else preferred, now_ns)
         self._arm_slot_timer(now_ns)
 
-    def _slot_free_by(self, at_ns: int) -> int | None:
-        """The slot a grant takes among those free by `at_ns` (issue 13: consolidation)."""
+    def _slot_free_by(self, at_ns: int, now_ns: int, guard_ns: int = 0) -> int | None:
+        """The slot a grant takes among those free by `at_ns` (issue 13: consolidation). With
+        `slot_choice = preferred`, the most preferred slot that is idle, or busy but predicted
+        free `guard_ns` before `at_ns` with that moment still ahead; failing that, the earliest-free."""
         if self._preferred:
-            return self._matcher.preferred_free_by(at_ns)
+            busy_by = at_ns - guard_ns if now_ns <= at_ns - guard_ns else NEVER_BEFORE_NS
+            return self._matcher.preferred_free_by(at_ns, busy_by, self._inflight)
         earliest = self._matcher.earliest_slot()
         return earliest[0] if earliest is not None and earliest[1] <= at_ns else None
 

@@ -48,10 +48,12 @@ def _loaded(models, slots: int, seed: int) -> LoadedWorkload:
     policy=st.sampled_from(sorted(POLICIES)),
     drop=st.sampled_from(list(DropPolicy)),
     choice=st.sampled_from(list(SlotChoice)),
+    pack_guard_ms=st.sampled_from([0, 5]),
 )
-def test_every_policy_keeps_the_invariants(models, slots, seed, policy, drop, choice) -> None:
+def test_every_policy_keeps_the_invariants(models, slots, seed, policy, drop, choice, pack_guard_ms) -> None:
     loaded = _loaded(models, slots, seed)
-    options = SimOptions(checks=True, core=CoreConfig(drop=drop, slot_choice=choice))
+    core = CoreConfig(drop=drop, slot_choice=choice, pack_guard_ns=pack_guard_ms * 1_000_000)
+    options = SimOptions(checks=True, core=core)
     first = simulate(loaded, policy, options)  # raises InvariantViolation on any breach
     assert all(code != 0 for code in first.outcome)
     second = simulate(loaded, policy, options)

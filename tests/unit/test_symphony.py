@@ -184,3 +184,24 @@ def test_a_busy_preferred_slot_passes_the_grant_to_the_next_free_one() -> None:
     policy.handle(BatchCompleted(0, first[0].plan_id, 0, 7 * MS), 7 * MS)
     third = dispatches(policy.handle(RequestArrived(2, "resnet"), 8 * MS))
     assert [p.slot_id for p in third] == [0]  # free again, and preferred over the idle slot 2
+
+
+def _slot_of_a_plan_starting_after_the_first_finishes(pack_guard_ns: int, after_ns: int) -> int:
+    """Two slots; the second plan starts `after_ns` after the first plan's predicted finish,
+    whose completion has not been reported (it is overrunning once that time has passed)."""
+    config = CoreConfig(schedulable=SchedulableCondition.IMMEDIATELY, pack_guard_ns=pack_guard_ns)
+    policy = symphony_with_slots(2, config=config)
+    (first,) = dispatches(policy.handle(RequestArrived(0, "resnet"), 0))
+    send_ns = first.exec_at_ns  # Dctrl + Ddata: the first plan was sent at 0
+    (second,) = dispatches(policy.handle(RequestArrived(1, "resnet"), first.finish_at_ns - send_ns + after_ns))
+    assert first.slot_id == 0 and second.exec_at_ns == first.finish_at_ns + after_ns
+    return second.slot_id
+
+
+def test_a_plan_packs_behind_a_busy_slot_only_with_the_guard_to_spare() -> None:
+    """A batch that overruns its profile by a few ms (live, on a busy host) would expire the plan
+    packed right behind it while the other slot sat idle (a fresh clone's CI saw it)."""
+    assert _slot_of_a_plan_starting_after_the_first_finishes(pack_guard_ns=0, after_ns=1 * US) == 0
+    assert _slot_of_a_plan_starting_after_the_first_finishes(pack_guard_ns=5 * MS, after_ns=1 * US) == 1
+    # Overdue: sent 1 ms after the first plan should have finished, which it has not reported.
+    assert _slot_of_a_plan_starting_after_the_first_finishes(pack_guard_ns=5 * MS, after_ns=1 * MS) == 1
