@@ -348,7 +348,7 @@ class CoordinatorCore:
             shards=shards,
             agents=self.view.agents(),
             drains=frozenset(self.drains),
-            rates=self.rates.update(shards, now_ns),
+            rates=self.rates.update(shards, now_ns, previous.splits if previous else None),
             previous=previous,
             previous_written=previous_written,
             latest_epoch=self.latest.epoch if self.latest else 0,

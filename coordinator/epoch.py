@@ -18,7 +18,7 @@ from __future__ import annotations
 import msgspec
 
 from coordinator.demand import model_demand
-from coordinator.placement import PlacementConfig, plan_assignment
+from coordinator.placement import PlacementConfig, piece_names, plan_assignment, split_counts
 from schemas.control import AgentHeartbeat, Assignment, ShardHeartbeat
 from schemas.profile import ModelProfile, profile_from_sleep_spec
 from shard.core.config import CoreConfig, ModelConfig
@@ -83,7 +83,8 @@ def decide_epoch(models: list[ModelSettings], inputs: EpochInputs, *, core: Core
                 + [beat.epoch for beat in inputs.shards.values()])
     new = msgspec.structs.replace(new, coordinator=coordinator_id, epoch=max(new.epoch, floor + 1))
     if (inputs.previous_written and previous is not None and previous.models == new.models
-            and previous.slots == new.slots and previous.desired_slots == new.desired_slots):
+            and previous.splits == new.splits and previous.slots == new.slots
+            and previous.desired_slots == new.desired_slots):
         return EpochDecision(assignment=None, reason="unchanged")
     errors = assignment_errors(new, live, hosts, [m.name for m in models])
     if errors:
@@ -124,8 +125,12 @@ def next_assignment(models: list[ModelConfig], rates: dict[str, float], shards: 
     assignment -> the next one (its epoch is the previous one's + 1). The one way from rates to
     an assignment: the live coordinator and the simulator both call it, with the shards' core
     configuration."""
-    demands = [model_demand(m, rates.get(m.name, 0.0), core, sorted(s for s, names in hosts.items() if m.name in names))
-               for m in models]
+    hosts_of = {m.name: sorted(s for s, names in hosts.items() if m.name in names) for m in models}
+    counts = split_counts(previous, rates, {name: len(h) for name, h in hosts_of.items()}, len(shards), placement)
+    demands = []
+    for m in models:
+        share = model_demand(m, rates.get(m.name, 0.0) / counts[m.name], core, hosts_of[m.name])
+        demands += [msgspec.structs.replace(share, name=piece) for piece in piece_names(m.name, counts[m.name])]
     return plan_assignment(previous, demands, shards, sorted(hosts), placement)
 
 
@@ -136,15 +141,15 @@ def assignment_errors(assignment: Assignment, live: list[str], hosts: dict[str, 
     alive = set(live)
     if models and live and not assignment.models:
         errors.append("no model is assigned while shards are live")
-    errors += [f"model {m} on shard {s}, which is not live" for m, s in sorted(assignment.models.items())
-               if s not in alive]
+    errors += [f"model {m} on shard {s}, which is not live" for m in sorted(assignment.models)
+               for s in assignment.shards_of(m) if s not in alive]
     for slot, shard in sorted(assignment.slots.items()):
         if shard not in alive:
             errors.append(f"slot {slot} on shard {shard}, which is not live")
         elif slot not in hosts:
             errors.append(f"slot {slot} belongs to no live agent")
         else:
-            missing = sorted(m for m, s in assignment.models.items() if s == shard and m not in hosts[slot])
+            missing = sorted(m for m in assignment.models_of(shard) if m not in hosts[slot])
             if missing:
                 errors.append(f"slot {slot} of shard {shard} does not host {missing}")
     return errors

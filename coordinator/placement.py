@@ -38,6 +38,70 @@ class PlacementConfig(msgspec.Struct, frozen=True, kw_only=True):
     moves_max: int = 4  # models moved per epoch at most (stickiness)
     target_utilization: float = 0.8  # desired slots = demand / this
     quotas: str = "delay"  # slot quotas: "delay" (fewest expected late requests) or "demand" (proportional)
+    # Issue 14: a model arriving faster than this is split over ceil(rate / this) shards (0: never
+    # split); a split shrinks once the rate would fit one shard fewer at `merge_fill` of this.
+    shard_rps_max: float = 0.0
+    merge_fill: float = 0.8
+
+
+PIECE_SEP = "~"  # a split model's pieces are "m", "m~1", "m~2", ...: "~" is not in any model name
+
+
+def piece_names(model: str, count: int) -> list[str]:
+    """The names placement gives a model split `count` ways; piece 0 is the model itself."""
+    return [model] + [f"{model}{PIECE_SEP}{i}" for i in range(1, count)]
+
+
+def base_model(piece: str) -> str:
+    return piece.split(PIECE_SEP, 1)[0]
+
+
+def split_counts(previous: Assignment | None, rates: dict[str, float], host_counts: dict[str, int],
+                 shard_count: int, config: PlacementConfig) -> dict[str, int]:
+    """How many shards serve each model: one, unless its rate exceeds `shard_rps_max`; then
+    enough that each takes at most that, never more than the live shards or the slots that host
+    it. Hysteresis: a split grows at once and shrinks only when the rate fits one shard fewer
+    at `merge_fill` of the budget, so a rate near the budget does not split and merge by turns."""
+    counts = {}
+    for model, hosts in host_counts.items():
+        cap = max(1, min(shard_count, hosts))
+        if config.shard_rps_max <= 0 or cap == 1:
+            counts[model] = 1
+            continue
+        rate = rates.get(model, 0.0)
+        now = len(previous.shards_of(model)) if previous is not None else 1
+        grow_to = math.ceil(rate / config.shard_rps_max - 1e-9)
+        shrink_to = math.ceil(rate / (config.shard_rps_max * config.merge_fill) - 1e-9)
+        wanted = grow_to if now < grow_to else min(now, shrink_to)
+        counts[model] = max(1, min(cap, wanted))
+    return counts
+
+
+def pieces_of(previous: Assignment | None) -> dict[str, str]:
+    """The previous assignment as piece -> shard, the basis for sticky placement of pieces."""
+    if previous is None:
+        return {}
+    placed = dict(previous.models)
+    for model, shards in previous.splits.items():
+        placed.update(zip(piece_names(model, len(shards)), shards, strict=True))
+    return placed
+
+
+def merge_pieces(placement: dict[str, str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """piece -> shard back to model -> shard (piece 0's) and the splits: every shard serving a
+    model in piece order, for models on two or more (pieces that met on one shard count once)."""
+    shards_of: dict[str, list[str]] = {}
+    for piece in sorted(placement, key=lambda p: (base_model(p), _piece_index(p))):
+        shards = shards_of.setdefault(base_model(piece), [])
+        if placement[piece] not in shards:
+            shards.append(placement[piece])
+    models = {model: shards[0] for model, shards in shards_of.items()}
+    return models, {model: shards for model, shards in shards_of.items() if len(shards) > 1}
+
+
+def _piece_index(piece: str) -> int:
+    _, _, index = piece.partition(PIECE_SEP)
+    return int(index) if index else 0
 
 
 def plan_assignment(
@@ -48,7 +112,7 @@ def plan_assignment(
     epoch = (previous.epoch if previous else 0) + 1
     if not shards:
         return Assignment(epoch=epoch, desired_slots=_desired(models, config), surplus_slots=0)
-    placement = place_models(previous.models if previous else {}, models, shards, config)
+    placement = place_models(pieces_of(previous), models, shards, config)
     demand = {s: 0.0 for s in shards}
     by_name = {m.name: m for m in models}
     for model, shard in placement.items():
@@ -58,9 +122,10 @@ def plan_assignment(
              else _quotas(demand, busy, len(slots)))
     owners = allocate_slots(previous.slots if previous else {}, placement, by_name, demand, slots, quota)
     desired = _desired(models, config)
+    model_shards, splits = merge_pieces(placement)
     return Assignment(
-        epoch=epoch, models=placement, slots=owners, demand=demand, desired_slots=desired,
-        surplus_slots=max(0, len(slots) - desired),
+        epoch=epoch, models=model_shards, slots=owners, demand=demand, desired_slots=desired,
+        surplus_slots=max(0, len(slots) - desired), splits=splits,
     )
 
 
@@ -158,7 +223,9 @@ def _place_class(previous: dict[str, str], models: list[ModelDemand], shards: li
             least = min(load.values())
             # Among shards within 25% of the least loaded, join the one with the closest SLOs.
             near = [s for s in shards if load[s] <= least * 1.25 + 1e-12]
-            shard = min(near, key=lambda s: (_slo_distance(members[s], model), load[s], s))
+            apart = [s for s in near if _fits(members[s], model)] or [
+                s for s in shards if _fits(members[s], model)] or near  # a split's pieces on distinct shards
+            shard = min(apart, key=lambda s: (_slo_distance(members[s], model), load[s], s))
             members[shard].append(model)
             load[shard] += model.demand
     _rebalance(members, load, shards, config)
@@ -190,6 +257,10 @@ def _place_by_slo(models: list[ModelDemand], members: dict[str, list[ModelDemand
 
 
 def _fits(members: list[ModelDemand], model: ModelDemand) -> bool:
+    """Slots host every member and `model`, and no member is a piece of the same split model."""
+    base = base_model(model.name)
+    if any(base_model(m.name) == base for m in members):
+        return False
     hosts = _common_hosts([*members, model])
     return bool(hosts)
 

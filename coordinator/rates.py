@@ -19,12 +19,21 @@ class RateMemory:
         self.hold_ns = hold_ns
         self._peak: dict[str, tuple[float, int]] = {}  # model -> (rate, when it was last that high)
 
-    def update(self, shards: dict[str, ShardHeartbeat], now_ns: int) -> dict[str, float]:
-        """The planning rate of every model any shard reports or reported within the hold."""
+    def update(self, shards: dict[str, ShardHeartbeat], now_ns: int,
+               splits: dict[str, list[str]] | None = None) -> dict[str, float]:
+        """The planning rate of every model any shard reports or reported within the hold. A model
+        split across shards (`splits`, the assignment's) arrives at the sum of what the shards
+        serving it report; any other at the largest report, since a model moving is reported by
+        both shards for a moment."""
         current: dict[str, float] = {}
-        for beat in shards.values():  # a model moving is reported by both shards for a moment
+        splits = splits or {}
+        for shard, beat in shards.items():
             for name, load in beat.models.items():
-                current[name] = max(current.get(name, 0.0), load.rate_rps)
+                if name in splits:
+                    if shard in splits[name]:
+                        current[name] = current.get(name, 0.0) + load.rate_rps
+                else:
+                    current[name] = max(current.get(name, 0.0), load.rate_rps)
         for name in sorted(set(current) | set(self._peak)):
             rate = current.get(name, 0.0)
             peak, at_ns = self._peak.get(name, (0.0, now_ns))

@@ -147,7 +147,8 @@ class Coordinator:
             self.id, [ModelSettings(name=m.name, slo_ms=m.slo_ms, kind=m.kind, batch_size_max=m.batch_size_max)
                       for m in self.config.models],
             self.timing, core=core_config_for(shard_template),
-            placement=PlacementConfig(target_utilization=settings.target_utilization), now_ns=time.monotonic_ns(),
+            placement=PlacementConfig(target_utilization=settings.target_utilization,
+                                      shard_rps_max=settings.shard_rps_max), now_ns=time.monotonic_ns(),
             autoscale=(settings.autoscale.decision() if settings.autoscale.enabled else None),
             slots=self.config.slot_ids())
         self.service = await register_service(

@@ -220,7 +220,8 @@ class LocalCluster:
                                                         lease_s=settings.lease_s, replicas=1, wait_s=0.5)
                 assignment, _rev = await read_assignment(buckets.state)
                 shards = {} if assignment is None else {
-                    s: await read_member(buckets.members, f"shard.{s}") for s in set(assignment.models.values())}
+                    s: await read_member(buckets.members, f"shard.{s}")
+                    for s in {s for m in assignment.models for s in assignment.shards_of(m)}}
             except nats.errors.Error:
                 assignment, shards = None, {}
             if assignment is not None:

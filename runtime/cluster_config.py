@@ -84,6 +84,10 @@ class CoordinatorEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     lease_s: Annotated[float, Meta(gt=0)] = 3.0  # a leader silent this long is replaced
     heartbeat_ttl_s: Annotated[float, Meta(gt=0)] = 3.0  # a member silent this long is gone
     target_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.8
+    # The request rate one shard takes before a model arriving faster is split across shards
+    # (issue 14; 0: never split). BENCHMARKS §4: one shard keeps at least 5,000 req/s on the
+    # per-request path on two cores; 4,000 leaves it a fifth of headroom.
+    shard_rps_max: Annotated[float, Meta(ge=0)] = 4000.0
     kv_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
     metrics_port: int = 0
     autoscale: AutoscaleEntry = AutoscaleEntry()

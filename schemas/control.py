@@ -24,6 +24,7 @@ AUTOSCALE_KEY = "autoscale"  # the autoscaler's latest decision (AutoscaleStatus
 # The members a message may list: every name is a subject token, every count bounded.
 ModelNames = Annotated[list[ModelName], Meta(max_length=NAMES_MAX)]
 SlotIds = Annotated[list[Identifier], Meta(max_length=NAMES_MAX)]
+ShardIds = Annotated[list[Identifier], Meta(max_length=NAMES_MAX)]
 
 
 class Assignment(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +36,21 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True):
     desired_slots: Count = 0
     surplus_slots: Count = 0
     coordinator: MaybeIdentifier = ""
+    # A hot model served by several shards (issue 14): every shard that serves it, `models[m]`
+    # first; each has its own slots and takes its share of the model's traffic. Absent: one shard.
+    splits: Annotated[dict[ModelName, ShardIds], Meta(max_length=NAMES_MAX)] = {}
+
+    def shards_of(self, model: str) -> list[str]:
+        """Every shard that serves `model` (none: unassigned)."""
+        split = self.splits.get(model)
+        if split:
+            return list(split)
+        shard = self.models.get(model)
+        return [shard] if shard else []
+
+    def models_of(self, shard: str) -> frozenset[str]:
+        """Every model `shard` serves, split ones included."""
+        return frozenset(m for m in self.models if shard in self.shards_of(m))
 
 
 class ModelLoad(msgspec.Struct, frozen=True, kw_only=True):

@@ -65,7 +65,7 @@ SLEEP_KINDS = {"resnet_sleep": "sleep:1082,5204", "fast_sleep": "sleep:20,500", 
 
 def cluster_toml(models: Mapping[str, tuple[str, float, int]], agents: Mapping[str, Sequence[str]], *,
                  coordinators: int = 0, shards: Mapping[str, int | None] | None = None,
-                 metrics_ports: Mapping[str, int] | None = None) -> str:
+                 metrics_ports: Mapping[str, int] | None = None, shard_rps_max: float | None = None) -> str:
     """The TOML of a cluster whose every slot hosts every model. `models`: name -> (kind, SLO ms,
     largest batch); `agents`: id -> slot ids; `shards`: id -> slot_grace_ms (None: the default).
     With coordinators, the fast control timings the cluster tests share: epochs every second, a
@@ -73,6 +73,8 @@ def cluster_toml(models: Mapping[str, tuple[str, float, int]], agents: Mapping[s
     lines = ['subject_prefix = "symphony"']
     if coordinators:
         lines += ["[coordinator]", f"count = {coordinators}", "epoch_s = 1.0", "lease_s = 1.5", "heartbeat_ttl_s = 1.5"]
+        if shard_rps_max is not None:
+            lines.append(f"shard_rps_max = {shard_rps_max}")
     for name, (kind, slo_ms, batch_size_max) in models.items():
         lines += ["[[models]]", f'name = "{name}"', f'kind = "{kind}"', f"slo_ms = {slo_ms}",
                   f"batch_size_max = {batch_size_max}"]

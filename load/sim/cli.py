@@ -31,6 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--noise", type=float, default=0.0, help="relative std of slot execution time")
         p.add_argument("--shards", type=int, default=1, help="partition models and slots across this many shards")
         p.add_argument("--epoch-s", type=float, default=0.0, help="with --shards: re-allocate slots every epoch")
+        p.add_argument("--shard-rps-max", type=float, default=0.0,
+                       help="with --shards: split a model arriving faster than this across shards (0: never)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a core setting, e.g. --set resp_ns=1000000 --set drop=drop_timeout "
@@ -123,7 +125,7 @@ def _scalar(text: str) -> object:
 
 def _options(args: argparse.Namespace, **overrides: object) -> SimOptions:
     values = {"slots": args.slots, "seed": args.seed, "noise": args.noise, "core": core_config(args.set),
-              "shards": args.shards, "epoch_s": args.epoch_s}
+              "shards": args.shards, "epoch_s": args.epoch_s, "shard_rps_max": args.shard_rps_max}
     values.update(overrides)
     return SimOptions(**values)
 

@@ -265,7 +265,7 @@ class SimShard(Process):
         if assignment.epoch < self.epoch:
             return  # a stale read
         me = self.name
-        models = frozenset(m for m, s in assignment.models.items() if s == me)
+        models = assignment.models_of(me)
         slots = frozenset(slot for slot, s in assignment.slots.items() if s == me)
         transition = plan_transition(self.holding, models, slots, self.world.hosts)
         if assignment.epoch == self.epoch and not transition.steps:

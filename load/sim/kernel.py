@@ -17,6 +17,7 @@ watch actions from outside (load.sim.checkers).
 
 from __future__ import annotations
 
+import random
 import time
 from heapq import heappop, heappush, heappushpop
 
@@ -93,9 +94,17 @@ class Kernel:
         self.names = [m.name for m in models]
         self.index_of = {name: i for i, name in enumerate(self.names)}
         self.slo_ns = [m.slo_ns for m in models]
-        shard_of = {name: k for k, spec in enumerate(shards) for name in spec.models}
-        self.shard_of_model = [shard_of[name] for name in self.names]
+        serving: dict[str, list[int]] = {}
+        for k, spec in enumerate(shards):
+            for name in spec.models:
+                serving.setdefault(name, []).append(k)
+        self.serving = [serving[name] for name in self.names]
+        # A model on one shard routes to it; a split model (-1) to one of its shards at random,
+        # weighted by their slots, as NATS spreads a queue group over weighted subscriptions.
+        self.shard_of_model = [ks[0] if len(ks) == 1 else -1 for ks in self.serving]
+        self.route_rng = random.Random(schedule.seed)
         self.owner = {slot_id: k for k, spec in enumerate(shards) for slot_id in spec.slots}  # slot -> shard
+        self.held = [len(spec.slots) for spec in shards]  # slots per shard, as the owner map has them
         self.recv_ns = schedule.times_ns.tolist()
         self.model_of = schedule.model_index.tolist()
         self.ledger = OutcomeLedger(self.recv_ns)
@@ -133,6 +142,7 @@ class Kernel:
             policy=self.policies[0].name,
             slots=len(self.owner),
             shards=len(self.shards),
+            model_shards={name: len(ks) for name, ks in zip(self.names, self.serving, strict=True)},
             epochs=self.epochs,
             schedule=self.schedule,
             model_names=self.names,
@@ -187,6 +197,8 @@ class Kernel:
                     checker.on_arrival(seq)
                 m = model_of[seq]
                 k = shard_of_model[m]
+                if k < 0:
+                    k = self._route(m)
                 step = handles[k](RequestArrived(seq, names[m]), now_ns)
             elif source == WAKE:
                 if wake_of[seq] != at_ns:
@@ -217,6 +229,12 @@ class Kernel:
                 if wake_ns is not None:
                     heappush(heap, (wake_ns, WAKE, k, None))
         self.now_ns, self.events = now_ns, events
+
+    def _route(self, m: int) -> int:
+        """The shard a split model's request goes to: one of its shards, weighted by slots held."""
+        shards = self.serving[m]
+        weights = [self.held[shard] for shard in shards]
+        return self.route_rng.choices(shards, weights=weights)[0] if sum(weights) else shards[0]
 
     def _anything_due(self) -> bool:
         """Is anything but superseded wake-ups on the heap? Those are dropped from its top."""
@@ -274,12 +292,15 @@ class Kernel:
         heappush(self.heap, (now_ns + self.epoch_ns, EPOCH, 0, None))
         busy_ns = self.slots.busy_ns_between(now_ns - self.epoch_ns, now_ns)
         moves, desired = epoch_assignment(self.policies, self.shards, self.owner, self.models,
-                                          config=self.options.core, quotas=self.options.quotas)
+                                          config=self.options.core, quotas=self.options.quotas,
+                                          shard_rps_max=self.options.shard_rps_max)
         self.epochs.append(EpochSample(now_ns, desired, busy_ns / self.epoch_ns, len(self.owner)))
         for slot_id, k in moves.items():
             old = self.owner[slot_id]
             self._settle(old, self.handles[old](SlotRemoved(slot_id), now_ns), now_ns)
             self.owner[slot_id] = k
+            self.held[old] -= 1
+            self.held[k] += 1
             free_ns = self.slots.free_at_ns(slot_id, now_ns)
             self._settle(k, self.handles[k](SlotAdded(slot_id, free_ns), now_ns), now_ns)
 

@@ -35,6 +35,7 @@ class SimOptions(msgspec.Struct, frozen=True, kw_only=True):
     shards: int = 1  # > 1: models and slots partitioned by the coordinator's algorithm
     epoch_s: float = 0.0  # > 0: re-allocate slots between shards every epoch
     quotas: str = "delay"  # the coordinator's slot quotas (coordinator.placement.PlacementConfig)
+    shard_rps_max: float = 0.0  # with shards > 1: split a model arriving faster than this (0: never)
 
 
 class ShardSpec(msgspec.Struct):
@@ -68,6 +69,7 @@ class SimRun(msgspec.Struct, kw_only=True):
     policy: str
     slots: int
     shards: int = 1
+    model_shards: dict[str, int] = {}  # model -> shards serving it (more than one: split)
     epochs: list[EpochSample] = []
     schedule: Schedule
     model_names: list[str]

@@ -44,6 +44,7 @@ class SimReport(msgspec.Struct, kw_only=True):
     needed_slots: float
     bound_scale: float
     worst_model_bad_rate: float
+    model_shards: dict[str, int] = {}  # model -> shards serving it (more than one: split; issue 14)
     timing: dict[str, float] | None = None
 
 
@@ -108,6 +109,7 @@ def summarize(run: SimRun, workload_name: str, bound: Bound, *, timing: bool = F
         needed_slots=bound.needed_slots(schedule.scale),
         bound_scale=bound.bound_scale,
         worst_model_bad_rate=max(m.bad_rate for m in models),
+        model_shards={name: run.model_shards.get(name, 1) for name in run.model_names},
         timing=(
             {
                 "cpu_s": run.cpu_s,

@@ -37,6 +37,7 @@ class Policy(Protocol):
 
     def handle(self, event: Event, now_ns: int) -> Step: ...
 
-    def stats(self) -> dict[str, ModelStats]:
-        """Per model it owns, what it holds now (read-only; no effect on decisions)."""
+    def stats(self, now_ns: int | None = None) -> dict[str, ModelStats]:
+        """Per model it owns, what it holds now (no effect on decisions). With `now_ns`, rates
+        are as of then: a model whose requests stopped reads as slowing down, not as frozen."""
         ...

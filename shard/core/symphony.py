@@ -479,5 +479,12 @@ class SymphonyPolicy:
         self._arm_slot_timer(now_ns)
 
     # ---- introspection for the shell's metrics (read-only) ------------------------------
-    def stats(self) -> dict[str, ModelStats]:
+    def stats(self, now_ns: int | None = None) -> dict[str, ModelStats]:
+        """The rate meters only advance on arrivals; sealing the bins due by `now_ns` here is what
+        the next arrival would do first, so decisions do not change, but a model whose traffic
+        stopped reports its rate falling (the coordinator merges splits and scales down on it)."""
+        if now_ns is not None:
+            for model in self._models.values():
+                if now_ns >= model.meter.next_seal_ns:
+                    model.meter.advance(now_ns)
         return {name: ModelStats(len(m.queue), m.target, m.meter.mean_rps) for name, m in self._models.items()}

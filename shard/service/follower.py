@@ -121,7 +121,7 @@ class AssignmentFollower:
         self._last_totals = totals
         loads = {name: ModelLoad(rate_rps=stats.rate_rps, pending=stats.pending,
                                  recent_rps=load.rates_rps.get(name, 0.0))
-                 for name, stats in shard.policy.stats().items()}
+                 for name, stats in shard.policy.stats(now_ns).items()}
         beat = ShardHeartbeat(shard_id=shard.entry.id, models=loads, epoch=self.epoch, draining=self.draining,
                               busy_slots=load.busy_slots, bad_rate=load.bad_rate, slots_held=shard.held_slots())
         await self.buckets.members.put(f"shard.{shard.entry.id}", encode(beat))
@@ -153,7 +153,7 @@ class AssignmentFollower:
 
     def _mine(self, assignment: Assignment) -> tuple[frozenset[str], frozenset[str]]:
         me = self.shard.entry.id
-        return (frozenset(m for m, s in assignment.models.items() if s == me),
+        return (assignment.models_of(me),
                 frozenset(slot for slot, s in assignment.slots.items() if s == me))
 
     def _behind(self, assignment: Assignment) -> bool:
@@ -206,6 +206,7 @@ class AssignmentFollower:
         if graceful:
             asyncio.get_running_loop().call_later(
                 HANDOVER_GRACE_S, lambda: asyncio.ensure_future(self._release(frozenset(graceful))))
+        await shard.weigh_ingress()
         if new_epoch or holding != self._holding():
             log.info("assignment_applied", shard=me, epoch=self.epoch, models=sorted(models), slots=sorted(slots),
                      held_models=sorted(shard.specs), held_slots=sorted(shard.usable_slots()),

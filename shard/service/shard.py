@@ -66,6 +66,7 @@ from shard.service.specs import agent_infos, slowest_spec
 log = structlog.get_logger("shard")
 
 NO_STATS = ModelStats(0, 0, 0.0)
+INGRESS_WEIGHT_MAX = 64  # ingress subscriptions per model at most (weigh_ingress): shares to 1/64
 
 
 class ShardService:
@@ -98,6 +99,7 @@ class ShardService:
         self._ids = count(1)
         self._timer = WakeTimer(self.clock, self._on_wake)
         self._model_subs: dict[str, list] = {}
+        self._ingress_extra: dict[str, list] = {}  # model -> ingress subscriptions beyond the first (weigh_ingress)
         self._released: set[str] = set()  # models given up; requests still arriving are handed back
         self._hand_backs: set[asyncio.Task] = set()
         self._owned: set[str] = set(self.entry.slots)
@@ -158,14 +160,33 @@ class ShardService:
     async def _subscribe_model(self, model: str) -> None:
         self.metrics.add_model(model)
         self._model_subs[model] = [
-            await self.nc.subscribe(
-                f"{self.prefix}.infer.{model}", queue=f"{self.prefix}.infer.{model}", cb=self._ingress(model),
-                pending_msgs_limit=1_000_000, pending_bytes_limit=1024 * 1024 * 1024,
-            ),
+            await self._ingress_subscription(model),
             await self.nc.subscribe(f"{self.prefix}.meta.{model}", queue=f"{self.prefix}.meta.{model}",
                                     cb=self._meta(model)),
         ]
         await flush_ordered(self.nc)  # the server has our interest before we count the model as gained
+
+    async def _ingress_subscription(self, model: str):  # noqa: ANN202 - nats Subscription
+        return await self.nc.subscribe(
+            f"{self.prefix}.infer.{model}", queue=f"{self.prefix}.infer.{model}", cb=self._ingress(model),
+            pending_msgs_limit=1_000_000, pending_bytes_limit=1024 * 1024 * 1024,
+        )
+
+    async def weigh_ingress(self) -> None:
+        """Take each model's requests in proportion to this shard's slots that run it (issue 14:
+        a model split over shards). NATS hands each message of a queue group to one member at
+        random, so a shard with w ingress subscriptions gets w shares. Extra subscriptions are
+        drained, not dropped, when the weight falls: what they were handed is still served."""
+        slots = self.usable_slots()
+        for model in list(self._model_subs):
+            weight = sum(1 for slot in slots if model in self.slot_models.get(slot, ()))
+            extra = self._ingress_extra.setdefault(model, [])
+            want = max(0, min(weight, INGRESS_WEIGHT_MAX) - 1)
+            while len(extra) < want:
+                extra.append(await self._ingress_subscription(model))
+            while len(extra) > want:
+                await extra.pop().drain()
+        await flush_ordered(self.nc)
 
     # ---- ownership changes (a coordinator moves models and slots) -----------------------
     async def add_model(self, spec: ModelSpec) -> None:
@@ -185,7 +206,7 @@ class ShardService:
         if name not in self.specs:
             return
         self._released.add(name)
-        for sub in self._model_subs.pop(name, []):
+        for sub in self._model_subs.pop(name, []) + self._ingress_extra.pop(name, []):
             await sub.drain()
         if name not in self._released:
             return  # gained back while draining
@@ -237,7 +258,7 @@ class ShardService:
 
     # ---- what the shard reports ---------------------------------------------------------
     def _model_stats(self) -> dict[str, ModelStats]:
-        return self.policy.stats() if self.policy is not None else {}
+        return self.policy.stats(self.clock.now_ns()) if self.policy is not None else {}
 
     def _metrics_state(self) -> dict:
         return {

@@ -149,7 +149,7 @@ class NexusPolicy:
         self._run_due(now_ns)
         return Step(self._actions, self._timers.next_at())
 
-    def stats(self) -> dict[str, ModelStats]:
+    def stats(self, now_ns: int | None = None) -> dict[str, ModelStats]:
         """Held: queued on any executor; target: the largest planned batch; rate: the EWMA of
         per-beacon (1 s) arrival counts."""
         return {

@@ -160,7 +160,7 @@ class ShepherdPolicy:
                 changed.append(retrigger)
         return True
 
-    def stats(self) -> dict[str, ModelStats]:
+    def stats(self, now_ns: int | None = None) -> dict[str, ModelStats]:
         """Shepherd keeps neither a rate estimate nor a target batch size."""
         return {name: ModelStats(len(m.queue), 0, 0.0) for name, m in self._models.items()}
 

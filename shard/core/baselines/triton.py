@@ -114,7 +114,7 @@ class TritonPolicy:
                 raise TypeError(f"unknown event {event!r}")
         return Step(self._actions, self._schedule(now_ns))
 
-    def stats(self) -> dict[str, ModelStats]:
+    def stats(self, now_ns: int | None = None) -> dict[str, ModelStats]:
         """Triton keeps no rate estimate; its target is the max batch it waits for."""
         return {name: ModelStats(len(m.queue), m.settings.batch_size_max, 0.0) for name, m in self._models.items()}
 
