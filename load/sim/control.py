@@ -33,6 +33,7 @@ class ControlCase(msgspec.Struct, frozen=True, kw_only=True):
     faults: list[tuple[int, str]]  # (at_ns, kind); the target is drawn when it fires
     duration_ns: int  # then every process comes back and the run settles, with no more faults
     autoscale: AutoscaleCase | None = None  # the autoscaler on, with an actuator, plans and a changing load
+    shard_rps_max: float = 0.0  # > 0: models arriving faster are split across shards (issue 14)
 
 
 class ControlResult(msgspec.Struct, kw_only=True):
@@ -234,7 +235,11 @@ def draw_case(seed: int, *, duration_s: float = 60.0) -> ControlCase:
     return ControlCase(seed=seed, models=models, rates=rates, slots=slots, shards=rng.randint(1, 4),
                        coordinators=rng.randint(1, 3), timing=timing, anomalies=anomalies, faults=faults,
                        duration_ns=duration_ns, autoscale=draw_autoscale(
-                           seed, models, rates, sum(len(s) for s in slots.values()), duration_ns))
+                           seed, models, rates, sum(len(s) for s in slots.values()), duration_ns),
+                       shard_rps_max=random.Random(seed ^ SPLIT_SEED).choice([0.0, 0.0, 250.0, 900.0]))
+
+
+SPLIT_SEED = 0x5B117  # the split budget draws from its own stream: the seeds drawn before it stay as they were
 
 
 SETTLE_NS_MAX = 120 * S

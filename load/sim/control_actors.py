@@ -89,7 +89,8 @@ class SimCoordinator(Process):
         self.incarnation += 1
         scaling = w.case.autoscale
         self.core = core.CoordinatorCore(self.name, w.case.models, w.case.timing, core=CoreConfig(),
-                                         placement=PlacementConfig(), now_ns=w.sim.now_ns,
+                                         placement=PlacementConfig(shard_rps_max=w.case.shard_rps_max),
+                                         now_ns=w.sim.now_ns,
                                          autoscale=scaling.config if scaling else None, slots=sorted(w.agent_of))
         self.watches: list = []
         self._restart_watches()
@@ -215,6 +216,7 @@ class SimShard(Process):
         self.applying = False
         self.gained_ns: dict[str, int] = {}
         self.models: frozenset[str] = frozenset()
+        self.split_ways: dict[str, int] = {}  # model -> shards serving it, in the assignment applied
         self.in_flight: dict[int, str] = {}  # plan -> slot, sent and not reported
         self.every(self.world.case.timing.heartbeat_ttl_ns // 3, self.heartbeat)
         self.every(POLL_NS, self.poll)
@@ -239,7 +241,8 @@ class SimShard(Process):
         if now - self.gained_ns.get(model, 0) <= 2 * S:
             return 0.0
         scaling = self.world.case.autoscale
-        return self.world.case.rates[model] * (scaling.factor(now) if scaling else 1.0)
+        share = 1 / self.split_ways.get(model, 1)  # a split model: this shard's share, as it sees the split
+        return self.world.case.rates[model] * share * (scaling.factor(now) if scaling else 1.0)
 
     def heartbeat(self) -> None:
         w = self.world
@@ -272,6 +275,7 @@ class SimShard(Process):
             return
         self.epoch = assignment.epoch
         self.models = models
+        self.split_ways = {m: len(assignment.shards_of(m)) for m in models}
         self.applying = True
         self._run_steps(list(transition.steps), transition.releasing)
 

@@ -89,6 +89,7 @@ class Checker:
         self.previous: Assignment | None = None
         self.changed_ns = 0  # the last membership change or outage end
         self.load_changed_ns = -(1 << 62)  # the last step of the load (autoscaled seeds only)
+        self.split_changes = 0
         self.grants: dict[tuple[str, int], str] = {}
         self.decisions = 0
         self.stops = 0
@@ -149,6 +150,24 @@ class Checker:
             if old in live and self.stable(now) and now - self.load_changed_ns >= self.load_bound_ns():
                 self.fail(now, f"epoch {new.epoch} moved {model} from live {old} to {shard} with membership "
                                f"unchanged for {(now - self.changed_ns) / 1e9:.1f} s")
+        self._split_changes(now, previous, new, live)
+
+    def _split_changes(self, now: int, previous: Assignment, new: Assignment, live: set[str]) -> None:
+        """Check 12 (issue 14): a split's shards are distinct (live once settled: `sample`), and
+        with membership and load steady a split neither grows nor shrinks (no splitting and
+        merging by turns)."""
+        for model in sorted(new.splits):
+            shards = new.splits[model]
+            if len(set(shards)) != len(shards) or shards[0] != new.models.get(model):
+                self.fail(now, f"epoch {new.epoch} splits {model} over {shards}, primary {new.models.get(model)}")
+        for model in sorted(set(new.models) & set(previous.models)):
+            old, now_split = previous.shards_of(model), new.shards_of(model)
+            if old == now_split or not set(old) <= live or set(previous.slots) != set(new.slots):
+                continue  # a split is as wide as the slots allow: slots the autoscaler adds widen it
+            self.split_changes += 1
+            if self.stable(now) and now - self.load_changed_ns >= self.load_bound_ns():
+                self.fail(now, f"epoch {new.epoch} changed the split of {model} from {old} to {now_split} "
+                               f"with membership unchanged for {(now - self.changed_ns) / 1e9:.1f} s")
 
     # ---- 3: convergence ---------------------------------------------------------------------------
     def sample(self, world: World) -> None:
@@ -165,9 +184,9 @@ class Checker:
         assignment: Assignment = entry.value
         agents = world.live_agents()
         for model in self.case.models:
-            owner = assignment.models.get(model.name)
-            if owner not in live:
-                self.fail(now, f"model {model.name} on {owner}, live shards {sorted(live)} (epoch {assignment.epoch})")
+            owners = assignment.shards_of(model.name)
+            if not owners or not set(owners) <= live:
+                self.fail(now, f"model {model.name} on {owners}, live shards {sorted(live)} (epoch {assignment.epoch})")
                 return
         for slot, shard in sorted(assignment.slots.items()):
             if shard not in live or world.agent_of[slot] not in agents:
