@@ -17,7 +17,8 @@ What is timed, per epoch (`--epochs`, the first, cold placement reported apart):
   decision the live coordinator makes inline in its event loop once it has read the assignment:
   profiles merged (slowest per model), planning rates (`RateMemory`), the autoscaler with the
   slots' phases (unless `--no-autoscale`), `decide_epoch` (coordinator/epoch.py) and checks.
-- the pure parts on the same inputs, apart: `decide_epoch`, `model_demand` for every model,
+- the pure parts on the same inputs, apart: merging every agent's profile into the slowest per
+  model (CPU time, once: the core does it at every epoch), `decide_epoch`, `model_demand` for every model,
   `plan_assignment` (coordinator/placement.py) and its steps `place_models`, `delay_quotas`,
   `allocate_slots`, and `assignment_errors`.
 Between epochs every member heartbeats again (rates jittered +-10%, log-normal), `--churn`
@@ -216,10 +217,14 @@ class Driver:
         self.left: list[str] = []
         self.assignment: Assignment | None = None
         self.beats: dict[str, ShardHeartbeat] = {}
-        self.merged: dict[str, ModelProfile] = {}  # the slowest profile per model (they never change here)
+        # The slowest profile per model (they never change here), merged as the core merges them
+        # at every epoch (coordinator/core.py `_inputs`): timed, that part's share of an epoch.
+        start = time.process_time_ns()
+        self.merged: dict[str, ModelProfile] = {}
         for (model, _agent), profile in sorted(cluster.profiles.items()):
             have = self.merged.get(model)
             self.merged[model] = profile if have is None else have.merge_slowest(profile)
+        self.profile_merge_ms = (time.process_time_ns() - start) / 1e6
 
     def _deliver(self, key: str, beat: ShardHeartbeat | AgentHeartbeat | None) -> None:
         self.revision += 1
@@ -334,7 +339,7 @@ def run_size(shards: int, slots: int, models: int, epochs: int, churn: int, auto
         "cold_epoch_ms": cold["ms"], "cold_epoch_cpu_ms": cold["cpu_ms"], "core_epoch_ms": _quantiles(times),
         "core_epoch_cpu_ms": _quantiles([e["cpu_ms"] for e in warm]),
         "parts_ms": {name: _quantiles(values) for name, values in parts.items()},
-        "heartbeat_intake_ms": _quantiles(heartbeat_ms),
+        "heartbeat_intake_ms": _quantiles(heartbeat_ms), "profile_merge_cpu_ms": driver.profile_merge_ms,
         "written": sum(e["written"] for e in warm), "models_moved_median": statistics.median(
             e["models_moved"] for e in warm),
         "notes": sorted({n for e in warm for n in e["notes"]}),
@@ -354,6 +359,9 @@ def plot(rows: list[dict], path: Path) -> None:
     for name in ("plan_assignment", "delay_quotas", "place_models", "allocate_slots", "model_demand"):
         ax.plot(slots, [r["parts_ms"][name]["median"] for r in rows], ".:", label=f"{name}, median")
     ax.axhline(EPOCH_NS / 1e6, color="k", linewidth=0.8, label="epoch (5 s)")
+    # The decision runs inline in the coordinator's event loop, which renews the 3 s lease every
+    # second: a decision much over 2 s lets the lease lapse.
+    ax.axhline(TIMING.lease_ns / 1e6, color="r", linewidth=0.8, label="lease (3 s)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(slots, [f"{r['shards']}/{r['slots']}/{r['models']}" for r in rows])
