@@ -1,7 +1,7 @@
 """The coordinator's epoch decision at scale (issue 14): how long one epoch takes to plan at
 10-200 shards, 100-2,000 slots and 50-1,000 models, against the 5 s epoch.
 
-    python -m load.bench.coordinator_epoch                      # the four sizes below, ~2-4 min
+    python -m load.bench.coordinator_epoch                      # the four sizes below, ~5 min
     python -m load.bench.coordinator_epoch --sizes 100/1000/500 --epochs 40
     python -m load.bench.coordinator_epoch --no-autoscale --out results/bench-coordinator-epoch-noas
 

@@ -1,7 +1,7 @@
 """nats-server message throughput on this machine (issue 14): what one server and a three-server
 cluster carry, measured with nats-py processes, and where the CPU went (server against clients).
 
-    python -m load.bench.nats_throughput                       # every cell below, about 1.5 min
+    python -m load.bench.nats_throughput                       # every cell below, about 1 min
     python -m load.bench.nats_throughput --topologies single --shapes reqrep --payloads 100
     python -m load.bench.nats_throughput --seconds 5 --publishers 4 --requesters 3 --responders 2
 
