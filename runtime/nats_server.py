@@ -124,14 +124,16 @@ class NatsServer:
 
 class NatsCluster:
     """`size` nats-servers routed to each other on loopback, JetStream clustered (KV buckets can
-    have `size` replicas). `url` lists every server, so clients fail over."""
+    have `size` replicas) unless `jetstream=False` (core NATS only, as the throughput benchmark
+    runs it). `url` lists every server, so clients fail over."""
 
-    def __init__(self, size: int = 3, auth: Auth | None = None) -> None:
+    def __init__(self, size: int = 3, auth: Auth | None = None, *, jetstream: bool = True) -> None:
         cluster_ports = [free_port() for _ in range(size)]
         self.auth = auth
+        self.jetstream = jetstream
         self.servers = [
             NatsServer(name=f"n{k}", cluster_port=cluster_ports[k],
-                       routes=[p for j, p in enumerate(cluster_ports) if j != k], auth=auth)
+                       routes=[p for j, p in enumerate(cluster_ports) if j != k], auth=auth, jetstream=jetstream)
             for k in range(size)
         ]
 
@@ -147,8 +149,21 @@ class NatsCluster:
     def start(self, timeout_s: float = 20.0) -> NatsCluster:
         for server in self.servers:
             server.start(timeout_s)
-        self.wait_for_jetstream(timeout_s)
+        if self.jetstream:
+            self.wait_for_jetstream(timeout_s)
+        else:
+            self.wait_for_routes(timeout_s)
         return self
+
+    def wait_for_routes(self, timeout_s: float) -> None:
+        """Every server routed to every other (the log's "Route connection created" lines):
+        before that, a message published on one server does not reach a subscriber on another."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(s.log().count("Route connection created") >= len(self.servers) - 1 for s in self.servers):
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the NATS servers did not route to each other")
 
     def wait_for_jetstream(self, timeout_s: float) -> None:
         """JetStream in a cluster needs a meta leader before buckets can be created."""
