@@ -250,8 +250,9 @@ def _place_by_slo(models: list[ModelDemand], members: dict[str, list[ModelDemand
         while index < len(shards) - 1 and load[shards[index]] >= share * 0.999:
             index += 1
         shard = shards[index]
-        if not _fits(members[shard], model):
-            shard = next((s for s in shards if _fits(members[s], model)), shard)
+        if not _fits(members[shard], model):  # the nearest in SLO order that fits (a split's pieces)
+            nearest = sorted(range(len(shards)), key=lambda i: (abs(i - index), i < index))
+            shard = next((shards[i] for i in nearest if _fits(members[shards[i]], model)), shard)
         members[shard].append(model)
         load[shard] += model.demand
 

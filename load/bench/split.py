@@ -9,14 +9,13 @@
    rate, goodput, and the simulator's own speed.
 
     python -m load.bench.split [--policies symphony-plus,symphony] [--jobs 2] [--out results/bench-split]
-        [--fleet-shards 100] [--fleet-slots 1000] [--fleet-models 300] [--skip-fleet]
+        [--fleet-shards 100] [--fleet-slots 1000] [--fleet-models 300] [--skip-fleet] [--skip-split]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import sys
 import time
@@ -70,24 +69,29 @@ def fleet_toml(models: int, slots: int, seed: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fleet(policy: str, shards: int, slots: int, models: int, out: Path) -> dict:
+def fleet(policy: str, shards: int, slots: int, models: int, out: Path,
+          budget_rps: float = FLEET_BUDGET_RPS) -> dict:
+    """The fleet at half the bound, hot models split by `budget_rps` (0: none split, every model
+    on one shard, which the simulator allows since it does not model a shard's CPU)."""
     path = out / "fleet.toml"
     path.write_text(fleet_toml(models, slots, seed=14))
     loaded = load_workload(str(path))
     bound = analytic_bound(loaded, slots)
     scale = min(1.0, 0.5 * bound.bound_scale)
     started = time.process_time()
-    report = run_report(loaded, policy, SimOptions(scale=scale, shards=shards, shard_rps_max=FLEET_BUDGET_RPS),
+    report = run_report(loaded, policy, SimOptions(scale=scale, shards=shards, shard_rps_max=budget_rps),
                         timing=True)
     cpu_s = time.process_time() - started
     rates = {m.name: m.bench_mean_rps * scale for m in loaded.workload.models}
     split = {name: ways for name, ways in report.model_shards.items() if ways > 1}
-    _log(f"fleet {policy}: {len(split)} models split, bad rate {report.bad_rate:.4%}, {cpu_s:.0f} s CPU")
-    return {"policy": policy, "shards": shards, "slots": slots, "models": models, "scale": scale,
+    _log(f"fleet {policy} budget {budget_rps:.0f}: {len(split)} models split, bad rate {report.bad_rate:.4%}, "
+         f"{cpu_s:.0f} s CPU")
+    return {"policy": policy, "budget_rps": budget_rps, "shards": shards, "slots": slots, "models": models,
+            "scale": scale,
             "bound_scale": bound.bound_scale, "offered_rps": sum(rates.values()), "goodput_rps": report.goodput_rps,
             "bad_rate": report.bad_rate,
             "split": {n: {"ways": w, "rate_rps": rates[n]} for n, w in sorted(split.items())},
-            "hottest_rps": max(rates.values()), "over_budget": sum(r > FLEET_BUDGET_RPS for r in rates.values()),
+            "hottest_rps": max(rates.values()), "over_budget": sum(r > budget_rps for r in rates.values()),
             "requests": report.total.offered, "sim_cpu_s": cpu_s,
             "sim_requests_per_cpu_s": report.total.offered / cpu_s if cpu_s else 0.0}
 
@@ -101,16 +105,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet-slots", type=int, default=1000)
     parser.add_argument("--fleet-models", type=int, default=300)
     parser.add_argument("--skip-fleet", action="store_true")
+    parser.add_argument("--skip-split", action="store_true", help="only the fleet")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     policies = args.policies.split(",")
+    cases = [] if args.skip_split else [(p, w) for p in policies for w in WAYS]
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        fleet_future = None if args.skip_fleet else pool.submit(
-            fleet, policies[0], args.fleet_shards, args.fleet_slots, args.fleet_models, out)
-        rows = list(pool.map(split_capacity, *zip(*[(p, w) for p in policies for w in WAYS], strict=True)))
-        fleet_row = fleet_future.result() if fleet_future else None
-    (out / "results.json").write_text(json.dumps({"split": rows, "fleet": fleet_row}, indent=1))
+        fleets = [] if args.skip_fleet else [
+            pool.submit(fleet, policies[0], args.fleet_shards, args.fleet_slots, args.fleet_models, out, budget)
+            for budget in (FLEET_BUDGET_RPS, 0.0)]
+        rows = list(pool.map(split_capacity, *zip(*cases, strict=True))) if cases else []
+        fleet_rows = [f.result() for f in fleets]
+    (out / "results.json").write_text(json.dumps({"split": rows, "fleet": fleet_rows}, indent=1))
+    print_split(rows)
+    for row in fleet_rows:
+        print_fleet(row)
+    return 0
+
+
+def print_split(rows: list[dict]) -> None:
     print("| policy | shards serving `ranker` | capacity scale | x one shard | goodput (req/s) | bad rate there |")
     print("|---|---|---|---|---|---|")
     for row in rows:
@@ -118,17 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {row['policy']} | {row['model_shards']} | {row['capacity_scale']:.3f} | "
               f"{row['capacity_scale'] / one['capacity_scale']:.3f} | {row['goodput_rps']:,.0f} | "
               f"{row['bad_rate_at_capacity']:.3%} |")
-    if fleet_row:
-        ways = sorted(v["ways"] for v in fleet_row["split"].values())
-        print(f"\nfleet: {fleet_row['shards']} shards x {fleet_row['slots'] // fleet_row['shards']} slots, "
-              f"{fleet_row['models']} models, {fleet_row['offered_rps']:,.0f} req/s offered at scale "
-              f"{fleet_row['scale']:.3f} (bound {fleet_row['bound_scale']:.3f}); "
-              f"{fleet_row['over_budget']} models over "
-              f"{FLEET_BUDGET_RPS:,.0f} req/s (hottest {fleet_row['hottest_rps']:,.0f}) split {ways} ways; "
-              f"goodput {fleet_row['goodput_rps']:,.0f} req/s, bad rate {fleet_row['bad_rate']:.4%}; "
-              f"simulated {fleet_row['requests']:,} requests in {fleet_row['sim_cpu_s']:.0f} CPU-s "
-              f"({fleet_row['sim_requests_per_cpu_s']:,.0f}/s)")
-    return 0 if math.isfinite(rows[0]["capacity_scale"]) else 1
+
+
+def print_fleet(row: dict) -> None:
+    ways = sorted(v["ways"] for v in row["split"].values())
+    print(f"\nfleet, budget {row['budget_rps']:,.0f} req/s: {row['shards']} shards x "
+          f"{row['slots'] // row['shards']} slots, {row['models']} models, {row['offered_rps']:,.0f} req/s offered "
+          f"at scale {row['scale']:.3f} (bound {row['bound_scale']:.3f}); hottest {row['hottest_rps']:,.0f} req/s; "
+          f"{len(ways)} models split ({ways} ways); goodput {row['goodput_rps']:,.0f} req/s, bad rate "
+          f"{row['bad_rate']:.4%}; simulated {row['requests']:,} requests in {row['sim_cpu_s']:.0f} CPU-s "
+          f"({row['sim_requests_per_cpu_s']:,.0f}/s)")
 
 
 if __name__ == "__main__":
