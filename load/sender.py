@@ -3,6 +3,10 @@ subject under one wildcard inbox, and records every reply (status, latency, batc
 
 One subscription and no future per request keep the sender cheap enough for benchmarks; it
 tracks its own lag behind the schedule so a run whose sender fell behind says so.
+
+With `batch_max` > 1 it uses batched ingress (docs/protocol.md): the requests due at one moment
+for one model go out as one `infer_many` message (at most `batch_max` each, and within the
+server's max_payload), each item naming its own reply subject, so the ledger is the same.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
 import nats
 import numpy as np
 
 from runtime.connect import connect_options, resolve_creds, server_list
+from schemas.ingress import INFER_MANY_TOKEN, OutgoingItem, encode_batch, split_to_fit
 from schemas.status import (
     HEADER_BATCH_SIZE,
     HEADER_CONTENT_TYPE,
@@ -93,6 +99,20 @@ class _Headers:
             self._shared[key] = headers
         return headers
 
+    def item(self, i: int, body: bytes, reply: str) -> OutgoingItem:
+        """Request i as a batch item: the same id, SLO and deadline its headers would carry."""
+        slo_ms = self.slo_ms[i] if self.slo_ms is not None else None
+        if self.ledger:
+            return OutgoingItem(msgspec.Raw(body), reply=reply, id=str(i), slo_ms=slo_ms,
+                                deadline_ms=round(time.time() * 1000 + (slo_ms or 1000.0), 3))
+        return OutgoingItem(msgspec.Raw(body), reply=reply, slo_ms=slo_ms)
+
+
+def many_subject(subject: str) -> str:
+    """`<prefix>.infer.<model>` -> `<prefix>.infer_many.<model>`: where a batch of its requests goes."""
+    prefix, model = subject.rsplit(".infer.", 1)
+    return f"{prefix}.{INFER_MANY_TOKEN}.{model}"
+
 
 async def send_schedule(
     url: str,
@@ -108,12 +128,14 @@ async def send_schedule(
     progress_every_s: float = 1.0,
     precise: bool = True,
     ledger: bool = False,
+    batch_max: int = 1,
 ) -> SendResult:
     """Send request i to `subjects[i]` with body `bodies[i]` at `times_s[i]` after start.
 
     `start_wall` (time.time()) lines several sender processes up on one schedule; `progress`
     gets running counts about once a second. With `ledger`, request i carries id `i` and a
-    deadline (its send time plus its SLO, `slo_ms` or 1 s), as the reply contract describes."""
+    deadline (its send time plus its SLO, `slo_ms` or 1 s), as the reply contract describes.
+    `batch_max` > 1: the requests due together for one subject go as batches of at most that."""
     nc = await nats.connect(server_list(url), name="symphony-sender", pending_size=64 * 1024 * 1024,
                             flusher_queue_size=65536, **connect_options(resolve_creds(url, None, "client"), url))
     n = len(times_s)
@@ -127,7 +149,7 @@ async def send_schedule(
     start = time.perf_counter()
     report = None if progress is None else (lambda sent: progress(_counts(sent, book, start)))
     await _send_on_time(nc, inbox, times_s, subjects, bodies, _Headers(content_type, slo_ms, ledger), book, start,
-                        precise=precise, progress=report, progress_every_s=progress_every_s)
+                        precise=precise, progress=report, progress_every_s=progress_every_s, batch_max=batch_max)
     await nc.flush()
     send_cpu_s = time.process_time() - cpu_started
     deadline = time.perf_counter() + drain_s
@@ -148,7 +170,7 @@ async def send_schedule(
 
 async def _send_on_time(nc: nats.NATS, inbox: str, times_s: np.ndarray, subjects: list[str], bodies: list[bytes],
                         headers_for: _Headers, book: _Ledger, start: float, *, precise: bool,
-                        progress: Callable[[int], None] | None, progress_every_s: float) -> None:
+                        progress: Callable[[int], None] | None, progress_every_s: float, batch_max: int = 1) -> None:
     """Publish each request at its time after `start` (perf_counter), recording when it left."""
     n = len(times_s)
     actual = book.actual
@@ -168,11 +190,33 @@ async def _send_on_time(nc: nats.NATS, inbox: str, times_s: np.ndarray, subjects
             else:  # cheaper: sends up to about a millisecond late
                 await asyncio.sleep(min(delay, 0.05))
             continue
+        if batch_max > 1:
+            due = i
+            while due < n and times_s[due] <= now:
+                due += 1
+            await _send_batches(nc, inbox, range(i, due), subjects, bodies, headers_for, actual, batch_max)
+            i = due
         while i < n and times_s[i] <= now:  # everything due goes out now
             actual[i] = time.perf_counter()
             await nc.publish(subjects[i], bodies[i], reply=f"{inbox}.{i}", headers=headers_for(i))
             i += 1
         await asyncio.sleep(0)
+
+
+async def _send_batches(nc: nats.NATS, inbox: str, due: range, subjects: list[str], bodies: list[bytes],
+                        headers_for: _Headers, actual: np.ndarray, batch_max: int) -> None:
+    """The requests in `due`, per subject in batches of at most `batch_max` that fit max_payload."""
+    by_subject: dict[str, list[int]] = {}
+    for i in due:
+        by_subject.setdefault(subjects[i], []).append(i)
+    headers = {HEADER_CONTENT_TYPE: headers_for.content_type}
+    for subject, indices in by_subject.items():
+        replies = [f"{inbox}.{i}" for i in indices]
+        sizes = [len(bodies[i]) + len(reply) for i, reply in zip(indices, replies, strict=True)]
+        for run in split_to_fit(sizes, nc.max_payload, batch_max):
+            items = [headers_for.item(indices[k], bodies[indices[k]], replies[k]) for k in run]
+            actual[[indices[k] for k in run]] = time.perf_counter()
+            await nc.publish(many_subject(subject), encode_batch(items, headers_for.content_type), headers=headers)
 
 
 def _counts(sent: int, book: _Ledger, start: float) -> dict:
