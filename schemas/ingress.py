@@ -9,6 +9,14 @@ encoded like a single request's body, JSON or msgpack by its Content-Type header
 shard keeps the item's exact bytes (`msgspec.Raw`) and the agent decodes them as it would a single
 request's body, so a JSON batch is readable and writable by hand and no body is decoded twice.
 
+Replies: each request gets exactly one reply. By default every reply is its own message on the
+request's reply subject. A batch message with header `Symphony-Replies: batched` asks for the 200
+replies of its items without their own `reply` to come batched instead: one message per plan to
+the batch message's reply subject, with header `Symphony-Replies: batched`, whose body (in the
+batch's encoding) is a list of `ReplyEntry`: the item's index, the headers its single reply would
+carry, and its body embedded as a value. Errors always come alone, on `<batch reply>.<index>`.
+(load/bench/reply_style.py measured one message per request against one per batch: BENCHMARKS.)
+
 Items are decoded one at a time (`items` are Raw in the envelope): a bad item becomes that
 request's own 400 and the rest of the batch is served. Only an envelope that is not a batch at all
 (or has more than ITEMS_MAX items) is refused whole, on the batch message's own reply subject.
@@ -63,9 +71,19 @@ class OutgoingBatch(msgspec.Struct, frozen=True):
     requests: list[OutgoingItem]
 
 
+class ReplyEntry(msgspec.Struct, frozen=True):
+    """One request's 200 in a batched reply message."""
+
+    index: int  # the request's place in its batch message
+    headers: dict[str, str]  # what its single reply's headers would be
+    body: msgspec.Raw  # its reply body (docs/protocol.md), as a JSON object or msgpack map
+
+
 # Typed decoders, one per encoding (schemas/codec.py: each raises only msgspec.DecodeError).
 batch_decoders = {"application/json": json_decoder(IngressBatch), "application/msgpack": msgpack_decoder(IngressBatch)}
 item_decoders = {"application/json": json_decoder(IngressItem), "application/msgpack": msgpack_decoder(IngressItem)}
+entries_decoders = {"application/json": json_decoder(list[ReplyEntry]),
+                    "application/msgpack": msgpack_decoder(list[ReplyEntry])}
 batch_encoders = {"application/json": msgspec.json.Encoder(), "application/msgpack": msgspec.msgpack.Encoder()}
 
 # What an encoded batch adds around its bodies: the envelope, and per item its keys and reply.

@@ -31,7 +31,15 @@ from schemas.control import preference_order
 from schemas.ingress import INFER_MANY_TOKEN
 from schemas.model import ModelList, ModelSpec, metadata_of
 from schemas.plan import AgentInfo, PlanRequest, plan_encoder, report_decoder
-from schemas.status import CONTENT_JSON, HEADER_CONTENT_TYPE, HEADER_HANDED_BACK, HEADER_STATUS, Status
+from schemas.status import (
+    CONTENT_JSON,
+    HEADER_CONTENT_TYPE,
+    HEADER_HANDED_BACK,
+    HEADER_REPLIES,
+    HEADER_STATUS,
+    REPLIES_BATCHED,
+    Status,
+)
 from schemas.status_report import ModelStatus, ShardStatus
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, Step
 from shard.core.admission import (
@@ -331,6 +339,7 @@ class ShardService:
             slo_ns = int(spec.slo_ms * 1e6) if spec is not None else 0
             wall = self.clock.wall_ns()
             released = model in self._released
+            batched = headers.get(HEADER_REPLIES) == REPLIES_BATCHED and bool(msg.reply)
             for index, raw in enumerate(items):
                 reply, item = read_item(raw, index, content_type, msg.reply or "")
                 if not reply:
@@ -341,17 +350,18 @@ class ShardService:
                 body = bytes(item.body)
                 admission = admit_item(item, len(body), content_type, slo_ns, wall, now, self._seen, self._limits,
                                        queued=len(self.pending), released=released)
-                await self._take(model, reply, body, admission, now)
+                await self._take(model, reply, body, admission, now, batched and not item.reply)
 
         return on_batch
 
-    async def _take(self, model: str, reply: str, body: bytes, admission: Admission, now: int) -> None:
+    async def _take(self, model: str, reply: str, body: bytes, admission: Admission, now: int,
+                    reply_batched: bool = False) -> None:
         """A request past the door: turned away, handed back, or queued and shown to the core."""
         if admission.__class__ is not Admitted:
             await self._turn_away(model, reply, admission)
             return
         pending = Pending(reply, body, admission.content_type, admission.client_request_id, now,
-                          admission.deadline_unix_ns)
+                          admission.deadline_unix_ns, reply_batched)
         if admission.hand_back:
             await self._hand_back(model, pending)
             return

@@ -30,6 +30,8 @@ async def test_infer_many_answers_each_request_once_and_bad_items_alone(nats_ser
         assert [r.status for r in results] == [Status.BAD_REQUEST if i == 7 else Status.OK for i in range(40)]
         assert [r.headers[HEADER_REQUEST_ID] for r in results] == [f"r{i}" for i in range(40)]
         assert max(r.batch_size for r in results) > 1  # the scheduler batched them as usual
+        each = await client.infer_many("resnet_sleep", [{"x": x}] * 5, batched_replies=False)
+        assert [r.status for r in each] == [Status.OK] * 5
         unknown = await client.infer_many("no_such_model", [{"x": x}] * 3)
         assert [r.status for r in unknown] == [Status.UNKNOWN_MODEL] * 3
 
@@ -71,3 +73,34 @@ async def test_raw_json_batch_routes_each_reply_and_refuses_bad_items_alone(nats
         await asyncio.sleep(0.2)  # time for any second reply to show
         assert statuses == expected
         assert set(replies.values()) == {1}
+
+
+async def test_batched_replies_carry_every_200_of_a_batch_in_one_message_and_errors_alone(nats_server,
+                                                                                         tmp_path) -> None:
+    async with running_cluster(SLEEP_CONFIG, nats_server.url, tmp_path) as (client, _shards, _agents):
+        nc = client.nc
+        inbox = nc.new_inbox()
+        messages: list = []
+
+        async def on_reply(msg) -> None:
+            messages.append(msg)
+
+        await nc.subscribe(f"{inbox}.>", cb=on_reply)
+        items = [{"body": GOOD, "id": f"r{i}"} for i in range(6)] + [{"body": WRONG_NAME}, {"body": GOOD, "slo_ms": 0}]
+        await nc.publish("symphony.infer_many.resnet_sleep", json.dumps({"requests": items}).encode(),
+                         reply=f"{inbox}.b",
+                         headers={"Content-Type": "application/json", "Symphony-Replies": "batched"})
+        for _ in range(100):
+            if sum(len(json.loads(m.data)) if m.subject == f"{inbox}.b" else 1 for m in messages) >= 8:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        batched = [m for m in messages if m.subject == f"{inbox}.b"]
+        alone = {m.subject: m.headers[HEADER_STATUS] for m in messages if m.subject != f"{inbox}.b"}
+        entries = [e for m in batched for e in json.loads(m.data)]
+        assert all(m.headers["Symphony-Replies"] == "batched" for m in batched)
+        assert len(batched) < 6  # the six 200s came in fewer messages (one per plan they ran in)
+        assert sorted(e["index"] for e in entries) == list(range(6))
+        assert {e["headers"]["Symphony-Request-Id"] for e in entries} == {f"r{i}" for i in range(6)}
+        assert all(e["headers"]["Symphony-Status"] == "200" and e["body"]["outputs"] for e in entries)
+        assert alone == {f"{inbox}.b.6": "400", f"{inbox}.b.7": "400"}

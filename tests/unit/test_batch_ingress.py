@@ -3,8 +3,11 @@ message opens into items, where each item's reply goes, that an item is admitted
 request's rules, and how a caller splits its requests to fit NATS's max_payload."""
 
 import msgspec
+import numpy as np
 
+from gpu_agent.batches import encode_replies
 from schemas.ingress import ITEMS_MAX, OutgoingItem, encode_batch, split_to_fit
+from schemas.plan import PlanRequest
 from schemas.status import CONTENT_JSON, CONTENT_MSGPACK, HEADER_CONTENT_TYPE, Status
 from shard.core.admission import DUPLICATE, AdmissionLimits, Admitted, Rejected, SeenIds
 from shard.core.batch_ingress import admit_item, open_batch, read_item
@@ -93,3 +96,19 @@ def test_callers_split_requests_into_batches_that_fit_the_payload_and_item_limit
     for run in runs:
         encoded = encode_batch([OutgoingItem(msgspec.Raw(b'"' + body + b'"'), id="r") for _ in run], CONTENT_JSON)
         assert len(encoded) <= 1500
+
+
+def test_an_agent_sends_batched_200s_in_one_message_per_batch_reply_and_the_rest_alone() -> None:
+    outputs = {"y": np.arange(4, dtype=np.float32).reshape(4, 1)}
+    served = [PlanRequest(1, "in.b.0", BODY, CONTENT_JSON, reply_batched=True),
+              PlanRequest(2, "in.c.3", BODY, CONTENT_JSON, reply_batched=True),
+              PlanRequest(3, "in.b.5", BODY, CONTENT_JSON, "id5", reply_batched=True),
+              PlanRequest(4, "own.reply", BODY, CONTENT_JSON)]
+    messages = encode_replies("m", outputs, served, 0, 0, 1 << 20)
+    assert [subject for subject, _, _ in messages] == ["own.reply", "in.b", "in.c"]
+    entries = msgspec.json.decode(messages[1][1])
+    assert [(e["index"], e["body"]["outputs"][0]["data"]) for e in entries] == [(0, [0.0]), (5, [2.0])]
+    assert entries[1]["headers"]["Symphony-Request-Id"] == "id5"
+    assert messages[1][2]["Symphony-Replies"] == "batched"
+    small = encode_replies("m", outputs, served[:1] * 3, 0, 0, 900)  # over max_payload together: split
+    assert len(small) == 3 and all(len(body) <= 900 for _, body, _ in small)
