@@ -3,7 +3,8 @@ at least 99.9% of replies 200 within the SLO, side by side with a bare nats-py f
 (`bare_forwarder.py`) taking the same requests: the messaging limit on the same machine. The
 shard is swept twice on the same cluster: with one message per request, then with batched
 ingress (`--batch` requests per `infer_many` message, docs/protocol.md; each request still gets
-its own reply), starting at the per-request ceiling.
+its own reply: `--replies batched`, one message per batch and plan, or `each`), starting at the
+per-request ceiling.
 
 A ceiling is only a ceiling if the rate above it failed, and only the target's if the load
 generator kept its schedule there. So each target is offered rising rates until it fails twice
@@ -85,6 +86,7 @@ class SweepPlan:
     quiet_wait_s_max: float  # most waited before a rate for other jobs to leave the CPU
     noisy_retries: int  # a rate during which other jobs used the CPU is offered again
     batch: int = 1  # requests per message: 1 is the per-request path, more is batched ingress
+    replies_batched: bool = True  # with batches: 200s in batched reply messages, else one per request
 
     def offered(self) -> Iterator[float]:
         """The given rates, then geometrically more until `rate_max`: a sweep whose every rate
@@ -184,7 +186,8 @@ async def offer(pool: SenderPool, meter: CpuMeter, rate: float, plan: SweepPlan)
     senders = senders_for(rate, plan.sender_rps, plan.senders_max)
     start_wall = pool.start_wall_for(senders)
     sending = asyncio.create_task(pool.send_uniform(rate, plan.seconds, SUBJECT, BODY, senders=senders,
-                                                    start_wall=start_wall, batch=plan.batch))
+                                                    start_wall=start_wall, batch=plan.batch,
+                                                    replies_batched=plan.replies_batched))
     await asyncio.sleep(max(0.0, start_wall - time.time()))
     before = meter.snapshot()
     await asyncio.sleep(plan.seconds)
@@ -270,7 +273,8 @@ async def run_shard(pool: SenderPool, server: NatsServer, plan: SweepPlan, out: 
         single = await sweep(pool, meter, "symphony shard", plan)
         start = max(ceiling(single)["rate"], plan.rates[0])
         batched_plan = replace(plan, batch=batch, rates=[r for r in plan.rates if r >= start] or [start])
-        return single, await sweep(pool, meter, f"shard, batches of {batch}", batched_plan)
+        label = f"shard, batches of {batch}, {'batched replies' if plan.replies_batched else 'reply per request'}"
+        return single, await sweep(pool, meter, label, batched_plan)
     finally:
         cluster.stop()
 
@@ -278,7 +282,8 @@ async def run_shard(pool: SenderPool, server: NatsServer, plan: SweepPlan, out: 
 async def main_async(plan: SweepPlan, out: Path, batch: int) -> dict:
     """Every sweep in one run on one nats-server and one sender pool, so the ratios compare
     targets measured under the same conditions."""
-    results: dict = {"plan": asdict(plan), "cpus": os.cpu_count(), "batch": batch}
+    results: dict = {"plan": asdict(plan), "cpus": os.cpu_count(), "batch": batch,
+                     "replies": "batched" if plan.replies_batched else "each"}
     with NatsServer() as server, SenderPool(server.url, plan.senders_max) as pool:
         results["bare"] = await run_bare(pool, server, plan)
         results["shard"], results["shard_batched"] = await run_shard(pool, server, plan, out, batch)
@@ -323,7 +328,8 @@ def summary(results: dict) -> str:
         return text + ("" if c["quiet"] else "  [other jobs used the machine there]")
 
     return "\n".join([one("shard ceiling", results["shard_ceiling"]),
-                      one(f"shard ceiling, batches of {results['batch']}", results["shard_batched_ceiling"]),
+                      one(f"shard ceiling, batches of {results['batch']} ({results['replies']} replies)",
+                          results["shard_batched_ceiling"]),
                       one("bare ceiling", results["bare_ceiling"]),
                       f"ratio shard/bare {results['ratio']:.2f} (target >= 0.7), batched/per-request "
                       f"{results['batched_ratio']:.2f} (target >= 4), measured side by side on "
@@ -344,12 +350,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-wait-s-max", type=float, default=120.0)
     parser.add_argument("--noisy-retries", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32, help="requests per message on the batched sweep")
+    parser.add_argument("--replies", choices=("batched", "each"), default="batched",
+                        help="batched sweep: 200s in one message per batch and plan, or one per request")
     parser.add_argument("--out", default="results/bench-shard-throughput")
     args = parser.parse_args(argv)
     plan = SweepPlan(rates=[float(r) for r in args.rates.split(",")], seconds=args.seconds, step=args.step,
                      rate_max=args.rate_max, failures_max=args.failures_max, sender_rps=args.sender_rps,
                      senders_max=args.senders_max, lag_p99_max_ms=args.lag_p99_max_ms,
-                     quiet_wait_s_max=args.quiet_wait_s_max, noisy_retries=args.noisy_retries)
+                     quiet_wait_s_max=args.quiet_wait_s_max, noisy_retries=args.noisy_retries,
+                     replies_batched=args.replies == "batched")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = asyncio.run(main_async(plan, out, args.batch))
