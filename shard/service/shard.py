@@ -340,6 +340,7 @@ class ShardService:
             wall = self.clock.wall_ns()
             released = model in self._released
             batched = headers.get(HEADER_REPLIES) == REPLIES_BATCHED and bool(msg.reply)
+            wake_at_ns, armed = None, True
             for index, raw in enumerate(items):
                 reply, item = read_item(raw, index, content_type, msg.reply or "")
                 if not reply:
@@ -350,21 +351,39 @@ class ShardService:
                 body = bytes(item.body)
                 admission = admit_item(item, len(body), content_type, slo_ns, wall, now, self._seen, self._limits,
                                        queued=len(self.pending), released=released)
-                await self._take(model, reply, body, admission, now, batched and not item.reply)
+                step = await self._admitted(model, reply, body, admission, now, batched and not item.reply)
+                if step is not None and step.actions:
+                    await self._apply_async(step)  # arms the timer
+                    armed = True
+                elif step is not None:
+                    wake_at_ns, armed = step.wake_at_ns, False
+            if not armed:
+                self._timer.arm(wake_at_ns)  # the core's next wake-up after the batch's last arrival
 
         return on_batch
 
-    async def _take(self, model: str, reply: str, body: bytes, admission: Admission, now: int,
-                    reply_batched: bool = False) -> None:
-        """A request past the door: turned away, handed back, or queued and shown to the core."""
+    async def _take(self, model: str, reply: str, body: bytes, admission: Admission, now: int) -> None:
+        """A single request past the door: turned away, handed back, or queued and shown to the core."""
+        step = await self._admitted(model, reply, body, admission, now, False)
+        if step is None:
+            return
+        if step.actions:
+            await self._apply_async(step)
+        else:
+            self._timer.arm(step.wake_at_ns)  # the common case: the request waits in its window
+
+    async def _admitted(self, model: str, reply: str, body: bytes, admission: Admission, now: int,
+                        reply_batched: bool) -> Step | None:
+        """Turn the request away, hand it back, or queue it and return the core's step (the
+        caller applies it: a batch arms the wake timer once, for its last step)."""
         if admission.__class__ is not Admitted:
             await self._turn_away(model, reply, admission)
-            return
+            return None
         pending = Pending(reply, body, admission.content_type, admission.client_request_id, now,
                           admission.deadline_unix_ns, reply_batched)
         if admission.hand_back:
             await self._hand_back(model, pending)
-            return
+            return None
         rid = next(self._ids)
         self.pending[rid] = pending
         self._seen.remember(admission.client_request_id, now + admission.slo_ns, now)
@@ -372,10 +391,7 @@ class ShardService:
         started = time.perf_counter()
         step = self.policy.handle(RequestArrived(rid, model, admission.slo_ns), now)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
-        if step.actions:
-            await self._apply_async(step)
-        else:
-            self._timer.arm(step.wake_at_ns)  # the common case: the request waits in its window
+        return step
 
     async def _turn_away(self, model: str, reply: str, admission: Admission) -> None:
         """A rejection is answered and counted; a duplicate is only counted (the first copy answers)."""
