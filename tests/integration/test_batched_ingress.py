@@ -25,13 +25,15 @@ async def test_infer_many_answers_each_request_once_and_bad_items_alone(nats_ser
         x = np.full((1, 1), 2.0, np.float32)
         inputs: list = [{"x": x}] * 40
         inputs[7] = json.dumps(WRONG_NAME).encode()  # the agent's 400: a wrong input name
+        # A generous SLO: a stall of a loaded test machine must not turn a 200 into a 504.
         results = await client.infer_many("resnet_sleep", inputs, request_ids=[f"r{i}" for i in range(40)],
-                                          content_type="application/json")
-        assert [r.status for r in results] == [Status.BAD_REQUEST if i == 7 else Status.OK for i in range(40)]
+                                          content_type="application/json", slo_ms=1000)
+        assert [r.status for r in results] == [Status.BAD_REQUEST if i == 7 else Status.OK for i in range(40)], \
+            [(r.status, r.reason) for r in results if r.status != Status.OK]
         assert [r.headers[HEADER_REQUEST_ID] for r in results] == [f"r{i}" for i in range(40)]
-        assert max(r.batch_size for r in results) > 1  # the scheduler batched them as usual
-        each = await client.infer_many("resnet_sleep", [{"x": x}] * 5, batched_replies=False)
-        assert [r.status for r in each] == [Status.OK] * 5
+        assert max(r.batch_size for r in results) > 1, [r.batch_size for r in results]  # batched as usual
+        each = await client.infer_many("resnet_sleep", [{"x": x}] * 5, batched_replies=False, slo_ms=1000)
+        assert [r.status for r in each] == [Status.OK] * 5, [(r.status, r.reason) for r in each]
         unknown = await client.infer_many("no_such_model", [{"x": x}] * 3)
         assert [r.status for r in unknown] == [Status.UNKNOWN_MODEL] * 3
 
