@@ -1,13 +1,15 @@
 """The shard service: a thin NATS shell that drives the scheduling core.
 
 Ingress reads headers only and keeps each body as bytes; what a request gets at the door is
-decided by shard/core/admission.py. Every core action becomes a message (shard/service/publish.py):
-a dispatch becomes one batch plan to the slot's agent, a drop becomes an error reply at once, a
-plan that cannot be sent is answered and the core told (`DispatchFailed`). Completion reports
-correct slot free times; the lost-slot watch (shard/service/slot_watch.py) declares a slot lost
-when its reports are overdue, answers its requests and tells the core the slot is gone. Every
-request the shard accepts gets exactly one reply from the shard or, once dispatched, from the
-agent. The shell reads nothing from the policy beyond the step contract (shard/core/policy.py).
+decided by shard/core/admission.py. Batched ingress (`<prefix>.infer_many.<model>`) opens a
+batch message into its requests (shard/core/batch_ingress.py), each then taken as if it came
+alone. Every core action becomes a message (shard/service/publish.py): a dispatch becomes one
+batch plan to the slot's agent, a drop becomes an error reply at once, a plan that cannot be
+sent is answered and the core told (`DispatchFailed`). Completion reports correct slot free
+times; the lost-slot watch (shard/service/slot_watch.py) declares a slot lost when its reports
+are overdue, answers its requests and tells the core the slot is gone. Every request the shard
+accepts gets exactly one reply from the shard or, once dispatched, from the agent. The shell
+reads nothing from the policy beyond the step contract (shard/core/policy.py).
 """
 
 from __future__ import annotations
@@ -318,8 +320,9 @@ class ShardService:
 
     def _ingress_many(self, model: str):  # noqa: ANN202
         """Batched ingress (schemas/ingress.py): each item is admitted and queued as its single
-        request would be, and answered on its own reply subject; the core sees one arrival per
-        request. Only a message that is not a batch is answered as a whole, on its reply."""
+        request would be and gets its own reply (its 200 batched with others' if the message asks);
+        the core sees one arrival per request. Only a message that is not a batch is answered as
+        a whole, on its reply."""
         received = self.metrics.received
 
         async def on_batch(msg: Msg) -> None:
@@ -346,17 +349,22 @@ class ShardService:
                 if not reply:
                     continue  # nowhere to answer: as a single request without a reply subject
                 if item.__class__ is Rejected:
-                    await self._turn_away(model, reply, item)
-                    continue
-                body = bytes(item.body)
-                admission = admit_item(item, len(body), content_type, slo_ns, wall, now, self._seen, self._limits,
-                                       queued=len(self.pending), released=released)
-                step = await self._admitted(model, reply, body, admission, now, batched and not item.reply)
-                if step is not None and step.actions:
+                    admission, body = item, b""
+                else:
+                    body = bytes(item.body)
+                    admission = admit_item(item, len(body), content_type, slo_ns, wall, now, self._seen,
+                                           self._limits, queued=len(self.pending), released=released)
+                if admission.__class__ is Admitted and not admission.hand_back:
+                    step = self._queue(model, reply, body, admission, now, batched and not item.reply)
+                    if not step.actions:
+                        wake_at_ns, armed = step.wake_at_ns, False  # armed once, after the batch
+                        continue
                     await self._apply_async(step)  # arms the timer
-                    armed = True
-                elif step is not None:
-                    wake_at_ns, armed = step.wake_at_ns, False
+                else:
+                    if not armed:  # the core's wake-up is set before anything that may yield
+                        self._timer.arm(wake_at_ns)
+                    await self._answer_at_door(model, reply, body, admission)
+                armed = True
             if not armed:
                 self._timer.arm(wake_at_ns)  # the core's next wake-up after the batch's last arrival
 
@@ -364,26 +372,29 @@ class ShardService:
 
     async def _take(self, model: str, reply: str, body: bytes, admission: Admission, now: int) -> None:
         """A single request past the door: turned away, handed back, or queued and shown to the core."""
-        step = await self._admitted(model, reply, body, admission, now, False)
-        if step is None:
+        if admission.__class__ is not Admitted or admission.hand_back:
+            await self._answer_at_door(model, reply, body, admission)
             return
+        step = self._queue(model, reply, body, admission, now, False)
         if step.actions:
             await self._apply_async(step)
         else:
             self._timer.arm(step.wake_at_ns)  # the common case: the request waits in its window
 
-    async def _admitted(self, model: str, reply: str, body: bytes, admission: Admission, now: int,
-                        reply_batched: bool) -> Step | None:
-        """Turn the request away, hand it back, or queue it and return the core's step (the
-        caller applies it: a batch arms the wake timer once, for its last step)."""
+    async def _answer_at_door(self, model: str, reply: str, body: bytes, admission: Admission) -> None:
+        """A request the shard does not queue: turned away, or handed back to the model's new owner."""
         if admission.__class__ is not Admitted:
             await self._turn_away(model, reply, admission)
-            return None
+            return
+        await self._hand_back(model, Pending(reply, body, admission.content_type, admission.client_request_id, 0,
+                                             admission.deadline_unix_ns))
+
+    def _queue(self, model: str, reply: str, body: bytes, admission: Admitted, now: int,
+               reply_batched: bool) -> Step:
+        """Queue an admitted request and show it to the core; the caller applies the step (no
+        await here, so a batch can arm the wake timer once, for its last step)."""
         pending = Pending(reply, body, admission.content_type, admission.client_request_id, now,
                           admission.deadline_unix_ns, reply_batched)
-        if admission.hand_back:
-            await self._hand_back(model, pending)
-            return None
         rid = next(self._ids)
         self.pending[rid] = pending
         self._seen.remember(admission.client_request_id, now + admission.slo_ns, now)
