@@ -25,7 +25,7 @@ from gpu_agent.batches import (
     Prepared,
     Received,
     answer_all,
-    encode_reply,
+    encode_replies,
     measure_request_overhead_us,
     prepare,
 )
@@ -441,10 +441,9 @@ class Agent:
             assert outcome.outputs is not None
             log.debug("plan_done", plan=plan.plan_id, shard=plan.shard_id, compute_us=outcome.compute_us,
                       ok=len(outcome.served), errors=len(outcome.answers))
-            for row, request in enumerate(outcome.served):
-                body, headers = encode_reply(plan.model, outcome.outputs, row, request, len(outcome.served),
-                                             outcome.waited_us, outcome.compute_us)
-                await self.nc.publish(request.reply, body, headers=headers)
+            for subject, body, headers in encode_replies(plan.model, outcome.outputs, outcome.served, outcome.waited_us,
+                                                         outcome.compute_us, self.nc.max_payload):
+                await self.nc.publish(subject, body, headers=headers)
             self.metrics.replies.labels(plan.model, "200").inc(len(outcome.served))
 
     async def _withhold(self, slot: _Slot, plan: BatchPlan, decision: Withhold) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 
 from gpu_agent.runners import Runner
+from schemas.ingress import ReplyEntry, batch_encoders, split_to_fit
 from schemas.model import TensorSpec
 from schemas.plan import BatchPlan, PlanRequest, ReportStatus
 from schemas.status import (
@@ -23,8 +25,10 @@ from schemas.status import (
     HEADER_COMPUTE_US,
     HEADER_CONTENT_TYPE,
     HEADER_QUEUE_US,
+    HEADER_REPLIES,
     HEADER_REQUEST_ID,
     HEADER_STATUS,
+    REPLIES_BATCHED,
     Status,
 )
 from schemas.tensors import InferResponseBody, TensorError, decode_request, encode_response, from_array, to_array
@@ -137,6 +141,30 @@ def encode_reply(model: str, outputs: dict[str, np.ndarray], row: int, request: 
     if request.client_request_id:
         headers[HEADER_REQUEST_ID] = request.client_request_id
     return encode_response(body, request.content_type), headers
+
+
+def encode_replies(model: str, outputs: dict[str, np.ndarray], served: list[PlanRequest], waited_us: int,
+                   compute_us: int, payload_bytes_max: int) -> list[tuple[str, bytes, dict[str, str]]]:
+    """The 200s of a batch as (subject, body, headers) messages: each on its own reply subject,
+    except requests marked `reply_batched` (batched ingress), whose replies go together to their
+    batch message's reply subject, in as few messages as fit `payload_bytes_max` (one per batch
+    message and plan, unless that is too large): one publish, not one per request."""
+    messages: list[tuple[str, bytes, dict[str, str]]] = []
+    grouped: dict[tuple[str, str], list[ReplyEntry]] = {}
+    for row, request in enumerate(served):
+        body, headers = encode_reply(model, outputs, row, request, len(served), waited_us, compute_us)
+        parent, _, index = request.reply.rpartition(".")
+        if request.reply_batched and parent and index.isdigit():
+            grouped.setdefault((parent, request.content_type), []).append(ReplyEntry(int(index), headers,
+                                                                                     msgspec.Raw(body)))
+        else:
+            messages.append((request.reply, body, headers))
+    for (parent, content_type), entries in grouped.items():
+        headers = {HEADER_REPLIES: REPLIES_BATCHED, HEADER_CONTENT_TYPE: content_type}
+        sizes = [len(e.body) + 200 for e in entries]  # headers of a 200: well under 200 bytes
+        for run in split_to_fit(sizes, payload_bytes_max - 100):
+            messages.append((parent, batch_encoders[content_type].encode(entries[run.start:run.stop]), headers))
+    return messages
 
 
 def measure_request_overhead_us(runner: Runner, samples: int = 200) -> float:

@@ -29,6 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--json", action="store_true", help="print the summary as JSON")
         p.add_argument("--mlperf", action="store_true",
                        help="judge by MLPerf Server's rule: exit 1 unless every model's p99 latency <= its SLO")
+        p.add_argument("--batch", type=int, default=1,
+                       help="batched ingress: send what each --batch-window-ms gathers per model in messages of "
+                            "up to this many requests (1: one message per request)")
+        p.add_argument("--batch-window-ms", type=float, default=1.0, help="with --batch: how long requests gather")
         p.add_argument("--coarse-timing", action="store_true",
                        help="sleep instead of spinning before each send: less CPU, up to ~1 ms of lag")
 
@@ -62,9 +66,11 @@ def _execute(args: argparse.Namespace, plan, source: str, out: Path) -> dict:  #
         print(f"sending {len(plan.times_s)} requests over {plan.times_s[-1]:.1f} s to {url} "
               f"({args.senders} sender(s))", file=sys.stderr, flush=True)
         result, slots = await send_plan(url, plan, bodies, senders=args.senders, content_type=content_type,
-                                        precise=not args.coarse_timing)
+                                        precise=not args.coarse_timing, batch_max=args.batch,
+                                        batch_window_ms=args.batch_window_ms)
         config = {"source": source, "scale": plan.scale, "seed": plan.seed, "senders": args.senders,
-                  "content_type": content_type, "nats_url": url}
+                  "content_type": content_type, "nats_url": url, "batch": args.batch,
+                  "batch_window_ms": args.batch_window_ms if args.batch > 1 else 0.0}
         summary = summarize(plan, result, slots, config, lag_limit_ms=args.lag_limit_ms)
         report = write_outputs(summary, plan, result, out)
         print(json.dumps({k: summary[k] for k in ("total", "generator", "mlperf_valid")}) if args.json else report)

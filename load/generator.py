@@ -168,16 +168,30 @@ async def poll_slots(url: str, stop: asyncio.Event, start_wall: float, every_s: 
 
 
 def _child(args: tuple) -> SendResult:
-    url, times, subjects, bodies, content_type, slo, start_wall, precise = args
+    url, times, subjects, bodies, content_type, slo, start_wall, precise, batch_max = args
     return asyncio.run(send_schedule(url, times, subjects, bodies, content_type=content_type, slo_ms=slo,
-                                     start_wall=start_wall, precise=precise))
+                                     start_wall=start_wall, precise=precise, batch_max=batch_max))
+
+
+def batch_times(times_s: np.ndarray, window_ms: float) -> np.ndarray:
+    """Each request's send time when a batching frontend sends what arrived in each `window_ms`
+    at the window's end (batched ingress): the requests of one window then go out together."""
+    if window_ms <= 0:
+        return times_s
+    window_s = window_ms / 1000
+    return np.ceil(times_s / window_s) * window_s
 
 
 async def send_plan(url: str, plan: Plan, bodies: list[bytes], *, senders: int = 1,
                     content_type: str = CONTENT_JSON, prefix: str = "symphony",
-                    precise: bool = True) -> tuple[SendResult, list[SlotsSample]]:
-    """Send the whole plan; with several senders each takes every n-th request."""
+                    precise: bool = True, batch_max: int = 1,
+                    batch_window_ms: float = 0.0) -> tuple[SendResult, list[SlotsSample]]:
+    """Send the whole plan; with several senders each takes every n-th request. `batch_max` > 1
+    sends through batched ingress, what each `batch_window_ms` gathered per model in batch
+    messages of at most `batch_max` (latency is measured from the batch's send, so the window's
+    wait is the caller's, not the cluster's)."""
     subjects = [f"{prefix}.infer.{plan.model_names[i]}" for i in plan.model_index]
+    times_s = batch_times(plan.times_s, batch_window_ms) if batch_max > 1 else plan.times_s
     request_bodies = [bodies[i] for i in plan.model_index]
     slo = [plan.slo_ms[i] for i in plan.model_index]
     start_wall = time.time() + (1.0 + 0.3 * senders)
@@ -191,11 +205,12 @@ async def send_plan(url: str, plan: Plan, bodies: list[bytes], *, senders: int =
               file=sys.stderr, flush=True)
 
     if senders <= 1:
-        result = await send_schedule(url, plan.times_s, subjects, request_bodies, content_type=content_type,
-                                     slo_ms=slo, start_wall=start_wall, progress=progress, precise=precise)
+        result = await send_schedule(url, times_s, subjects, request_bodies, content_type=content_type,
+                                     slo_ms=slo, start_wall=start_wall, progress=progress, precise=precise,
+                                     batch_max=batch_max)
     else:
-        jobs = [(url, plan.times_s[k::senders], subjects[k::senders], request_bodies[k::senders], content_type,
-                 slo[k::senders], start_wall, precise) for k in range(senders)]
+        jobs = [(url, times_s[k::senders], subjects[k::senders], request_bodies[k::senders], content_type,
+                 slo[k::senders], start_wall, precise, batch_max) for k in range(senders)]
         loop = asyncio.get_running_loop()
         with multiprocessing.get_context("spawn").Pool(senders) as pool:
             parts = await loop.run_in_executor(None, pool.map, _child, jobs)

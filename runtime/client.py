@@ -6,15 +6,18 @@ and the tests use.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import nats
 import numpy as np
 
 from runtime.connect import connect_client
 from runtime.nats_auth import Creds
+from schemas.ingress import INFER_MANY_TOKEN, OutgoingItem, encode_batch, entries_decoders, split_to_fit
 from schemas.model import ModelMetadata, model_list_decoder, model_metadata_decoder, validate_model_name
 from schemas.status import (
     CONTENT_JSON,
@@ -24,9 +27,11 @@ from schemas.status import (
     HEADER_CONTENT_TYPE,
     HEADER_QUEUE_US,
     HEADER_REASON,
+    HEADER_REPLIES,
     HEADER_REQUEST_ID,
     HEADER_SLO_MS,
     HEADER_STATUS,
+    REPLIES_BATCHED,
     Status,
 )
 from schemas.tensors import TensorError, decode_response, encode_request, to_array
@@ -110,6 +115,48 @@ class SymphonyClient:
             return InferResult(status=Status.UNKNOWN_MODEL, reason=f"no shard serves model {model!r}")
         return parse_reply(msg.headers or {}, msg.data)
 
+    async def infer_many(
+        self,
+        model: str,
+        inputs: list[dict[str, np.ndarray] | bytes],
+        *,
+        slo_ms: float | None = None,
+        request_ids: list[str] | None = None,
+        content_type: str = CONTENT_MSGPACK,
+        timeout_s: float = 10.0,
+        batched_replies: bool = True,
+    ) -> list[InferResult]:
+        """Many requests for one model, in as few messages as the server's max_payload allows
+        (batched ingress, docs/protocol.md): the per-message cost is paid once per batch, and
+        each request still gets exactly one reply, by default in batched reply messages (one per
+        batch and plan: `batched_replies=False` asks for one message per request). Results come
+        back in `inputs` order; a request without a reply within `timeout_s` has status 0."""
+        subject = f"{self.prefix}.{INFER_MANY_TOKEN}.{validate_model_name(model)}"
+        bodies = [x if isinstance(x, bytes) else encode_request(x, content_type) for x in inputs]
+        ids = request_ids or [""] * len(bodies)
+        runs = split_to_fit([len(b) + len(i) for b, i in zip(bodies, ids, strict=True)], self.nc.max_payload)
+        inbox = self.nc.new_inbox()
+        gather = _ManyReplies(len(inbox) + 1, runs, model)
+        sub = await self.nc.subscribe(f"{inbox}.>", cb=gather.on_reply, pending_msgs_limit=1_000_000)
+        try:
+            headers = {HEADER_CONTENT_TYPE: content_type}
+            if batched_replies:
+                headers[HEADER_REPLIES] = REPLIES_BATCHED
+            for k, run in enumerate(runs):
+                items = [OutgoingItem(msgspec.Raw(bodies[j]), id=ids[j], slo_ms=slo_ms) for j in run]
+                try:
+                    await self.nc.publish(subject, encode_batch(items, content_type), reply=f"{inbox}.{k}",
+                                          headers=headers)
+                except nats.errors.MaxPayloadError:
+                    gather.fill(k, InferResult(status=Status.TOO_LARGE, reason="request over the server's max_payload"))
+            try:
+                await asyncio.wait_for(gather.done.wait(), timeout_s)
+            except TimeoutError:
+                pass
+        finally:
+            await sub.unsubscribe()
+        return gather.results()
+
     async def metadata(self, model: str, timeout_s: float = 5.0) -> ModelMetadata:
         subject = f"{self.prefix}.meta.{validate_model_name(model)}"
         msg = await self.nc.request(subject, b"", timeout=timeout_s)
@@ -118,6 +165,67 @@ class SymphonyClient:
     async def models(self, timeout_s: float = 5.0) -> list[str]:
         msg = await self.nc.request(f"{self.prefix}.meta", b"", timeout=timeout_s)
         return model_list_decoder.decode(msg.data).models
+
+
+class _ManyReplies:
+    """The replies to `infer_many`'s batches, on one inbox: `<inbox>.<batch>.<item>` answers one
+    request, `<inbox>.<batch>` the whole batch (refused, or NATS's no responders)."""
+
+    def __init__(self, prefix_len: int, runs: list[range], model: str) -> None:
+        self.prefix_len = prefix_len
+        self.runs = runs
+        self.model = model
+        self.slots: list[InferResult | None] = [None] * sum(len(r) for r in runs)
+        self.missing = len(self.slots)
+        self.done = asyncio.Event()
+        if not self.missing:
+            self.done.set()
+
+    def fill(self, batch: int, result: InferResult) -> None:
+        for j in self.runs[batch]:
+            self.put(j, result)
+
+    def put(self, j: int, result: InferResult) -> None:
+        if self.slots[j] is None:  # exactly one reply each is the contract: a second is ignored
+            self.slots[j] = result
+            self.missing -= 1
+            if not self.missing:
+                self.done.set()
+
+    async def on_reply(self, msg) -> None:  # noqa: ANN001
+        tokens = msg.subject[self.prefix_len:].split(".")
+        headers = msg.headers or {}
+        if not tokens[0].isdigit() or int(tokens[0]) >= len(self.runs):
+            return
+        batch = int(tokens[0])
+        if len(tokens) == 1 and headers.get(HEADER_REPLIES) == REPLIES_BATCHED:
+            self.put_entries(batch, msg.data, headers)
+        elif len(tokens) == 1:
+            if headers.get("Status") == "503" and HEADER_STATUS not in headers:
+                unknown = InferResult(status=Status.UNKNOWN_MODEL, reason=f"no shard serves model {self.model!r}")
+                self.fill(batch, unknown)
+            else:
+                self.fill(batch, parse_reply(headers, msg.data))
+        elif tokens[1].isdigit() and int(tokens[1]) < len(self.runs[batch]):
+            self.put(self.runs[batch][int(tokens[1])], parse_reply(headers, msg.data))
+
+    def put_entries(self, batch: int, data: bytes, headers: dict[str, str]) -> None:
+        """A batched reply: each entry is one request's 200, as its own reply would be."""
+        decoder = entries_decoders.get(headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON))
+        if decoder is None:
+            return
+        run = self.runs[batch]
+        try:
+            entries = decoder.decode(data)
+        except msgspec.DecodeError:
+            return  # not symphony's: its requests time out (status 0) rather than read garbage
+        for entry in entries:
+            if 0 <= entry.index < len(run):
+                self.put(run[entry.index], parse_reply(entry.headers, bytes(entry.body)))
+
+    def results(self) -> list[InferResult]:
+        return [r if r is not None else InferResult(status=0, reason="no reply within the timeout")
+                for r in self.slots]
 
 
 def parse_reply(headers: dict[str, str], data: bytes) -> InferResult:

@@ -172,7 +172,8 @@ def role_permissions(deployment: Deployment) -> list[UserPermissions]:
                      f"{p}.shard.*.status", "_INBOX_shard.>",
                      *(s for b in BUCKETS for s in kv_open(b)), *kv_read(STATE_BUCKET), *kv_read(MEMBERS_BUCKET),
                      *kv_write(MEMBERS_BUCKET, ["shard.*"])),
-            subscribe=("_INBOX_shard.>", f"{HANDBACK_NAMESPACE}.shard.>", f"{p}.infer.*", f"{p}.meta", f"{p}.meta.*",
+            subscribe=("_INBOX_shard.>", f"{HANDBACK_NAMESPACE}.shard.>", f"{p}.infer.*", f"{p}.infer_many.*",
+                       f"{p}.meta", f"{p}.meta.*",
                        f"{p}.shard.*.done", f"{p}.shard.*.status", *_services("symphony-shard")),
         ),
         UserPermissions(
@@ -205,7 +206,7 @@ def role_permissions(deployment: Deployment) -> list[UserPermissions]:
         inbox = f"{CLIENT_INBOXES}.{name}"
         users.append(UserPermissions(
             user=name, role="client", inbox_prefix=inbox,
-            publish=(f"{p}.infer.*", f"{p}.meta", f"{p}.meta.*"), subscribe=(f"{inbox}.>",)))
+            publish=(f"{p}.infer.*", f"{p}.meta", f"{p}.meta.*", f"{p}.infer_many.*"), subscribe=(f"{inbox}.>",)))
     return users
 
 

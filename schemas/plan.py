@@ -44,6 +44,10 @@ class PlanRequest(msgspec.Struct, frozen=True, array_like=True, gc=False):
     client_request_id: ClientText = ""  # the Symphony-Request-Id header, echoed back
     queue_us: Int64 = 0  # time spent in the shard before the plan was sent
     deadline_unix_ns: Int64 = 0  # this request's deadline, wall clock; past it the agent does not run it
+    # Batched ingress with `Symphony-Replies: batched`: `reply` is `<batch reply>.<index>`, and a 200
+    # may go in one message to `<batch reply>` with the plan's other such requests (schemas/ingress.py).
+    # Errors still go to `reply` alone; an agent that ignores this field answers each alone too.
+    reply_batched: bool = False
 
 
 class BatchPlan(msgspec.Struct, frozen=True, array_like=True, gc=False):

@@ -20,6 +20,11 @@ HEADER_BATCH_SIZE = "Symphony-Batch-Size"
 HEADER_QUEUE_US = "Symphony-Queue-Us"
 HEADER_COMPUTE_US = "Symphony-Compute-Us"
 HEADER_CONTENT_TYPE = "Content-Type"
+# On a batch message (batched ingress, schemas/ingress.py): `batched` asks for the 200 replies of
+# the items routed to the batch's own reply subject as one message per batch and plan; on such a
+# message it says that is what it is.
+HEADER_REPLIES = "Symphony-Replies"
+REPLIES_BATCHED = "batched"
 
 CONTENT_JSON = "application/json"
 CONTENT_MSGPACK = "application/msgpack"

@@ -41,6 +41,8 @@ class SenderShare:
     start_wall: float  # time.time() of the common start
     drain_s: float
     precise: bool
+    batch: int = 1  # > 1: batched ingress, this process's requests in batches of `batch` (see `_send_share`)
+    replies_batched: bool = True  # with batches: their 200s in batched reply messages
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,13 @@ def _send_share(share: SenderShare) -> tuple[SendResult, float]:
     """Child process: send this share, and say how late it started behind the common start."""
     times_s = np.arange(share.index, int(share.rate_rps * share.seconds), share.senders) / share.rate_rps
     n = len(times_s)
+    if share.batch > 1:
+        # A batching caller (a frontend) sends each group of `batch` requests when its last one
+        # arrived: the group's requests are planned then, so lag still means the sender's.
+        times_s = times_s[np.minimum((np.arange(n) // share.batch + 1) * share.batch - 1, n - 1)]
     result = asyncio.run(send_schedule(share.url, times_s, [share.subject] * n, [share.body] * n,
-                                       drain_s=share.drain_s, start_wall=share.start_wall, precise=share.precise))
+                                       drain_s=share.drain_s, start_wall=share.start_wall, precise=share.precise,
+                                       batch_max=share.batch, replies_batched=share.replies_batched))
     return result, result.extra["start_wall"] - share.start_wall
 
 
@@ -137,11 +144,13 @@ class SenderPool:
         return time.time() + START_LEAD_S + START_LEAD_PER_SENDER_S * senders
 
     async def send_uniform(self, rate_rps: float, seconds: float, subject: str, body: bytes, *,
-                           senders: int, start_wall: float) -> PooledResult:
-        """Offer `rate_rps` evenly spaced requests for `seconds` from `senders` processes."""
+                           senders: int, start_wall: float, batch: int = 1,
+                           replies_batched: bool = True) -> PooledResult:
+        """Offer `rate_rps` evenly spaced requests for `seconds` from `senders` processes; with
+        `batch` > 1 each process sends its requests in batch messages of that many."""
         assert 1 <= senders <= self.processes, (senders, self.processes)
         shares = [SenderShare(self.url, rate_rps, seconds, k, senders, subject, body, start_wall,
-                              self.drain_s, self.precise) for k in range(senders)]
+                              self.drain_s, self.precise, batch, replies_batched) for k in range(senders)]
         # chunksize 1 and idle workers: each share runs in its own process, all at once.
         parts = await asyncio.get_running_loop().run_in_executor(None, self._pool.map, _send_share, shares, 1)
         return merge(parts)

@@ -1,6 +1,10 @@
 """Shard throughput: the highest request rate one shard sustains with zero-cost sleep slots and
 at least 99.9% of replies 200 within the SLO, side by side with a bare nats-py forwarder
-(`bare_forwarder.py`) taking the same requests: the messaging limit on the same machine.
+(`bare_forwarder.py`) taking the same requests: the messaging limit on the same machine. The
+shard is swept twice on the same cluster: with one message per request, then with batched
+ingress (`--batch` requests per `infer_many` message, docs/protocol.md; each request still gets
+its own reply: `--replies batched`, one message per batch and plan, or `each`), starting at the
+per-request ceiling.
 
 A ceiling is only a ceiling if the rate above it failed, and only the target's if the load
 generator kept its schedule there. So each target is offered rising rates until it fails twice
@@ -16,7 +20,7 @@ On a shared machine another job's burst would read as the target's limit, so eac
 for the CPU outside the benchmark to fall under 0.2 cores and is offered again if it rose during
 the rate; rows where it stayed up are marked "noisy".
 
-    python -m load.bench.shard_throughput [--rates 2000,4000,...] [--seconds 4]
+    python -m load.bench.shard_throughput [--rates 2000,4000,...] [--seconds 4] [--batch 32]
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ WITHIN_SLO_MIN = 0.999
 OTHERS_CORES_MAX = 0.2  # CPU used by processes outside the benchmark beyond which a row is "noisy"
 RESP_US = 2000
 BATCH_MAX = 32
+TARGETS = {"shard": "shard", "shard_batched": "shard, batched", "bare": "bare"}  # results key: table column
 SUBJECT = "symphony.infer.zero"
 BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1]}]}'
 CONFIG_TEMPLATE = """
@@ -80,6 +85,8 @@ class SweepPlan:
     lag_p99_max_ms: float  # beyond it a rate is the generator's, not the target's
     quiet_wait_s_max: float  # most waited before a rate for other jobs to leave the CPU
     noisy_retries: int  # a rate during which other jobs used the CPU is offered again
+    batch: int = 1  # requests per message: 1 is the per-request path, more is batched ingress
+    replies_batched: bool = True  # with batches: 200s in batched reply messages, else one per request
 
     def offered(self) -> Iterator[float]:
         """The given rates, then geometrically more until `rate_max`: a sweep whose every rate
@@ -179,7 +186,8 @@ async def offer(pool: SenderPool, meter: CpuMeter, rate: float, plan: SweepPlan)
     senders = senders_for(rate, plan.sender_rps, plan.senders_max)
     start_wall = pool.start_wall_for(senders)
     sending = asyncio.create_task(pool.send_uniform(rate, plan.seconds, SUBJECT, BODY, senders=senders,
-                                                    start_wall=start_wall))
+                                                    start_wall=start_wall, batch=plan.batch,
+                                                    replies_batched=plan.replies_batched))
     await asyncio.sleep(max(0.0, start_wall - time.time()))
     before = meter.snapshot()
     await asyncio.sleep(plan.seconds)
@@ -252,37 +260,45 @@ async def run_bare(pool: SenderPool, server: NatsServer, plan: SweepPlan) -> lis
             process.wait()
 
 
-async def run_shard(pool: SenderPool, server: NatsServer, plan: SweepPlan, out: Path) -> list[dict]:
-    """The shard's sweep: one shard and one agent of `CONFIG_TEMPLATE`, every process metered."""
+async def run_shard(pool: SenderPool, server: NatsServer, plan: SweepPlan, out: Path,
+                    batch: int) -> tuple[list[dict], list[dict]]:
+    """The shard's sweeps, per request then batched (from the per-request ceiling up): one shard
+    and one agent of `CONFIG_TEMPLATE`, every process metered."""
     config = out / "zero.toml"
     config.write_text(CONFIG_TEMPLATE.replace("RESP_US", str(RESP_US)).replace("BATCH_MAX", str(BATCH_MAX)))
     cluster = LocalCluster(config, server.url, log_dir=out / "logs")
     await cluster.start()
     meter = CpuMeter({"nats-server": server.process.pid} | {n: p.pid for n, p in cluster.processes.items()})
     try:
-        return await sweep(pool, meter, "symphony shard", plan)
+        single = await sweep(pool, meter, "symphony shard", plan)
+        start = max(ceiling(single)["rate"], plan.rates[0])
+        batched_plan = replace(plan, batch=batch, rates=[r for r in plan.rates if r >= start] or [start])
+        label = f"shard, batches of {batch}, {'batched replies' if plan.replies_batched else 'reply per request'}"
+        return single, await sweep(pool, meter, label, batched_plan)
     finally:
         cluster.stop()
 
 
-async def main_async(plan: SweepPlan, out: Path) -> dict:
-    """Both sweeps in one run on one nats-server and one sender pool, so the ratio compares
+async def main_async(plan: SweepPlan, out: Path, batch: int) -> dict:
+    """Every sweep in one run on one nats-server and one sender pool, so the ratios compare
     targets measured under the same conditions."""
-    results: dict = {"plan": asdict(plan), "cpus": os.cpu_count()}
+    results: dict = {"plan": asdict(plan), "cpus": os.cpu_count(), "batch": batch,
+                     "replies": "batched" if plan.replies_batched else "each"}
     with NatsServer() as server, SenderPool(server.url, plan.senders_max) as pool:
         results["bare"] = await run_bare(pool, server, plan)
-        results["shard"] = await run_shard(pool, server, plan, out)
-    results["bare_ceiling"] = ceiling(results["bare"])
-    results["shard_ceiling"] = ceiling(results["shard"])
-    bare_rps = results["bare_ceiling"]["rate"]
-    results["ratio"] = results["shard_ceiling"]["rate"] / bare_rps if bare_rps else 0.0
+        results["shard"], results["shard_batched"] = await run_shard(pool, server, plan, out, batch)
+    for target in TARGETS:
+        results[f"{target}_ceiling"] = ceiling(results[target])
+    bare_rps, shard_rps = results["bare_ceiling"]["rate"], results["shard_ceiling"]["rate"]
+    results["ratio"] = shard_rps / bare_rps if bare_rps else 0.0
+    results["batched_ratio"] = results["shard_batched_ceiling"]["rate"] / shard_rps if shard_rps else 0.0
     return results
 
 
 def side_by_side(results: dict) -> str:
-    """A markdown table of both sweeps by rate: verdict, 200-in-SLO fraction, sender lag p99."""
+    """A markdown table of every sweep by rate: verdict, 200-in-SLO fraction, sender lag p99."""
     by_rate: dict[float, dict[str, dict]] = {}
-    for target in ("shard", "bare"):
+    for target in TARGETS:
         for row in results[target]:
             by_rate.setdefault(row["rate"], {})[target] = row
 
@@ -292,9 +308,9 @@ def side_by_side(results: dict) -> str:
         behind = ("" if row["generator_on_schedule"] else " (behind)") + ("" if row["quiet"] else " (noisy)")
         return f"{'pass' if row['ok'] else 'FAIL'} | {row['within_slo']:.2%} | {row['lag_p99_ms']:.2f}{behind}"
 
-    lines = ["| rate (req/s) | shard | 200 in SLO | sender lag p99 (ms) | bare | 200 in SLO | sender lag p99 (ms) |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {rate:,.0f} | {cell(rows.get('shard'))} | {cell(rows.get('bare'))} |"
+    head = "".join(f" {name} | 200 in SLO | sender lag p99 (ms) |" for name in TARGETS.values())
+    lines = [f"| rate (req/s) |{head}", "|---" * (1 + 3 * len(TARGETS)) + "|"]
+    lines += [f"| {rate:,.0f} | " + " | ".join(cell(rows.get(t)) for t in TARGETS) + " |"
               for rate, rows in sorted(by_rate.items())]
     return "\n".join(lines)
 
@@ -311,8 +327,12 @@ def summary(results: dict) -> str:
         text += f"  [also failed below it: {c['failed_below']}]" if c["failed_below"] else ""
         return text + ("" if c["quiet"] else "  [other jobs used the machine there]")
 
-    return "\n".join([one("shard ceiling", results["shard_ceiling"]), one("bare ceiling", results["bare_ceiling"]),
-                      f"ratio shard/bare {results['ratio']:.2f} (target >= 0.7), measured side by side on "
+    return "\n".join([one("shard ceiling", results["shard_ceiling"]),
+                      one(f"shard ceiling, batches of {results['batch']} ({results['replies']} replies)",
+                          results["shard_batched_ceiling"]),
+                      one("bare ceiling", results["bare_ceiling"]),
+                      f"ratio shard/bare {results['ratio']:.2f} (target >= 0.7), batched/per-request "
+                      f"{results['batched_ratio']:.2f} (target >= 4), measured side by side on "
                       f"{results['cpus']} CPUs shared by nats-server, the target and the senders"])
 
 
@@ -329,15 +349,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lag-p99-max-ms", type=float, default=2.0)
     parser.add_argument("--quiet-wait-s-max", type=float, default=120.0)
     parser.add_argument("--noisy-retries", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32, help="requests per message on the batched sweep")
+    parser.add_argument("--replies", choices=("batched", "each"), default="batched",
+                        help="batched sweep: 200s in one message per batch and plan, or one per request")
     parser.add_argument("--out", default="results/bench-shard-throughput")
     args = parser.parse_args(argv)
     plan = SweepPlan(rates=[float(r) for r in args.rates.split(",")], seconds=args.seconds, step=args.step,
                      rate_max=args.rate_max, failures_max=args.failures_max, sender_rps=args.sender_rps,
                      senders_max=args.senders_max, lag_p99_max_ms=args.lag_p99_max_ms,
-                     quiet_wait_s_max=args.quiet_wait_s_max, noisy_retries=args.noisy_retries)
+                     quiet_wait_s_max=args.quiet_wait_s_max, noisy_retries=args.noisy_retries,
+                     replies_batched=args.replies == "batched")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = asyncio.run(main_async(plan, out))
+    results = asyncio.run(main_async(plan, out, args.batch))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(side_by_side(results))
     print(summary(results))

@@ -99,6 +99,14 @@ class SeenIds:
             self._prune_at = max(self._size_min, 2 * len(self._until_ns))
 
 
+# Where a request's id, SLO and deadline came from, for the reasons that name them: a single
+# request's headers, or a batch item's fields (schemas/ingress.py).
+HEADER_NAMES = (HEADER_REQUEST_ID, HEADER_SLO_MS, HEADER_DEADLINE)
+ITEM_NAMES = ("id", "slo_ms", "deadline_ms")
+ABSENT = 0.0  # an SLO or deadline not given (a given one is positive)
+INVALID = -1.0  # one given that is not a number in range
+
+
 def admit(
     headers: Mapping[str, str],
     body_bytes: int,
@@ -124,20 +132,46 @@ def admit(
     if content_type not in (CONTENT_JSON, CONTENT_MSGPACK):
         return Rejected(Status.BAD_REQUEST, f"unsupported Content-Type {content_type!r}; "
                         f"use {CONTENT_JSON} or {CONTENT_MSGPACK}", "bad_request", client_id)
+    slo_ms = _header_ms(headers[HEADER_SLO_MS], SLO_MS_MAX) if HEADER_SLO_MS in headers else ABSENT
+    deadline_ms = _header_ms(headers[HEADER_DEADLINE], DEADLINE_MS_MAX) if HEADER_DEADLINE in headers else ABSENT
+    return admit_asked(content_type, client_id, slo_ms, deadline_ms, body_bytes, model_slo_ns, wall_ns, now_ns,
+                       seen, limits, queued=queued, released=released, handed_back=handed_back)
+
+
+def admit_asked(
+    content_type: str,
+    client_id: str,
+    slo_ms: float,
+    deadline_ms: float,
+    body_bytes: int,
+    model_slo_ns: int,
+    wall_ns: int,
+    now_ns: int,
+    seen: SeenIds,
+    limits: AdmissionLimits,
+    *,
+    queued: int,
+    released: bool,
+    handed_back: bool,
+    names: tuple[str, str, str] = HEADER_NAMES,
+) -> Admission:
+    """`admit` once the request's id, SLO and deadline are read, from headers or from a batch
+    item (`names` says which, for the reasons): `slo_ms` and `deadline_ms` are ABSENT, INVALID or
+    a value in range. One rule set for both ways in, so a batch item is judged as its single
+    request would be."""
+    id_name, slo_name, deadline_name = names
     if len(client_id) > limits.request_id_len_max:
-        return Rejected(Status.BAD_REQUEST, f"{HEADER_REQUEST_ID} longer than {limits.request_id_len_max} characters",
+        return Rejected(Status.BAD_REQUEST, f"{id_name} longer than {limits.request_id_len_max} characters",
                         "bad_request", "")
     slo_ns = model_slo_ns
-    if HEADER_SLO_MS in headers:
-        slo_ms = _header_ms(headers[HEADER_SLO_MS], SLO_MS_MAX)
-        if slo_ms is None:
-            return Rejected(Status.BAD_REQUEST, f"{HEADER_SLO_MS} must be a positive number of milliseconds",
+    if slo_ms != ABSENT:
+        if slo_ms == INVALID:
+            return Rejected(Status.BAD_REQUEST, f"{slo_name} must be a positive number of milliseconds",
                             "bad_request", client_id)
         slo_ns = int(slo_ms * 1e6)
-    if HEADER_DEADLINE in headers:
-        deadline_ms = _header_ms(headers[HEADER_DEADLINE], DEADLINE_MS_MAX)
-        if deadline_ms is None:
-            return Rejected(Status.BAD_REQUEST, f"{HEADER_DEADLINE} must be Unix time in milliseconds",
+    if deadline_ms != ABSENT:
+        if deadline_ms == INVALID:
+            return Rejected(Status.BAD_REQUEST, f"{deadline_name} must be Unix time in milliseconds",
                             "bad_request", client_id)
         remaining_ns = int(deadline_ms * 1e6) - wall_ns
         if remaining_ns <= 0:
@@ -156,10 +190,17 @@ def admit(
     return Admitted(content_type, client_id, slo_ns, wall_ns + slo_ns)
 
 
-def _header_ms(value: str, upper: float) -> float | None:
-    """A header's milliseconds if they parse to a number in (0, upper), else None."""
+def _header_ms(value: str, upper: float) -> float:
+    """A header's milliseconds if they parse to a number in (0, upper), else INVALID."""
     try:
         ms = float(value)
     except ValueError:
-        return None
-    return ms if 0 < ms < upper else None
+        return INVALID
+    return ms if 0 < ms < upper else INVALID
+
+
+def item_ms(value: float | None, upper: float) -> float:
+    """A batch item's milliseconds field: ABSENT when not given, INVALID unless in (0, upper)."""
+    if value is None:
+        return ABSENT
+    return value if 0 < value < upper else INVALID

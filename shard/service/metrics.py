@@ -47,6 +47,7 @@ OUTCOMES = ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "
             "duplicate", "unknown")
 
 PLAN_REFUSALS = ("slot_cannot_run_model", "too_large")
+BATCH_OUTCOMES = ("opened", "refused")  # batch messages (batched ingress): split into requests, or refused whole
 ASSIGNMENT_STEPS = ("remove_slot", "remove_model", "add_model", "claim_slot", "claim_refused", "slot_refused")
 
 
@@ -58,6 +59,7 @@ class ShardMetrics:
         self.succeeded = dict.fromkeys(models, 0)  # answered 200 by agents, from completion reports
         self.failed = dict.fromkeys(models, 0)  # answered with an error by agents (bad input, expired)
         self.outcomes = {(m, o): 0 for m in models for o in OUTCOMES}
+        self.batches = {(m, o): 0 for m in models for o in BATCH_OUTCOMES}
         self.items = dict.fromkeys(models, 0)
         self.executions = dict.fromkeys(models, 0)
         self.queue_seconds = {m: FastHistogram(LATENCY_BUCKETS) for m in models}
@@ -79,6 +81,8 @@ class ShardMetrics:
             table.setdefault(model, 0)
         for outcome in OUTCOMES:
             self.outcomes.setdefault((model, outcome), 0)
+        for outcome in BATCH_OUTCOMES:
+            self.batches.setdefault((model, outcome), 0)
         for hists, bounds in ((self.queue_seconds, LATENCY_BUCKETS), (self.request_seconds, LATENCY_BUCKETS),
                               (self.batch_size, BATCH_BUCKETS)):
             hists.setdefault(model, FastHistogram(bounds))
@@ -113,6 +117,9 @@ class _Collector(Collector):
                        "id within its deadline, not answered again), unknown (in a plan sent before a lost "
                        "connection: not answered by the shard)",
                        dict(m.outcomes), ["model", "outcome"])
+        yield _counter("symphony_shard_batch_messages", "Batch messages (batched ingress) received, by outcome: "
+                       "opened (split into its requests, each counted as received), refused (not a batch: one 400)",
+                       dict(m.batches), ["model", "outcome"])
         yield _counter("symphony_shard_requests_succeeded",
                        "Requests agents answered 200 (nv_inference_request_success)",
                        {(k,): v for k, v in m.succeeded.items()}, ["model"])

@@ -41,6 +41,7 @@ class Pending:
     client_request_id: str
     recv_ns: int
     deadline_unix_ns: int  # wall clock: travels with the request in plans and hand-backs
+    reply_batched: bool = False  # its 200 may share one message with its batch's (schemas/ingress.py)
 
 
 @dataclass(slots=True)
@@ -70,7 +71,7 @@ def take_requests(pending: dict[int, Pending], request_ids: Iterable[int], now_n
     for rid in request_ids:
         held = pending.pop(rid)
         requests.append(PlanRequest(rid, held.reply, held.body, held.content_type, held.client_request_id,
-                                    (now_ns - held.recv_ns) // 1000, held.deadline_unix_ns))
+                                    (now_ns - held.recv_ns) // 1000, held.deadline_unix_ns, held.reply_batched))
     return requests
 
 

@@ -1,13 +1,15 @@
 """The shard service: a thin NATS shell that drives the scheduling core.
 
 Ingress reads headers only and keeps each body as bytes; what a request gets at the door is
-decided by shard/core/admission.py. Every core action becomes a message (shard/service/publish.py):
-a dispatch becomes one batch plan to the slot's agent, a drop becomes an error reply at once, a
-plan that cannot be sent is answered and the core told (`DispatchFailed`). Completion reports
-correct slot free times; the lost-slot watch (shard/service/slot_watch.py) declares a slot lost
-when its reports are overdue, answers its requests and tells the core the slot is gone. Every
-request the shard accepts gets exactly one reply from the shard or, once dispatched, from the
-agent. The shell reads nothing from the policy beyond the step contract (shard/core/policy.py).
+decided by shard/core/admission.py. Batched ingress (`<prefix>.infer_many.<model>`) opens a
+batch message into its requests (shard/core/batch_ingress.py), each then taken as if it came
+alone. Every core action becomes a message (shard/service/publish.py): a dispatch becomes one
+batch plan to the slot's agent, a drop becomes an error reply at once, a plan that cannot be
+sent is answered and the core told (`DispatchFailed`). Completion reports correct slot free
+times; the lost-slot watch (shard/service/slot_watch.py) declares a slot lost when its reports
+are overdue, answers its requests and tells the core the slot is gone. Every request the shard
+accepts gets exactly one reply from the shard or, once dispatched, from the agent. The shell
+reads nothing from the policy beyond the step contract (shard/core/policy.py).
 """
 
 from __future__ import annotations
@@ -28,12 +30,31 @@ from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_ba
 from runtime.nats_auth import HANDBACK_NAMESPACE
 from runtime.services import register_service
 from schemas.control import preference_order
+from schemas.ingress import INFER_MANY_TOKEN
 from schemas.model import ModelList, ModelSpec, metadata_of
 from schemas.plan import AgentInfo, PlanRequest, plan_encoder, report_decoder
-from schemas.status import CONTENT_JSON, HEADER_CONTENT_TYPE, HEADER_HANDED_BACK, HEADER_STATUS, Status
+from schemas.status import (
+    CONTENT_JSON,
+    HEADER_CONTENT_TYPE,
+    HEADER_HANDED_BACK,
+    HEADER_REPLIES,
+    HEADER_STATUS,
+    REPLIES_BATCHED,
+    Status,
+)
 from schemas.status_report import ModelStatus, ShardStatus
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, Step
-from shard.core.admission import NO_HEADERS, Admission, AdmissionLimits, Admitted, Duplicate, SeenIds, admit
+from shard.core.admission import (
+    NO_HEADERS,
+    Admission,
+    AdmissionLimits,
+    Admitted,
+    Duplicate,
+    Rejected,
+    SeenIds,
+    admit,
+)
+from shard.core.batch_ingress import admit_item, open_batch, read_item
 from shard.core.config import ModelConfig, core_config_for
 from shard.core.events import (
     SHUTDOWN,
@@ -163,6 +184,10 @@ class ShardService:
             await self._ingress_subscription(model),
             await self.nc.subscribe(f"{self.prefix}.meta.{model}", queue=f"{self.prefix}.meta.{model}",
                                     cb=self._meta(model)),
+            await self.nc.subscribe(
+                f"{self.prefix}.{INFER_MANY_TOKEN}.{model}", queue=f"{self.prefix}.{INFER_MANY_TOKEN}.{model}",
+                cb=self._ingress_many(model), pending_msgs_limit=1_000_000, pending_bytes_limit=1024 * 1024 * 1024,
+            ),
         ]
         await flush_ordered(self.nc)  # the server has our interest before we count the model as gained
 
@@ -299,7 +324,6 @@ class ShardService:
 
     def _ingress(self, model: str):  # noqa: ANN202
         received = self.metrics.received
-        decision = self.metrics.decision_seconds
 
         async def on_request(msg: Msg) -> None:
             now = self.clock.now_ns()
@@ -311,27 +335,95 @@ class ShardService:
             admission = admit(headers, len(msg.data), int(spec.slo_ms * 1e6) if spec is not None else 0,
                               self.clock.wall_ns(), now, self._seen, self._limits, queued=len(self.pending),
                               released=model in self._released, handed_back=self._handed_back(msg, headers))
-            if admission.__class__ is not Admitted:
-                await self._turn_away(model, msg.reply, admission)
-                return
-            pending = Pending(msg.reply, msg.data, admission.content_type, admission.client_request_id, now,
-                              admission.deadline_unix_ns)
-            if admission.hand_back:
-                await self._hand_back(model, pending)
-                return
-            rid = next(self._ids)
-            self.pending[rid] = pending
-            self._seen.remember(admission.client_request_id, now + admission.slo_ns, now)
-            log.debug("request_received", request=rid, client_request_id=admission.client_request_id, model=model)
-            started = time.perf_counter()
-            step = self.policy.handle(RequestArrived(rid, model, admission.slo_ns), now)
-            decision.observe(time.perf_counter() - started)
-            if step.actions:
-                await self._apply_async(step)
-            else:
-                self._timer.arm(step.wake_at_ns)  # the common case: the request waits in its window
+            await self._take(model, msg.reply, msg.data, admission, now)
 
         return on_request
+
+    def _ingress_many(self, model: str):  # noqa: ANN202
+        """Batched ingress (schemas/ingress.py): each item is admitted and queued as its single
+        request would be and gets its own reply (its 200 batched with others' if the message asks);
+        the core sees one arrival per request. Only a message that is not a batch is answered as
+        a whole, on its reply."""
+        received = self.metrics.received
+
+        async def on_batch(msg: Msg) -> None:
+            now = self.clock.now_ns()
+            headers = msg.headers or NO_HEADERS
+            items = open_batch(msg.data, headers)
+            if items.__class__ is Rejected:
+                received[model] += 1
+                self.metrics.batches[model, "refused"] += 1
+                if msg.reply:
+                    await self._turn_away(model, msg.reply, items)
+                return
+            self.metrics.batches[model, "opened"] += 1
+            received[model] += len(items)
+            content_type = headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON)
+            spec = self.specs.get(model)
+            slo_ns = int(spec.slo_ms * 1e6) if spec is not None else 0
+            wall = self.clock.wall_ns()
+            released = model in self._released
+            batched = headers.get(HEADER_REPLIES) == REPLIES_BATCHED and bool(msg.reply)
+            wake_at_ns, armed = None, True
+            for index, raw in enumerate(items):
+                reply, item = read_item(raw, index, content_type, msg.reply or "")
+                if not reply:
+                    continue  # nowhere to answer: as a single request without a reply subject
+                if item.__class__ is Rejected:
+                    admission, body = item, b""
+                else:
+                    body = bytes(item.body)
+                    admission = admit_item(item, len(body), content_type, slo_ns, wall, now, self._seen,
+                                           self._limits, queued=len(self.pending), released=released)
+                if admission.__class__ is Admitted and not admission.hand_back:
+                    step = self._queue(model, reply, body, admission, now, batched and not item.reply)
+                    if not step.actions:
+                        wake_at_ns, armed = step.wake_at_ns, False  # armed once, after the batch
+                        continue
+                    await self._apply_async(step)  # arms the timer
+                else:
+                    if not armed:  # the core's wake-up is set before anything that may yield
+                        self._timer.arm(wake_at_ns)
+                    await self._answer_at_door(model, reply, body, admission)
+                armed = True
+            if not armed:
+                self._timer.arm(wake_at_ns)  # the core's next wake-up after the batch's last arrival
+
+        return on_batch
+
+    async def _take(self, model: str, reply: str, body: bytes, admission: Admission, now: int) -> None:
+        """A single request past the door: turned away, handed back, or queued and shown to the core."""
+        if admission.__class__ is not Admitted or admission.hand_back:
+            await self._answer_at_door(model, reply, body, admission)
+            return
+        step = self._queue(model, reply, body, admission, now, False)
+        if step.actions:
+            await self._apply_async(step)
+        else:
+            self._timer.arm(step.wake_at_ns)  # the common case: the request waits in its window
+
+    async def _answer_at_door(self, model: str, reply: str, body: bytes, admission: Admission) -> None:
+        """A request the shard does not queue: turned away, or handed back to the model's new owner."""
+        if admission.__class__ is not Admitted:
+            await self._turn_away(model, reply, admission)
+            return
+        await self._hand_back(model, Pending(reply, body, admission.content_type, admission.client_request_id, 0,
+                                             admission.deadline_unix_ns))
+
+    def _queue(self, model: str, reply: str, body: bytes, admission: Admitted, now: int,
+               reply_batched: bool) -> Step:
+        """Queue an admitted request and show it to the core; the caller applies the step (no
+        await here, so a batch can arm the wake timer once, for its last step)."""
+        pending = Pending(reply, body, admission.content_type, admission.client_request_id, now,
+                          admission.deadline_unix_ns, reply_batched)
+        rid = next(self._ids)
+        self.pending[rid] = pending
+        self._seen.remember(admission.client_request_id, now + admission.slo_ns, now)
+        log.debug("request_received", request=rid, client_request_id=admission.client_request_id, model=model)
+        started = time.perf_counter()
+        step = self.policy.handle(RequestArrived(rid, model, admission.slo_ns), now)
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
+        return step
 
     async def _turn_away(self, model: str, reply: str, admission: Admission) -> None:
         """A rejection is answered and counted; a duplicate is only counted (the first copy answers)."""

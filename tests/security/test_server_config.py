@@ -53,7 +53,8 @@ def test_three_servers_share_the_users_and_authenticate_their_routes(tmp_path: P
 
 def test_permission_lists_stay_least_privilege() -> None:
     users = {u.user: u for u in role_permissions(Deployment(agents={"a": ("a0",)}, clients=("alice",)))}
-    assert users["alice"].publish == ("symphony.infer.*", "symphony.meta", "symphony.meta.*")
+    assert users["alice"].publish == ("symphony.infer.*", "symphony.meta", "symphony.meta.*",
+                                      "symphony.infer_many.*")
     assert users["alice"].subscribe == ("_INBOX_client.alice.>",)
     assert users["alice"].allow_responses is None
     everyone_but_coordinator = [u for name, u in users.items() if name != "coordinator"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from load.generator import OUTCOMES, classify, plan_from_trace, plan_from_workload, read_trace
+from load.generator import OUTCOMES, batch_times, classify, plan_from_trace, plan_from_workload, read_trace
 from tests.factories import workload
 
 
@@ -42,3 +42,9 @@ def test_gap_traces_replay_in_microseconds(tmp_path: Path) -> None:
     path.write_text("100\nsoon\n")
     with pytest.raises(ValueError, match="line|:2"):
         read_trace(str(path))
+
+
+def test_a_batching_window_sends_what_arrived_in_it_at_its_end() -> None:
+    times = np.array([0.0001, 0.0009, 0.0011, 0.0035])
+    assert list(batch_times(times, 1.0)) == pytest.approx([0.001, 0.001, 0.002, 0.004])
+    assert batch_times(times, 0.0) is times
