@@ -120,7 +120,7 @@ class ShardService:
         self._ids = count(1)
         self._timer = WakeTimer(self.clock, self._on_wake)
         self._model_subs: dict[str, list] = {}
-        self._ingress_extra: dict[str, list] = {}  # model -> ingress subscriptions beyond the first (weigh_ingress)
+        self._ingress_extra: dict[str, list[list]] = {}  # model -> ingress members beyond the first (weigh_ingress)
         self._released: set[str] = set()  # models given up; requests still arriving are handed back
         self._hand_backs: set[asyncio.Task] = set()
         self._owned: set[str] = set(self.entry.slots)
@@ -181,26 +181,23 @@ class ShardService:
     async def _subscribe_model(self, model: str) -> None:
         self.metrics.add_model(model)
         self._model_subs[model] = [
-            await self._ingress_subscription(model),
+            *await self._ingress_subscriptions(model),
             await self.nc.subscribe(f"{self.prefix}.meta.{model}", queue=f"{self.prefix}.meta.{model}",
                                     cb=self._meta(model)),
-            await self.nc.subscribe(
-                f"{self.prefix}.{INFER_MANY_TOKEN}.{model}", queue=f"{self.prefix}.{INFER_MANY_TOKEN}.{model}",
-                cb=self._ingress_many(model), pending_msgs_limit=1_000_000, pending_bytes_limit=1024 * 1024 * 1024,
-            ),
         ]
         await flush_ordered(self.nc)  # the server has our interest before we count the model as gained
 
-    async def _ingress_subscription(self, model: str):  # noqa: ANN202 - nats Subscription
-        return await self.nc.subscribe(
-            f"{self.prefix}.infer.{model}", queue=f"{self.prefix}.infer.{model}", cb=self._ingress(model),
-            pending_msgs_limit=1_000_000, pending_bytes_limit=1024 * 1024 * 1024,
-        )
+    async def _ingress_subscriptions(self, model: str) -> list:
+        """One member of each of the model's request queue groups: one request a message, and many."""
+        limits = {"pending_msgs_limit": 1_000_000, "pending_bytes_limit": 1024 * 1024 * 1024}
+        single, many = f"{self.prefix}.infer.{model}", f"{self.prefix}.{INFER_MANY_TOKEN}.{model}"
+        return [await self.nc.subscribe(single, queue=single, cb=self._ingress(model), **limits),
+                await self.nc.subscribe(many, queue=many, cb=self._ingress_many(model), **limits)]
 
     async def weigh_ingress(self) -> None:
         """Take each model's requests in proportion to this shard's slots that run it (issue 14:
         a model split over shards). NATS hands each message of a queue group to one member at
-        random, so a shard with w ingress subscriptions gets w shares. Extra subscriptions are
+        random, so a shard with w members in each ingress group gets w shares. Extra members are
         drained, not dropped, when the weight falls: what they were handed is still served."""
         slots = self.usable_slots()
         for model in list(self._model_subs):
@@ -208,9 +205,10 @@ class ShardService:
             extra = self._ingress_extra.setdefault(model, [])
             want = max(0, min(weight, INGRESS_WEIGHT_MAX) - 1)
             while len(extra) < want:
-                extra.append(await self._ingress_subscription(model))
+                extra.append(await self._ingress_subscriptions(model))
             while len(extra) > want:
-                await extra.pop().drain()
+                for sub in extra.pop():
+                    await sub.drain()
         await flush_ordered(self.nc)
 
     # ---- ownership changes (a coordinator moves models and slots) -----------------------
@@ -231,7 +229,7 @@ class ShardService:
         if name not in self.specs:
             return
         self._released.add(name)
-        for sub in self._model_subs.pop(name, []) + self._ingress_extra.pop(name, []):
+        for sub in self._model_subs.pop(name, []) + [s for group in self._ingress_extra.pop(name, []) for s in group]:
             await sub.drain()
         if name not in self._released:
             return  # gained back while draining
