@@ -62,6 +62,19 @@ async def gather_status(url: str, prefix: str = "symphony", creds: Creds | str |
         await nc.close()
 
 
+async def received_by_shard(url: str, model: str, shards: list[str], timeout_s: float = 10.0) -> dict[str, int]:
+    """Requests of `model` each shard has received, once every one of `shards` has answered (a
+    busy shard can miss discovery's short window, and a missing count is not a zero)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        statuses, _agents, _coordinators = await gather_status(url)
+        counts = {s.shard_id: sum(m.received for m in s.models if m.name == model) for s in statuses}
+        if set(shards) <= set(counts):
+            return counts
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"shards {sorted(set(shards) - set(counts))} did not report their status")
+
+
 async def _statuses(nc: nats.NATS, prefix: str, role: str, decoder: Decoder) -> list:
     """Each instance's status snapshot; an instance with an invalid id or an unreadable reply is
     left out with a warning rather than failing the whole table."""

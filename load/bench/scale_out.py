@@ -32,7 +32,7 @@ from runtime.cluster import LocalCluster
 from runtime.connect import connect_client
 from runtime.kv import open_buckets, read_assignment
 from runtime.nats_server import NatsServer
-from runtime.status import gather_status
+from runtime.status import received_by_shard
 
 SLOTS = [f"z{i}" for i in range(8)]
 
@@ -66,11 +66,6 @@ async def split_of(url: str, shards: int, timeout_s: float = 30.0) -> dict[str, 
         await nc.close()
 
 
-async def received(url: str) -> dict[str, int]:
-    shards, _agents, _coordinators = await gather_status(url)
-    return {s.shard_id: sum(m.received for m in s.models if m.name == "zero") for s in shards}
-
-
 async def run_count(pool: SenderPool, server: NatsServer, plan: SweepPlan, shards: int, out: Path) -> dict:
     """One shard count: start the cluster, wait for the split, sweep the rates with shares."""
     path = out / f"scale-out-{shards}.toml"
@@ -86,10 +81,10 @@ async def run_count(pool: SenderPool, server: NatsServer, plan: SweepPlan, shard
         await warm
         rows, failures = [], 0
         for rate in plan.offered():
-            before = await received(server.url)
+            before = await received_by_shard(server.url, "zero", list(slots))
             row = await offer_quietly(pool, meter, f"{shards} shard(s)", rate, plan)
-            after = await received(server.url)
-            taken = {s: after.get(s, 0) - before.get(s, 0) for s in slots}
+            after = await received_by_shard(server.url, "zero", list(slots))
+            taken = {s: after[s] - before[s] for s in slots}
             total = sum(taken.values()) or 1
             row["shares"] = {s: {"took": taken[s] / total, "slots": slots[s] / sum(slots.values())} for s in slots}
             rows.append(row)

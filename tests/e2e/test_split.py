@@ -13,7 +13,7 @@ import pytest
 
 from load.sender import send_schedule
 from runtime.cluster import LocalCluster
-from runtime.status import gather_status
+from runtime.status import received_by_shard
 from tests.e2e.test_coordinated import _assignment
 from tests.factories import SLEEP_KINDS, cluster_toml
 
@@ -31,11 +31,6 @@ RATE_RPS = 600.0
 async def load(url: str, seconds: float):
     n = int(seconds * RATE_RPS)
     return await send_schedule(url, np.arange(n) / RATE_RPS, [SUBJECT] * n, [BODY] * n, drain_s=3.0)
-
-
-async def received_by_shard(url: str) -> dict[str, int]:
-    shards, _agents, _coordinators = await gather_status(url)
-    return {s.shard_id: sum(m.received for m in s.models if m.name == "fast_sleep") for s in shards}
 
 
 async def wait_for_split(url: str, shards: int, timeout_s: float):
@@ -57,12 +52,12 @@ async def test_a_hot_model_split_over_three_shards_answers_once_and_follows_the_
         sending = asyncio.create_task(load(cluster.url, 13.0))  # 600 req/s against 100 per shard
         assignment = await wait_for_split(cluster.url, 3, timeout_s=8.0)
         await asyncio.sleep(1.5)  # every shard has applied it (epochs every second)
-        before = await received_by_shard(cluster.url)
+        before = await received_by_shard(cluster.url, "fast_sleep", SHARDS)
         during = []
         for _ in range(3):
             await asyncio.sleep(2.0)
             during.append((await _assignment(cluster.url)).splits)
-        after = await received_by_shard(cluster.url)
+        after = await received_by_shard(cluster.url, "fast_sleep", SHARDS)
         result = await sending
         merged = await wait_for_split(cluster.url, 1, timeout_s=25.0)  # the load is over: merged back
     finally:
@@ -76,7 +71,7 @@ async def test_a_hot_model_split_over_three_shards_answers_once_and_follows_the_
     # Growing the split moves slots under load, which costs a few SLO drops on 2 shared cores (as
     # in test_coordinated); the contract is one reply each, checked above.
     assert statuses.get(200, 0) >= 0.95 * len(result.status), statuses
-    taken = {s: after.get(s, 0) - before.get(s, 0) for s in SHARDS}
+    taken = {s: after[s] - before[s] for s in SHARDS}
     total = sum(taken.values())
     slots = {s: sum(1 for owner in assignment.slots.values() if owner == s) for s in SHARDS}
     for shard in SHARDS:
