@@ -125,13 +125,35 @@ def next_assignment(models: list[ModelConfig], rates: dict[str, float], shards: 
     assignment -> the next one (its epoch is the previous one's + 1). The one way from rates to
     an assignment: the live coordinator and the simulator both call it, with the shards' core
     configuration."""
-    hosts_of = {m.name: sorted(s for s, names in hosts.items() if m.name in names) for m in models}
+    by_model = models_hosted(hosts)
+    hosts_of = {m.name: list(by_model.get(m.name, ())) for m in models}
     counts = split_counts(previous, rates, {name: len(h) for name, h in hosts_of.items()}, len(shards), placement)
     demands = []
     for m in models:
         share = model_demand(m, rates.get(m.name, 0.0) / counts[m.name], core, hosts_of[m.name])
         demands += [msgspec.structs.replace(share, name=piece) for piece in piece_names(m.name, counts[m.name])]
     return plan_assignment(previous, demands, shards, sorted(hosts), placement)
+
+
+def models_hosted(hosts: dict[str, frozenset[str]]) -> dict[str, list[str]]:
+    """model -> the slots that host it, in slot order: `hosts` inverted, where asking every slot
+    about every model cost O(models x slots) per epoch. Slots that host the same models (every
+    slot of a device class, as a rule) are inverted together, once per distinct set."""
+    groups: dict[frozenset[str], list[str]] = {}
+    for slot in sorted(hosts):
+        groups.setdefault(hosts[slot], []).append(slot)
+    by_model: dict[str, list[str]] = {}
+    merged: set[str] = set()  # models hosted by two groups or more: their slots need sorting again
+    for names, slots in groups.items():
+        for name in names:
+            if name in by_model:
+                by_model[name] += slots
+                merged.add(name)
+            else:
+                by_model[name] = list(slots)
+    for name in merged:
+        by_model[name].sort()
+    return by_model
 
 
 def assignment_errors(assignment: Assignment, live: list[str], hosts: dict[str, frozenset[str]],
@@ -143,13 +165,14 @@ def assignment_errors(assignment: Assignment, live: list[str], hosts: dict[str, 
         errors.append("no model is assigned while shards are live")
     errors += [f"model {m} on shard {s}, which is not live" for m in sorted(assignment.models)
                for s in assignment.shards_of(m) if s not in alive]
+    served = assignment.models_by_shard()  # once: models_of(shard) per slot scans every model
     for slot, shard in sorted(assignment.slots.items()):
         if shard not in alive:
             errors.append(f"slot {slot} on shard {shard}, which is not live")
         elif slot not in hosts:
             errors.append(f"slot {slot} belongs to no live agent")
         else:
-            missing = sorted(m for m in assignment.models_of(shard) if m not in hosts[slot])
+            missing = sorted(m for m in served.get(shard, ()) if m not in hosts[slot])
             if missing:
                 errors.append(f"slot {slot} of shard {shard} does not host {missing}")
     return errors

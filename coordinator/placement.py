@@ -12,6 +12,7 @@ keep their slots where the quota allows.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import msgspec
@@ -303,10 +304,9 @@ def allocate_slots(
     busy_shards = sorted({s for s in placement.values()})
     if not busy_shards or not slots:
         return {}
-    eligible: dict[str, set[str]] = {}
-    for shard in busy_shards:
-        hosts = _common_hosts([models[m] for m, s in placement.items() if s == shard])
-        eligible[shard] = (hosts or set()) & set(slots)
+    members = _members_of(placement, models, busy_shards)
+    known = set(slots)
+    eligible = {shard: (_common_hosts(members[shard]) or set()) & known for shard in busy_shards}
     quota = quota or _quotas(demand, busy_shards, len(slots))
     owners: dict[str, str] = {}
     count = {s: 0 for s in busy_shards}
@@ -317,7 +317,8 @@ def allocate_slots(
             owners[slot] = shard
             count[shard] += 1
     # 2. fill quotas, most constrained shards first, from slots few others could use
-    demand_of = {slot: sum(1 for s in busy_shards if slot in eligible[s]) for slot in slots}
+    sharers = _sharers(eligible, busy_shards, slots)
+    demand_of = {slot: len(sharers[slot]) for slot in slots}
     for shard in sorted(busy_shards, key=lambda s: (len(eligible[s]), s)):
         free = sorted((s for s in eligible[shard] if s not in owners), key=lambda s: (demand_of[s], s))
         for slot in free[: max(0, quota[shard] - count[shard])]:
@@ -325,12 +326,22 @@ def allocate_slots(
             count[shard] += 1
     # 3. what is left goes where it is most needed per slot already held
     for slot in sorted(s for s in slots if s not in owners):
-        candidates = [s for s in busy_shards if slot in eligible[s]]
+        candidates = sharers[slot]
         if candidates:
             shard = max(candidates, key=lambda s: (demand[s] / (count[s] + 1), s))
             owners[slot] = shard
             count[shard] += 1
     return owners
+
+
+def _sharers(eligible: dict[str, set[str]], shards: list[str], slots: list[str]) -> dict[str, list[str]]:
+    """slot -> the shards (in `shards` order) it is eligible for: `eligible` inverted once
+    rather than every shard asked about every slot."""
+    sharers: dict[str, list[str]] = {slot: [] for slot in slots}
+    for shard in shards:
+        for slot in eligible[shard]:
+            sharers[slot].append(shard)
+    return sharers
 
 
 def _quotas(demand: dict[str, float], shards: list[str], slots: int) -> dict[str, int]:
@@ -377,21 +388,61 @@ def late_rate(members: list[ModelDemand], servers: int) -> float:
     return sum(max(m.rate_rps, 1.0) * waits * math.exp(-decay * max(0.0, m.slo_s - m.batch_s)) for m in members)
 
 
+def _members_of(placement: dict[str, str], models: dict[str, ModelDemand],
+                shards: list[str]) -> dict[str, list[ModelDemand]]:
+    """Each shard's models in placement order: `placement` inverted in one pass instead of
+    scanned once per shard. Owners not in `shards` are left out."""
+    members: dict[str, list[ModelDemand]] = {s: [] for s in shards}
+    for model, owner in placement.items():
+        if owner in members:
+            members[owner].append(models[model])
+    return members
+
+
 def delay_quotas(placement: dict[str, str], models: dict[str, ModelDemand], shards: list[str],
                  slots: int) -> dict[str, int]:
     """Slot quotas that minimise the expected late requests across shards: each slot in turn
     goes to the shard where it saves the most. Proportional shares ignore that a pool of tight
     SLOs needs more idle headroom than one of loose SLOs at the same demand."""
-    members = {s: [models[m] for m, owner in placement.items() if owner == s] for s in shards}
+    members = _members_of(placement, models, shards)
+    # Each shard's demand summed once (in member order, as before): the greedy steps below ask
+    # for it at every step, and summing it there cost O(slots x models).
+    total = {s: sum(m.demand for m in members[s]) for s in shards}
     # Start each shard at the fewest slots that keep up with its demand: below that everything
     # is late and one more slot saves nothing, so the greedy steps below would not see the need.
-    quota = {s: max(1, math.floor(sum(m.demand for m in members[s])) + 1) for s in shards}
+    quota = {s: max(1, math.floor(total[s]) + 1) for s in shards}
     if sum(quota.values()) > slots:
-        return _quotas({s: sum(m.demand for m in members[s]) for s in shards}, shards, slots)
+        return _quotas(total, shards, slots)
     late = {s: late_rate(members[s], quota[s]) for s in shards}
     after = {s: late_rate(members[s], quota[s] + 1) for s in shards}  # only the chosen shard's changes
-    for _ in range(slots - sum(quota.values())):
-        best = max(shards, key=lambda s: (late[s] - after[s], sum(m.demand for m in members[s]) / quota[s], s))
+    _grant_slots(shards, members, total, quota, (late, after), slots - sum(quota.values()))
+    return quota
+
+
+def _grant_slots(shards: list[str], members: dict[str, list[ModelDemand]], total: dict[str, float],
+                 quota: dict[str, int], rates: tuple[dict[str, float], dict[str, float]], steps: int) -> None:
+    """Each of `steps` slots to the shard where it saves the most late requests (`rates`: late
+    at the quota and at one more), ties to the higher demand per slot, then the later name;
+    `quota` and `rates` updated in place. A heap on exactly that order picks what a scan of
+    every shard picks, as only the chosen shard's key changes, where a scan at every step cost
+    O(slots x shards). NaN has no order a heap could keep: from the first one on, the scan decides."""
+    late, after = rates
+
+    def key(s: str) -> tuple[float, float, str]:
+        return late[s] - after[s], total[s] / quota[s], s
+
+    def nan(k: tuple[float, float, str]) -> bool:
+        return k[0] != k[0] or k[1] != k[1]
+
+    rank = {s: i for i, s in enumerate(sorted(set(shards)))}  # the name's tie-break, as a number
+    scan = any(nan(key(s)) for s in rank)
+    heap = [] if scan else [(-gain, -ratio, -rank[s], s) for s in rank for gain, ratio, _ in [key(s)]]
+    heapq.heapify(heap)
+    for _ in range(steps):
+        best = max(shards, key=key) if scan else heapq.heappop(heap)[3]
         quota[best] += 1
         late[best], after[best] = after[best], late_rate(members[best], quota[best] + 1)
-    return quota
+        gain, ratio, _ = k = key(best)
+        scan = scan or nan(k)
+        if not scan:
+            heapq.heappush(heap, (-gain, -ratio, -rank[best], best))

@@ -52,6 +52,15 @@ class Assignment(msgspec.Struct, frozen=True, kw_only=True):
         """Every model `shard` serves, split ones included."""
         return frozenset(m for m in self.models if shard in self.shards_of(m))
 
+    def models_by_shard(self) -> dict[str, frozenset[str]]:
+        """`models_of` for every shard that serves a model, in one pass over the models: asking
+        shard by shard scans every model each time."""
+        served: dict[str, set[str]] = {}
+        for model in self.models:
+            for shard in self.shards_of(model):
+                served.setdefault(shard, set()).add(model)
+        return {shard: frozenset(models) for shard, models in served.items()}
+
 
 class ModelLoad(msgspec.Struct, frozen=True, kw_only=True):
     rate_rps: NonNegative  # the core's rate meter (seconds of history: what placement plans with)

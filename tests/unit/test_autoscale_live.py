@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import random
+
 import msgspec
+import pytest
 
 from coordinator.autoscale import AutoscaleConfig
 from coordinator.epoch import shard_rates
@@ -214,3 +217,22 @@ def test_an_actuator_never_goes_back_to_an_older_decision() -> None:
     assert freshest(None, new) is new and freshest(new, None) is new
     newer_same_lease = AutoscaleStatus(lease_revision=7, seq=2)
     assert freshest(newer_same_lease, new) is newer_same_lease
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_keep_hosts_keeps_what_asking_every_remaining_slot_keeps(seed: int) -> None:
+    """keep_hosts tracks the models the remaining slots run instead of asking each of them per
+    model: the same slots go, in the same order, as the first form let go."""
+    rng = random.Random(seed)
+    slots = [f"s{k}" for k in range(rng.randrange(1, 16))]
+    hosts = {s: frozenset(rng.sample("abcdef", rng.randrange(0, 4))) for s in slots if rng.random() < 0.9}
+    serving = {s for s in slots if rng.random() < 0.8}
+    drain = rng.sample(slots, rng.randrange(0, len(slots) + 1))
+    remaining, models, allowed = serving - set(drain), {m for s in serving for m in hosts.get(s, ())}, []
+    for slot in drain:
+        stranded = [m for m in hosts.get(slot, ()) if not any(m in hosts.get(o, ()) for o in remaining)]
+        if slot in serving and stranded and set(stranded) <= models:
+            remaining.add(slot)
+        else:
+            allowed.append(slot)
+    assert keep_hosts(drain, serving, hosts) == allowed

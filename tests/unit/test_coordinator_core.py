@@ -2,11 +2,14 @@
 explicit time: leadership by lease, epochs that wait for a warm view, that are never written
 empty, that keep models where they are, and writes by compare-and-swap."""
 
+import random
+
 from coordinator import core
 from coordinator.epoch import ModelSettings
 from coordinator.membership import ReadOutcome
 from coordinator.placement import PlacementConfig
 from schemas.control import AgentHeartbeat, AgentSlot, Assignment, ModelLoad, ShardHeartbeat
+from schemas.profile import ModelProfile, profile_from_sleep_spec
 from shard.core.config import CoreConfig
 
 S = 1_000_000_000
@@ -171,3 +174,20 @@ def test_a_model_in_transit_keeps_its_rate_so_the_balance_rule_does_not_move_it_
     c.handle(core.MemberUpdate(key="shard.shard-0", heartbeat=quiet, revision=6), 2 * S)
     assert inputs.rates["jax_model"] == 500.0
     assert c._inputs(None, 3 * S).rates["jax_model"] == 500.0
+
+
+def test_merged_profiles_follow_every_update_and_withdrawal_as_a_full_merge_would() -> None:
+    """The merged profile is cached per model: after any sequence of updates and withdrawals it
+    is the slowest of the profiles left, folded in agent order, and a model with none left has none."""
+    c = new_core()
+    rng = random.Random(3)
+    for _ in range(60):
+        model, agent = rng.choice(["a", "b", "c"]), rng.choice(["x", "y", "z"])
+        profile = None if rng.random() < 0.3 else profile_from_sleep_spec(
+            f"sleep:{rng.randrange(100, 2000)},{rng.randrange(1000, 8000)}", rng.choice((8, 16)))
+        c.handle(core.ProfileUpdate(model=model, agent=agent, profile=profile), 0)
+        full: dict[str, ModelProfile] = {}
+        for (name, _agent), each in sorted(c.profiles.items()):
+            full[name] = each if name not in full else full[name].merge_slowest(each)
+        merged = c._inputs(None, S).profiles
+        assert merged == full and list(merged) == list(full)

@@ -1,6 +1,9 @@
 """The coordinator's epoch math: placement by host class, balance, stickiness, slot quotas and
 the load-proportional signal."""
 
+import math
+import random
+
 import pytest
 
 from coordinator.placement import ModelDemand, PlacementConfig, delay_quotas, erlang_c, late_rate, plan_assignment
@@ -129,3 +132,45 @@ def test_delay_quotas_fall_back_to_demand_shares_when_slots_cannot_keep_up() -> 
     models = {"a": model("a", 6000, batch_s=0.02), "b": model("b", 2000, batch_s=0.02)}
     quota = delay_quotas({"a": "A", "b": "B"}, models, ["A", "B"], 6)
     assert quota == {"A": 4, "B": 2}
+
+
+def _scan_quotas(placement: dict[str, str], models: dict[str, ModelDemand], shards: list[str],
+                 slots: int) -> dict[str, int]:
+    """delay_quotas as first written: every shard's key recomputed at every greedy step."""
+    members = {s: [models[m] for m, owner in placement.items() if owner == s] for s in shards}
+    quota = {s: max(1, math.floor(sum(m.demand for m in members[s])) + 1) for s in shards}
+    if sum(quota.values()) > slots:
+        return delay_quotas(placement, models, shards, slots)  # the fallback is not the greedy
+    late = {s: late_rate(members[s], quota[s]) for s in shards}
+    after = {s: late_rate(members[s], quota[s] + 1) for s in shards}
+    for _ in range(slots - sum(quota.values())):
+        best = max(shards, key=lambda s: (late[s] - after[s], sum(m.demand for m in members[s]) / quota[s], s))
+        quota[best] += 1
+        late[best], after[best] = after[best], late_rate(members[best], quota[best] + 1)
+    return quota
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_delay_quotas_pick_what_a_scan_of_every_shard_picks(seed: int) -> None:
+    """The greedy steps keep a heap of the shards' keys: the quotas are the ones a scan of every
+    shard at every step gives, ties (idle shards, equal demands) included."""
+    rng = random.Random(seed)
+    shards = [f"s{k}" for k in range(rng.randrange(1, 12))]
+    models = {f"m{k}": model(f"m{k}", rng.choice((0.0, 400.0, 400.0, rng.uniform(0, 3000))),
+                             slo_s=rng.choice((0.03, 0.5)), batch_s=rng.choice((0.0, 0.0, 0.02)))
+              for k in range(rng.randrange(1, 30))}
+    # Often one model a shard, so that equal models make equal keys and names break the tie.
+    names = list(models)
+    placement = {name: shards[k] if k < len(shards) and seed % 2 else rng.choice(shards)
+                 for k, name in enumerate(names)}
+    busy = sorted(set(placement.values()))
+    slots = rng.randrange(len(busy), 80)
+    assert delay_quotas(placement, models, busy, slots) == _scan_quotas(placement, models, busy, slots)
+
+
+def test_delay_quotas_give_a_tied_slot_to_the_later_name() -> None:
+    """Equal keys (no late requests either way, equal demand per slot): the later name wins, as
+    the scan's `max` over (gain, demand per slot, name) chose."""
+    equal = {"a": model("a", 400.0), "b": model("b", 400.0), "c": model("c", 400.0)}
+    assert delay_quotas({"a": "A", "b": "B"}, equal, ["A", "B"], 3) == {"A": 1, "B": 2}
+    assert delay_quotas({"a": "A", "b": "B", "c": "C"}, equal, ["A", "B", "C"], 5) == {"A": 1, "B": 2, "C": 2}

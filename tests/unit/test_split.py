@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from coordinator.epoch import assignment_errors, next_assignment
+from coordinator.epoch import assignment_errors, models_hosted, next_assignment
 from coordinator.placement import PlacementConfig, merge_pieces, pieces_of, split_counts
 from coordinator.rates import RateMemory
 from schemas.control import Assignment, ModelLoad, ShardHeartbeat, assignment_decoder, encode
@@ -82,3 +82,19 @@ def test_a_split_model_plans_with_the_sum_of_its_shards_rates_and_a_moving_one_w
               "c": beat("c", {"hot": 60.0})}  # c just left the split: its meter still shows the past
     rates = RateMemory(hold_ns=1).update(shards, 0, {"hot": ["a", "b"]})
     assert rates == {"cold": 20.0, "hot": 270.0}
+
+
+def test_every_shards_models_at_once_match_asking_shard_by_shard() -> None:
+    a = Assignment(models={"m": "A", "n": "B", "o": "A", "p": "C"}, splits={"m": ["A", "B", "C"], "p": ["C", "A"]})
+    served = a.models_by_shard()
+    assert served == {s: a.models_of(s) for s in ("A", "B", "C")}
+    assert a.models_of("D") == frozenset() and "D" not in served
+
+
+def test_slots_per_model_are_the_hosting_slots_in_slot_order() -> None:
+    """`models_hosted` inverts slot -> models by groups of slots hosting the same models; a model
+    in two groups still lists its slots sorted, as asking every slot would."""
+    hosts = {"b1": frozenset({"x", "y"}), "a2": frozenset({"y", "z"}), "a1": frozenset({"x", "y"}),
+             "c0": frozenset(), "a3": frozenset({"y", "z"})}
+    naive = {m: sorted(s for s, names in hosts.items() if m in names) for m in ("x", "y", "z")}
+    assert models_hosted(hosts) == naive
