@@ -27,7 +27,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from load.bench.sender_pool import SenderPool
-from load.bench.shard_throughput import RESP_US, CpuMeter, SweepPlan, ceiling, offer, offer_quietly
+from load.bench.shard_throughput import BODY, RESP_US, CpuMeter, SweepPlan, ceiling, offer, offer_quietly
 from runtime.cluster import LocalCluster
 from runtime.connect import connect_client
 from runtime.kv import open_buckets, read_assignment
@@ -66,6 +66,25 @@ async def split_of(url: str, shards: int, timeout_s: float = 30.0) -> dict[str, 
         await nc.close()
 
 
+async def trickle(url: str, rate_rps: float, stop: asyncio.Event) -> int:
+    """A few requests a second between the measured rates, so that the model keeps its traffic
+    and its split while the sweep waits for a quiet machine (without traffic it merges back, as
+    it should: BENCHMARKS.md §12.2). Replies go to an inbox nobody counts."""
+    nc = await connect_client(url, "bench-scale-out-trickle", user="operator")
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(f"{inbox}.>")
+    sent = 0
+    try:
+        while not stop.is_set():
+            await nc.publish("symphony.infer.zero", BODY, reply=f"{inbox}.{sent}")
+            sent += 1
+            await asyncio.sleep(1 / rate_rps)
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
+    return sent
+
+
 async def run_count(pool: SenderPool, server: NatsServer, plan: SweepPlan, shards: int, out: Path) -> dict:
     """One shard count: start the cluster, wait for the split, sweep the rates with shares."""
     path = out / f"scale-out-{shards}.toml"
@@ -79,6 +98,8 @@ async def run_count(pool: SenderPool, server: NatsServer, plan: SweepPlan, shard
         warm = asyncio.create_task(offer(pool, meter, plan.rates[0] / 4, replace(plan, seconds=8.0)))
         slots = await split_of(server.url, shards)
         await warm
+        stop = asyncio.Event()
+        keep = asyncio.create_task(trickle(server.url, 20.0, stop))
         rows, failures = [], 0
         for rate in plan.offered():
             before = await received_by_shard(server.url, "zero", list(slots))
@@ -91,6 +112,8 @@ async def run_count(pool: SenderPool, server: NatsServer, plan: SweepPlan, shard
             failures = 0 if row["ok"] else failures + 1
             if failures >= plan.failures_max:
                 break
+        stop.set()
+        await keep
         return {"shards": shards, "slots": slots, "rows": rows, "ceiling": ceiling(rows)}
     finally:
         cluster.stop()
