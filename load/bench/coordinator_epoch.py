@@ -15,10 +15,12 @@ log-normally (sigma 1.5) and scaled so each class's demand is ~60% of its slots.
 What is timed, per epoch (`--epochs`, the first, cold placement reported apart):
 - `core epoch`: `CoordinatorCore.handle(AssignmentRead)` (coordinator/core.py), the whole
   decision the live coordinator makes inline in its event loop once it has read the assignment:
-  profiles merged (slowest per model), planning rates (`RateMemory`), the autoscaler with the
+  profiles merged (slowest per model; since issue 14 only models whose profiles changed, so the
+  first, cold epoch pays for all of them), planning rates (`RateMemory`), the autoscaler with the
   slots' phases (unless `--no-autoscale`), `decide_epoch` (coordinator/epoch.py) and checks.
 - the pure parts on the same inputs, apart: merging every agent's profile into the slowest per
-  model (CPU time, once: the core does it at every epoch), `decide_epoch`, `model_demand` for every model,
+  model (CPU time, once: what a cold epoch pays; warm epochs re-merge only changed models),
+  `decide_epoch`, `model_demand` for every model,
   `plan_assignment` (coordinator/placement.py) and its steps `place_models`, `delay_quotas`,
   `allocate_slots`, and `assignment_errors`.
 Between epochs every member heartbeats again (rates jittered +-10%, log-normal), `--churn`
@@ -218,7 +220,7 @@ class Driver:
         self.assignment: Assignment | None = None
         self.beats: dict[str, ShardHeartbeat] = {}
         # The slowest profile per model (they never change here), merged as the core merges them
-        # at every epoch (coordinator/core.py `_inputs`): timed, that part's share of an epoch.
+        # (coordinator/core.py `_inputs`; all at the first epoch, then only changed models): timed.
         start = time.process_time_ns()
         self.merged: dict[str, ModelProfile] = {}
         for (model, _agent), profile in sorted(cluster.profiles.items()):
