@@ -231,8 +231,10 @@ class ShardService:
         self._released.add(name)
         for sub in self._model_subs.pop(name, []) + [s for group in self._ingress_extra.pop(name, []) for s in group]:
             await sub.drain()
-        if name not in self._released:
-            return  # gained back while draining
+        if name not in self._released:  # gained back while draining: add_model found it held
+            await self._subscribe_model(name)
+            await self.weigh_ingress()
+            return
         del self.specs[name]
         await self._apply_async(self.policy.handle(ModelRemoved(name), self.clock.now_ns()))
         log.info("model_released", shard=self.entry.id, model=name)
