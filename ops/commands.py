@@ -45,6 +45,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--nats-url", default=None)
         p.set_defaults(handler=_role, role=role)
 
+    _add_gateway_parser(subparsers)
+
     infer = subparsers.add_parser("infer", help="send one request and print status, timings and output")
     infer.add_argument("model")
     source = infer.add_mutually_exclusive_group()
@@ -183,6 +185,33 @@ async def _serve_ops(cluster) -> nats.NATS:  # noqa: ANN001
 
     await nc.subscribe(OPS_SCALE_SUBJECT, cb=on_scale)
     return nc
+
+
+def _add_gateway_parser(subparsers: argparse._SubParsersAction) -> None:
+    gateway = subparsers.add_parser("gateway", help="serve the Open Inference Protocol (KServe v2) over HTTP and "
+                                                    "gRPC, for tritonclient and other OIP clients (docs/gateway.md)")
+    gateway.add_argument("--nats-url", default=None)
+    gateway.add_argument("--creds", default=None, help=CREDS_HELP)
+    gateway.add_argument("--prefix", default="symphony")
+    gateway.add_argument("--host", default="127.0.0.1", help="address both doors bind (0.0.0.0: every interface)")
+    gateway.add_argument("--http-port", type=int, default=8000, help="0: any free port")
+    gateway.add_argument("--grpc-port", type=int, default=8001, help="0: any free port")
+    gateway.add_argument("--metrics-port", type=int, default=0, help="Prometheus; 0: any free port, -1: none")
+    gateway.add_argument("--linger-us", type=int, default=0,
+                         help="wait this long for more requests before sending a batch (0: one event-loop turn)")
+    gateway.add_argument("--address-file", default=None, help="write the bound addresses here as JSON")
+    gateway.set_defaults(handler=_gateway)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from gateway.service import GatewaySettings
+    from ops.roles import run_gateway
+
+    asyncio.run(run_gateway(GatewaySettings(
+        nats_url=default_nats_url(args.nats_url), prefix=args.prefix, host=args.host, http_port=args.http_port,
+        grpc_port=args.grpc_port, metrics_port=args.metrics_port, linger_us=args.linger_us, creds=args.creds,
+        address_file=args.address_file)))
+    return 0
 
 
 def _role(args: argparse.Namespace) -> int:

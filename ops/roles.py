@@ -85,3 +85,14 @@ async def run_coordinator(config_path: str, coordinator_id: str, nats_url: str) 
     if config.coordinator is None:
         raise ValueError(f"{config_path} has no [coordinator] section")
     await _serve("coordinator", coordinator_id, Coordinator(config, coordinator_id), nats_url)
+
+
+async def run_gateway(settings) -> None:  # noqa: ANN001 - gateway.service.GatewaySettings
+    from gateway.service import Gateway
+
+    _configure()
+    gateway = Gateway(settings)
+    await gateway.start()
+    await _until_signalled()
+    log.info("gateway_stopping")
+    await gateway.stop()

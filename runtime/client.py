@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,39 +194,54 @@ class _ManyReplies:
                 self.done.set()
 
     async def on_reply(self, msg) -> None:  # noqa: ANN001
-        tokens = msg.subject[self.prefix_len:].split(".")
-        headers = msg.headers or {}
-        if not tokens[0].isdigit() or int(tokens[0]) >= len(self.runs):
-            return
-        batch = int(tokens[0])
-        if len(tokens) == 1 and headers.get(HEADER_REPLIES) == REPLIES_BATCHED:
-            self.put_entries(batch, msg.data, headers)
-        elif len(tokens) == 1:
-            if headers.get("Status") == "503" and HEADER_STATUS not in headers:
-                unknown = InferResult(status=Status.UNKNOWN_MODEL, reason=f"no shard serves model {self.model!r}")
-                self.fill(batch, unknown)
-            else:
-                self.fill(batch, parse_reply(headers, msg.data))
-        elif tokens[1].isdigit() and int(tokens[1]) < len(self.runs[batch]):
-            self.put(self.runs[batch][int(tokens[1])], parse_reply(headers, msg.data))
-
-    def put_entries(self, batch: int, data: bytes, headers: dict[str, str]) -> None:
-        """A batched reply: each entry is one request's 200, as its own reply would be."""
-        decoder = entries_decoders.get(headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON))
-        if decoder is None:
-            return
-        run = self.runs[batch]
-        try:
-            entries = decoder.decode(data)
-        except msgspec.DecodeError:
-            return  # not symphony's: its requests time out (status 0) rather than read garbage
-        for entry in entries:
-            if 0 <= entry.index < len(run):
-                self.put(run[entry.index], parse_reply(entry.headers, bytes(entry.body)))
+        route_many_reply(msg.subject[self.prefix_len:], msg.headers or {}, msg.data, self.model,
+                         lambda batch: len(self.runs[batch]) if batch < len(self.runs) else -1,
+                         lambda batch, i, result: self.put(self.runs[batch][i], result))
 
     def results(self) -> list[InferResult]:
         return [r if r is not None else InferResult(status=0, reason="no reply within the timeout")
                 for r in self.slots]
+
+
+def route_many_reply(tokens: str, headers: dict[str, str], data: bytes, model: str,
+                     batch_len: Callable[[int], int], put: Callable[[int, int, InferResult], None]) -> None:
+    """One reply on a batched-ingress inbox, `tokens` being its subject after `<inbox>.`:
+    `<batch>.<item>` answers one request; `<batch>` carries a batched reply's entries or answers
+    the whole batch (refused, or NATS's no responders). `batch_len(batch)` is the batch's item
+    count (negative: not a batch this caller waits for); `put(batch, item, result)` takes each
+    answer. Used by `infer_many` and `CoalescingSender`."""
+    parts = tokens.split(".")
+    if not parts[0].isdigit() or (size := batch_len(int(parts[0]))) < 0:
+        return
+    batch = int(parts[0])
+    if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) < size:
+        put(batch, int(parts[1]), parse_reply(headers, data))
+    elif len(parts) != 1:
+        return
+    elif headers.get(HEADER_REPLIES) == REPLIES_BATCHED:
+        _put_entries(batch, size, data, headers, put)
+    else:
+        if headers.get("Status") == "503" and HEADER_STATUS not in headers:
+            whole = InferResult(status=Status.UNKNOWN_MODEL, reason=f"no shard serves model {model!r}")
+        else:
+            whole = parse_reply(headers, data)
+        for i in range(size):
+            put(batch, i, whole)
+
+
+def _put_entries(batch: int, size: int, data: bytes, headers: dict[str, str],
+                 put: Callable[[int, int, InferResult], None]) -> None:
+    """A batched reply: each entry is one request's 200, as its own reply would be."""
+    decoder = entries_decoders.get(headers.get(HEADER_CONTENT_TYPE, CONTENT_JSON))
+    if decoder is None:
+        return
+    try:
+        entries = decoder.decode(data)
+    except msgspec.DecodeError:
+        return  # not symphony's: its requests time out (status 0) rather than read garbage
+    for entry in entries:
+        if 0 <= entry.index < size:
+            put(batch, entry.index, parse_reply(entry.headers, bytes(entry.body)))
 
 
 def parse_reply(headers: dict[str, str], data: bytes) -> InferResult:

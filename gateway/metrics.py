@@ -1,0 +1,28 @@
+"""The gateway's Prometheus metrics (docs/metrics.md): calls by front door, model and status,
+items (a batched OIP call is several), the time a call spends in the gateway, and the batch
+messages its coalescing sends."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+# Seconds from the decoded call to its reply: light-load latency is a few milliseconds.
+LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.calls = Counter("symphony_gateway_calls", "Inference calls answered, by model and status",
+                             ["model", "status"], registry=r)
+        self.items = Counter("symphony_gateway_items", "Requests (batch items) forwarded, by model", ["model"],
+                             registry=r)
+        self.seconds = Histogram("symphony_gateway_call_seconds", "Time from a decoded call to its outputs",
+                                 ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.rejected = Counter("symphony_gateway_rejected", "Calls the gateway answered itself, by front door "
+                                "and status (bad input, unknown model)", ["door", "status"], registry=r)
+
+    def observe(self, model: str, status: int, items: int, elapsed_ns: int) -> None:
+        self.calls.labels(model, str(int(status))).inc()
+        self.items.labels(model).inc(items)
+        self.seconds.labels(model).observe(elapsed_ns / 1e9)

@@ -1,0 +1,165 @@
+"""The HTTP/REST front door: the Open Inference Protocol's v2 endpoints, with Triton's binary
+tensor data, statistics and model configuration extensions (docs/gateway.md). A Starlette app,
+served by uvicorn (gateway/service.py)."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.forward import Forwarder
+from gateway.oip import (
+    EXTENSIONS,
+    HEADER_INFERENCE_LENGTH,
+    NAME,
+    Call,
+    GatewayError,
+    apply_timing,
+    decode_http_infer,
+    encode_http_reply,
+    error_body,
+    model_config_json,
+    model_metadata_json,
+)
+from schemas.status import HEADER_DEADLINE, HEADER_REQUEST_ID, HEADER_SLO_MS, Status
+
+BODY_BYTES_MAX = 64 * 1024 * 1024  # a whole OIP batch; each item is still capped by its shard
+READY_TTL_S = 1.0
+JSON = "application/json"
+_encoder = msgspec.json.Encoder()
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(value), status_code=status, media_type=JSON)
+
+
+def _error(error: GatewayError) -> Response:
+    return Response(error_body(error.reason), status_code=int(error.status), media_type=JSON)
+
+
+def _answers(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A route whose GatewayError becomes the protocol's `{"error": ...}` with our status code."""
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except GatewayError as error:
+            return _error(error)
+    return route
+
+
+class HttpDoor:
+    def __init__(self, forwarder: Forwarder, version: str) -> None:
+        self.forwarder = forwarder
+        self.version = version
+        self._ready: tuple[float, bool] = (0.0, False)
+
+    def app(self) -> Starlette:
+        model = "/v2/models/{model}"
+        versioned = "/v2/models/{model}/versions/{version}"
+        routes = [Route("/v2", self.server_metadata), Route("/v2/", self.server_metadata),
+                  Route("/v2/health/live", self.live), Route("/v2/health/ready", self.ready),
+                  Route("/v2/models/stats", _answers(self.stats)),
+                  Route("/v2/repository/index", _answers(self.index), methods=["POST"])]
+        for base in (model, versioned):
+            routes += [Route(base, _answers(self.model_metadata)), Route(f"{base}/ready", self.model_ready),
+                       Route(f"{base}/config", _answers(self.model_config)),
+                       Route(f"{base}/stats", _answers(self.stats)),
+                       Route(f"{base}/infer", _answers(self.infer), methods=["POST"])]
+        return Starlette(routes=routes)
+
+    async def server_metadata(self, _request: Request) -> Response:
+        return _json({"name": NAME, "version": self.version, "extensions": list(EXTENSIONS)})
+
+    async def live(self, _request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(self, _request: Request) -> Response:
+        """Ready: connected to NATS and some shard serves a model (checked at most once a second)."""
+        at_s, ready = self._ready
+        if time.monotonic() - at_s > READY_TTL_S:
+            ready = self.forwarder.connected and bool(await self.forwarder.models())
+            self._ready = (time.monotonic(), ready)
+        return Response(status_code=200 if ready else 503)
+
+    async def _meta(self, request: Request):  # noqa: ANN202 - ModelMetadata
+        meta = await self.forwarder.metadata(request.path_params["model"])
+        version = request.path_params.get("version")
+        if version is not None and version not in meta.versions:
+            raise GatewayError(Status.UNKNOWN_MODEL, f"model {meta.name!r} has no version {version[:32]!r}; "
+                               f"it has {list(meta.versions)}")
+        return meta
+
+    async def model_metadata(self, request: Request) -> Response:
+        return _json(model_metadata_json(await self._meta(request)))
+
+    async def model_config(self, request: Request) -> Response:
+        return _json(model_config_json(await self._meta(request)))
+
+    async def model_ready(self, request: Request) -> Response:
+        try:
+            await self._meta(request)
+        except GatewayError as error:
+            return Response(status_code=int(error.status))
+        return Response(status_code=200)
+
+    async def index(self, _request: Request) -> Response:
+        return _json([{"name": m, "version": "1", "state": "READY"} for m in await self.forwarder.models()])
+
+    async def stats(self, request: Request) -> Response:
+        model = request.path_params.get("model")
+        if model is not None:
+            await self._meta(request)
+        return _json(await self.forwarder.statistics(model))
+
+    async def infer(self, request: Request) -> Response:
+        await self._meta(request)
+        call = decode_http_infer(request.path_params["model"], await _body(request),
+                                 request.headers.get(HEADER_INFERENCE_LENGTH))
+        apply_timing(call, slo_ms=request.headers.get(HEADER_SLO_MS, call.parameters.get("slo_ms")),
+                     deadline_ms=request.headers.get(HEADER_DEADLINE),
+                     timeout_us=call.parameters.get("timeout"))
+        call.request_id = request.headers.get(HEADER_REQUEST_ID, "")[:128]
+        outputs = await self.forwarder.infer(call)
+        return _reply(call, encode_http_reply(call, outputs))
+
+
+def _reply(call: Call, encoded: tuple[bytes, int | None]) -> Response:
+    body, json_length = encoded
+    headers = {HEADER_REQUEST_ID: call.request_id} if call.request_id else {}
+    if json_length is None:
+        return Response(body, media_type=JSON, headers=headers)
+    headers["Inference-Header-Content-Length"] = str(json_length)
+    return Response(body, media_type="application/octet-stream", headers=headers)
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, inflated when the client compressed it (tritonclient's
+    `request_compression_algorithm`: gzip or deflate); 413 past BODY_BYTES_MAX either way."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > BODY_BYTES_MAX:
+            raise GatewayError(Status.TOO_LARGE, f"body over {BODY_BYTES_MAX} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding in ("identity", ""):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise GatewayError(Status.BAD_REQUEST, f"unsupported Content-Encoding {encoding[:32]!r}; gzip or deflate")
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    try:
+        body = inflater.decompress(body, BODY_BYTES_MAX + 1)
+    except zlib.error as error:
+        raise GatewayError(Status.BAD_REQUEST, f"body is not valid {encoding}: {error}") from None
+    if len(body) > BODY_BYTES_MAX or inflater.unconsumed_tail:
+        raise GatewayError(Status.TOO_LARGE, f"inflated body over {BODY_BYTES_MAX} bytes")
+    return body

@@ -1,0 +1,121 @@
+"""`symphony gateway`: one process serving the HTTP/REST and gRPC front doors over one NATS
+connection (a client user's credentials), until SIGINT/SIGTERM.
+
+Ports may be 0 (the system picks); the bound addresses are logged and, with `address_file`,
+written there as JSON (`{"http": "http://127.0.0.1:PORT", "grpc": "grpc://...", "metrics": ...}`)
+so whoever started the gateway (`symphony up`) can print them without racing for a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from dataclasses import dataclass
+from importlib import metadata as distributions
+from pathlib import Path
+
+import grpc
+import structlog
+import uvicorn
+from prometheus_client import start_http_server
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from gateway.forward import Forwarder
+from gateway.metrics import GatewayMetrics
+from gateway.rest import HttpDoor
+from gateway.rpc import GRPC_MESSAGE_BYTES_MAX, GrpcDoor
+from runtime.connect import connect_service
+
+log = structlog.get_logger("gateway")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    nats_url: str
+    prefix: str = "symphony"
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 0  # 0: a free port; -1: no metrics endpoint
+    linger_us: int = 0  # how long the coalescing sender waits for more requests (0: one loop turn)
+    creds: str | None = None  # a client user's credentials file; default $SYMPHONY_NATS_CREDS
+    address_file: str | None = None
+
+
+def _version() -> str:
+    try:
+        return distributions.version("symphony-serve")
+    except distributions.PackageNotFoundError:
+        return "0"
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.addresses: dict[str, str] = {}
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._metrics_server = None
+        self.forwarder: Forwarder | None = None
+
+    async def start(self) -> dict[str, str]:
+        s = self.settings
+        metrics = GatewayMetrics()
+        nc = await connect_service(s.nats_url, f"gateway-{os.getpid()}", s.creds)
+        self.forwarder = Forwarder(nc, s.prefix, metrics=metrics, linger_us=s.linger_us)
+        await self.forwarder.start()
+        version = _version()
+        self.addresses["http"] = await self._start_http(HttpDoor(self.forwarder, version))
+        self.addresses["grpc"] = await self._start_grpc(GrpcDoor(self.forwarder, version))
+        if s.metrics_port >= 0:
+            self._metrics_server, _thread = start_http_server(s.metrics_port, addr=s.host, registry=metrics.registry)
+            self.addresses["metrics"] = f"http://{s.host}:{self._metrics_server.server_port}/metrics"
+        if s.address_file:
+            tmp = Path(f"{s.address_file}.tmp")
+            tmp.write_text(json.dumps(self.addresses))
+            tmp.replace(s.address_file)
+        log.info("gateway_started", **self.addresses)
+        return self.addresses
+
+    async def _start_http(self, door: HttpDoor) -> str:
+        s = self.settings
+        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.host, s.http_port))
+        config = uvicorn.Config(door.app(), http="httptools", loop="none", lifespan="off", log_config=None,
+                                access_log=False, server_header=False, date_header=False, timeout_keep_alive=30,
+                                backlog=4096)
+        self._http = uvicorn.Server(config)
+        self._http.install_signal_handlers = lambda: None  # the role's runner owns the signals
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # raises what stopped it
+            await asyncio.sleep(0.01)
+        return f"http://{s.host}:{sock.getsockname()[1]}"
+
+    async def _start_grpc(self, door: GrpcDoor) -> str:
+        s = self.settings
+        self._grpc = grpc.aio.server(options=[("grpc.max_receive_message_length", GRPC_MESSAGE_BYTES_MAX),
+                                              ("grpc.max_send_message_length", GRPC_MESSAGE_BYTES_MAX)])
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(door, self._grpc)
+        port = self._grpc.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        await self._grpc.start()
+        return f"grpc://{s.host}:{port}"
+
+    async def stop(self) -> None:
+        """Stop taking calls, let those in flight finish (a few seconds at most), then close."""
+        if self._grpc is not None:
+            await self._grpc.stop(grace=3.0)
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            await asyncio.wait([self._http_task], timeout=5.0)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        if self.forwarder is not None:
+            await self.forwarder.stop()
+            await self.forwarder.nc.drain()
+        log.info("gateway_stopped")
