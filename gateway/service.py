@@ -57,6 +57,7 @@ class Gateway:
         self.addresses: dict[str, str] = {}
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task | None = None
+        self._http_socket: socket.socket | None = None
         self._grpc: grpc.aio.Server | None = None
         self._metrics_server = None
         self.forwarder: Forwarder | None = None
@@ -85,6 +86,7 @@ class Gateway:
         sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((s.host, s.http_port))
+        self._http_socket = sock
         config = uvicorn.Config(door.app(), http="httptools", loop="none", lifespan="off", log_config=None,
                                 access_log=False, server_header=False, date_header=False, timeout_keep_alive=30,
                                 backlog=4096)
@@ -113,8 +115,11 @@ class Gateway:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             await asyncio.wait([self._http_task], timeout=5.0)
+        if self._http_socket is not None:
+            self._http_socket.close()  # uvicorn closes the sockets it opened, not those it was given
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self.forwarder is not None:
             await self.forwarder.stop()
             await self.forwarder.nc.drain()
