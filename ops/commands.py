@@ -110,6 +110,7 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--cold-start", type=float, default=None, metavar="S",
                     help="with --autoscale: seconds before a started slot's agent is launched "
                          "(default: [coordinator.autoscale] cold_start_s)")
+    up.add_argument("--no-gateway", action="store_true", help="start no OIP (KServe v2 / Triton) gateway")
     up.set_defaults(handler=_up)
 
 
@@ -125,7 +126,8 @@ def _up(args: argparse.Namespace) -> int:
     try:
         cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs), nats_cluster=args.nats_cluster,
                                auth=not args.no_auth, clients=args.client or ("client",), tls=tls,
-                               run_dir=Path(args.run_dir) if args.run_dir else None, autoscale=args.autoscale)
+                               run_dir=Path(args.run_dir) if args.run_dir else None, autoscale=args.autoscale,
+                               gateway=not args.no_gateway)
     except ValueError as error:
         raise SystemExit(str(error)) from None
 
@@ -139,6 +141,10 @@ def _up(args: argparse.Namespace) -> int:
         ops_nc = await _serve_ops(cluster)
         actuator = asyncio.create_task(cluster.run_actuator(cold_start_s=args.cold_start)) if args.autoscale else None
         print(f"symphony is up at {url}  (export NATS_URL={url}); logs in {args.logs}; Ctrl-C stops it", flush=True)
+        if cluster.gateway_addresses:
+            gw = cluster.gateway_addresses
+            print(f"gateway (Open Inference Protocol v2; tritonclient and KServe clients): {gw['http']}  {gw['grpc']}",
+                  flush=True)
         if cluster.auth is not None:
             clients = ", ".join(str(cluster.creds_path(c)) for c in (args.client or ("client",)))
             print(f"NATS users on: operator credentials {cluster.creds_path('operator')} (status, drain, scale), "
@@ -192,7 +198,8 @@ def _add_gateway_parser(subparsers: argparse._SubParsersAction) -> None:
                                                     "gRPC, for tritonclient and other OIP clients (docs/gateway.md)")
     gateway.add_argument("--nats-url", default=None)
     gateway.add_argument("--creds", default=None, help=CREDS_HELP)
-    gateway.add_argument("--prefix", default="symphony")
+    gateway.add_argument("--prefix", default=None, help="subject prefix (default: the --config's, else symphony)")
+    gateway.add_argument("--config", default=None, help="a cluster config, for its subject prefix")
     gateway.add_argument("--host", default="127.0.0.1", help="address both doors bind (0.0.0.0: every interface)")
     gateway.add_argument("--http-port", type=int, default=8000, help="0: any free port")
     gateway.add_argument("--grpc-port", type=int, default=8001, help="0: any free port")
@@ -206,9 +213,11 @@ def _add_gateway_parser(subparsers: argparse._SubParsersAction) -> None:
 def _gateway(args: argparse.Namespace) -> int:
     from gateway.service import GatewaySettings
     from ops.roles import run_gateway
+    from runtime.cluster_config import load_cluster_config
 
+    prefix = args.prefix or (load_cluster_config(args.config).subject_prefix if args.config else "symphony")
     asyncio.run(run_gateway(GatewaySettings(
-        nats_url=default_nats_url(args.nats_url), prefix=args.prefix, host=args.host, http_port=args.http_port,
+        nats_url=default_nats_url(args.nats_url), prefix=prefix, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port, linger_us=args.linger_us, creds=args.creds,
         address_file=args.address_file)))
     return 0

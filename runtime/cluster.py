@@ -8,6 +8,7 @@ $SYMPHONY_NATS_CREDS, and the operator's and clients' files recorded for CLI com
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -31,16 +32,20 @@ from schemas.control import AutoscaleStatus, freshest
 
 log = structlog.get_logger("ops")
 
+GATEWAY_USER = "gateway"  # the client user the gateway of `symphony up` connects as
+
 
 class LocalCluster:
     def __init__(self, config_path: str | Path, nats_url: str | None = None, *, log_dir: Path | None = None,
                  nats_cluster: int = 0, auth: bool = True, clients: Sequence[str] = ("client",),
-                 tls: TlsFiles | None = None, run_dir: Path | None = None, autoscale: bool = False) -> None:
+                 tls: TlsFiles | None = None, run_dir: Path | None = None, autoscale: bool = False,
+                 gateway: bool = False) -> None:
         """`auth`: users and permissions on the server(s) this starts (not on a given `nats_url`,
         whose credentials come from $SYMPHONY_NATS_CREDS); `clients`: the client users; `tls`:
         the servers' certificate; `run_dir`: where the credentials and server configs go (a new
         private temporary folder by default, removed by `stop()`); `autoscale`: the coordinators run
-        the autoscaler, and `run_actuator()` starts and stops agents as it decides."""
+        the autoscaler, and `run_actuator()` starts and stops agents as it decides; `gateway`: one
+        OIP gateway process (as NATS user `gateway`, a client), its addresses in `gateway_addresses`."""
         self.config_path = str(config_path)
         self.config: ClusterConfig = load_cluster_config(config_path)
         self.server: NatsServer | None = None
@@ -49,7 +54,8 @@ class LocalCluster:
         if auth and not nats_url:
             self._own_run_dir = run_dir is None
             run = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="symphony-run-"))
-            self.auth = Auth.create(deployment_for(self.config, clients, tls), run)
+            users = (*clients, GATEWAY_USER) if gateway and GATEWAY_USER not in clients else tuple(clients)
+            self.auth = Auth.create(deployment_for(self.config, users, tls), run)
         self.nats_cluster: NatsCluster | None = (NatsCluster(nats_cluster, auth=self.auth)
                                                  if nats_cluster > 1 else None)
         self.url = nats_url or ""
@@ -61,6 +67,9 @@ class LocalCluster:
             raise ValueError(f"{config_path}: autoscaling needs a coordinator: add a [coordinator] section")
         self.autoscale = autoscale
         self.decisions: list[tuple[float, AutoscaleStatus]] = []  # (monotonic s, decision) as the actuator saw them
+        self.gateway = gateway
+        self.gateway_addresses: dict[str, str] = {}  # "http", "grpc", "metrics" -> URL, once started
+        self._gateway_dir: Path | None = None
 
     def _spawn(self, name: str, *args: str) -> None:
         out = subprocess.DEVNULL
@@ -110,10 +119,29 @@ class LocalCluster:
         for shard in self.config.shards:
             self.add_shard(shard.id)
         await self.wait_ready(timeout_s)
+        if self.gateway:
+            await self._start_gateway()
         Path(LOCAL_URL_FILE).parent.mkdir(parents=True, exist_ok=True)
         Path(LOCAL_URL_FILE).write_text(self.url + "\n")
         record_local(self.url, self.auth)
         return self.url
+
+    async def _start_gateway(self, timeout_s: float = 60.0) -> None:
+        """One gateway on free ports; it writes the addresses it bound to a file we wait for."""
+        if self.auth is not None:
+            address_file = self.auth.run_dir / "gateway.json"
+        else:
+            self._gateway_dir = Path(tempfile.mkdtemp(prefix="symphony-gateway-"))
+            address_file = self._gateway_dir / "gateway.json"
+        address_file.unlink(missing_ok=True)
+        self._spawn("gateway", "gateway", "--http-port", "0", "--grpc-port", "0", "--address-file", str(address_file))
+        deadline = time.monotonic() + timeout_s
+        while not address_file.exists():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the gateway did not start within {timeout_s:.0f} s")
+            await asyncio.sleep(0.1)
+        self.gateway_addresses = json.loads(address_file.read_text())
 
     def add_shard(self, shard_id: str) -> None:
         self._spawn(f"shard-{shard_id}", "shard", "--id", shard_id)
@@ -262,6 +290,8 @@ class LocalCluster:
         except OSError:
             pass
         forget_local(self.url)
+        if self._gateway_dir is not None:
+            shutil.rmtree(self._gateway_dir, ignore_errors=True)
         if self.auth is not None:  # the passwords were for this cluster only
             if self._own_run_dir:
                 shutil.rmtree(self.auth.run_dir, ignore_errors=True)

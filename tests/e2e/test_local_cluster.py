@@ -1,5 +1,6 @@
 """`symphony up` as a user runs it: separate processes, the embedded nats-server, a request
-answered through the CLI, and everything it started ended on Ctrl-C."""
+answered through the CLI and through its gateway by the official Triton clients, and everything
+it started ended on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -10,7 +11,29 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
+
 from tests.integration.conftest import SLEEP_CONFIG
+
+
+def _through_the_gateway(http_url: str, grpc_url: str) -> None:
+    """Every model, by both official clients: ready, metadata, and a batch of two echoed back."""
+    x = np.array([[1.5], [2.5]], np.float32)
+    for client, infer_input, as_json in ((thttp.InferenceServerClient(http_url.split("://")[1]), thttp.InferInput, {}),
+                                         (tgrpc.InferenceServerClient(grpc_url.split("://")[1]), tgrpc.InferInput,
+                                          {"as_json": True})):
+        try:
+            assert client.is_server_ready()
+            for model in ("resnet_sleep", "fast_sleep"):
+                assert client.is_model_ready(model)
+                assert client.get_model_metadata(model, **as_json)["name"] == model
+                tensor = infer_input("x", [2, 1], "FP32")
+                tensor.set_data_from_numpy(x)
+                np.testing.assert_array_equal(client.infer(model, [tensor]).as_numpy("y"), x)
+        finally:
+            client.close()
 
 
 def test_up_serves_requests_and_stops_everything_it_started(tmp_path: Path) -> None:
@@ -21,14 +44,17 @@ def test_up_serves_requests_and_stops_everything_it_started(tmp_path: Path) -> N
                            str(tmp_path / "logs")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=env)
     try:
-        url = None
+        url, gateway = None, None
         deadline = time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
+        while gateway is None and time.monotonic() < deadline:
             line = up.stdout.readline()
             assert line, "symphony up exited early"
             if "symphony is up at" in line:
                 url = line.split("symphony is up at ")[1].split()[0]
-        assert url is not None
+            if line.startswith("gateway"):
+                gateway = [word for word in line.split() if "://127.0.0.1:" in word]
+        assert url is not None and gateway is not None
+        _through_the_gateway(*gateway)
         infer = subprocess.run([sys.executable, "-m", "ops.cli", "infer", "resnet_sleep", "--random"],
                                capture_output=True, text=True, env=env, timeout=60)
         assert infer.returncode == 0, infer.stdout + infer.stderr
