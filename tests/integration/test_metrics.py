@@ -131,3 +131,37 @@ async def test_shards_and_agents_are_discoverable_through_the_services_api(nats_
     assert sum(slot.executions for slot in agent.slots) == 1
     table = format_status(shards, agents)
     assert "shard-0" in table and "resnet_sleep" in table and "sleep-0" in table
+
+
+async def test_a_statistics_gather_waits_for_named_members_and_reports_the_missing(nats_server) -> None:
+    """Members named by an answer are waited for (here one answers late); one that never answers
+    is reported missing once the wait is over; with no member at all the gather ends at once."""
+    import nats
+
+    from runtime.stats import ModelCounters, encode_parts, gather_statistics, serve_stats, snapshots
+
+    counters = {"m": ModelCounters()}
+    counters["m"].failed(1, 10, time.time_ns())
+    nc = await nats.connect(nats_server.url)
+    try:
+        named = (["shard.a", "agent.late", "agent.gone"], False)
+        await serve_stats(nc, "t", "shard.a", lambda: named, lambda model: snapshots(counters, model))
+
+        async def answer_late(msg) -> None:
+            await asyncio.sleep(0.3)
+            for data in encode_parts("agent.late", [], False, snapshots(counters, None), nc.max_payload):
+                await nc.publish(msg.reply, data)
+
+        await nc.subscribe("t.stats", cb=answer_late)
+        await nc.flush()
+        started = time.monotonic()
+        gathered = await gather_statistics(nc, "t", wait_s=1.0, quiet_s=0.05)
+        assert time.monotonic() - started >= 1.0
+        assert gathered.answered == ["agent.late", "shard.a"] and gathered.missing == ["agent.gone"]
+        assert gathered.response.model_stats[0].inference_stats.fail.count == 2
+        started = time.monotonic()
+        nobody = await gather_statistics(nc, "nobody", wait_s=5.0)
+        assert nobody.answered == [] and nobody.response.model_stats == []
+        assert time.monotonic() - started < 2.0  # NATS's no responders, not the whole wait
+    finally:
+        await nc.close()

@@ -118,3 +118,23 @@ def test_the_response_is_tritons_json_and_grpc_message() -> None:
     (stats,) = response.model_stats
     assert message.model_stats[0].inference_stats.compute_infer.ns == stats.inference_stats.compute_infer.ns
     assert message.model_stats[0].batch_stats[1].batch_size == 3
+
+
+# A version-1 part as a member sends it, stored once: later fields must come with defaults.
+PART_V1 = (b'{"version":1,"member":"agent.sleep-0","members":["shard.shard-0","agent.sleep-0"],'
+           b'"members_complete":true,"part":0,"parts":1,"model_stats":[{"name":"mlp","version":"1",'
+           b'"last_inference":1764430000123,"inference_count":3,"execution_count":1,"inference_stats":{'
+           b'"success":{"count":3,"ns":900},"fail":{"count":0,"ns":0},"queue":{"count":3,"ns":300},'
+           b'"compute_input":{"count":3,"ns":30},"compute_infer":{"count":3,"ns":600},'
+           b'"compute_output":{"count":3,"ns":60},"cache_hit":{"count":0,"ns":0},"cache_miss":{"count":0,"ns":0}},'
+           b'"batch_stats":[{"batch_size":3,"compute_input":{"count":1,"ns":10},"compute_infer":{"count":1,"ns":200},'
+           b'"compute_output":{"count":1,"ns":20}}]}]}')
+
+
+def test_version_1_parts_still_decode() -> None:
+    part = stats_part_decoder.decode(PART_V1)
+    assert part.members_complete and part.members == ["shard.shard-0", "agent.sleep-0"]
+    (model,) = part.model_stats
+    assert model.inference_stats.compute_infer == StatisticDuration(3, 600)
+    assert model.batch_stats[0].compute_output == StatisticDuration(1, 20)
+    assert msgspec.json.encode(part) == PART_V1  # and this version writes the very same bytes
