@@ -11,6 +11,7 @@ monotonic clock for how long a plan waited and ran, the wall clock for each deci
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -51,6 +52,7 @@ from runtime.connect import connect_service, flush_ordered
 from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_back
 from runtime.kv import open_buckets, with_retries
 from runtime.services import register_service
+from runtime.stats import ModelCounters, config_members, serve_stats, snapshots
 from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, slot_claim_decoder
 from schemas.control import encode as control_encode
 from schemas.plan import (
@@ -108,6 +110,7 @@ class Agent:
             entry = config.model(name)
             self.runners[name] = make_runner(name, entry.kind, entry.batch_size_max, entry.slo_ms)
         self.slots = {s.id: _Slot(s.id, s.models, self.entry.plan_queue_max) for s in self.entry.slots}
+        self.stats = {name: ModelCounters() for name in names}  # Triton's statistics (runtime/stats.py)
         self.plan_subscriptions: dict[str, object] = {}
         self.metrics = AgentMetrics(self._metrics_state)
         for kind in ("plan", "claim"):
@@ -186,6 +189,8 @@ class Agent:
             await msg.respond(info)
 
         await self.nc.subscribe(f"{self.prefix}.agent.{self.entry.id}.info", cb=on_info)
+        await serve_stats(self.nc, self.prefix, f"agent.{self.entry.id}", self._stats_members,
+                          lambda model: snapshots(self.stats, model))
         for slot in self.slots.values():
             self.plan_subscriptions[slot.slot_id] = await self.nc.subscribe(
                 f"{self.prefix}.slot.{slot.slot_id}.plan", cb=self._enqueue(slot),
@@ -204,6 +209,12 @@ class Agent:
         if self.config.dynamic:
             await self._join_coordinated()
         log.info("agent_ready", agent=self.entry.id, slots=list(self.slots), models=list(self.runners))
+
+    def _stats_members(self) -> tuple[list[str], bool]:
+        """Who else answers statistics requests: without a coordinator the config names everyone."""
+        if self.config.dynamic:
+            return [f"agent.{self.entry.id}"], False
+        return config_members(self.config), True
 
     async def _join_coordinated(self) -> None:
         """With a coordinator: publish profiles, answer slot claims, heartbeat the slots."""
@@ -280,7 +291,7 @@ class Agent:
                 case HandBack():
                     await self._hand_back(plan)
                 case Reject(reason=reason):
-                    await self._finish(slot, self._rejected(slot, plan, reason))
+                    await self._finish(slot, self._rejected(slot, plan, reason, received_ns))
                 case Withhold():
                     await self._withhold(slot, plan, decision)
                 case _:
@@ -311,7 +322,8 @@ class Agent:
                 except Exception:
                     log.exception("plan_failed", slot=slot.slot_id, stage="prepare")
                     failed = Outcome(received.plan, ReportStatus.FAILED, answer_all(
-                        received.plan.requests, Status.INTERNAL, "internal error while preparing the batch"))
+                        received.plan.requests, Status.INTERNAL, "internal error while preparing the batch"),
+                        received_ns=received.received_ns)
                     try:
                         await self._finish(slot, failed)
                     except Exception:
@@ -332,14 +344,16 @@ class Agent:
                 await self._withhold(slot, plan, decision)
                 return None
             case Reject(reason=reason):
-                await self._finish(slot, self._rejected(slot, plan, reason))
+                await self._finish(slot, self._rejected(slot, plan, reason, received.received_ns))
                 return None
         assert isinstance(decision, Run), decision
+        started_ns = self.clock.now_ns()
         prepared = prepare(plan, self.runners[plan.model], received.received_ns)
         if not prepared.requests:  # every body was bad: each is answered 400, nothing runs
-            await self._finish(slot, Outcome(plan, ReportStatus.DONE, prepared.answers))
+            await self._finish(slot, Outcome(plan, ReportStatus.DONE, prepared.answers,
+                                             received_ns=received.received_ns))
             return None
-        return prepared
+        return dataclasses.replace(prepared, input_ns=self.clock.now_ns() - started_ns)
 
     async def _execute_stage(self, slot: _Slot, ready: asyncio.Queue[Prepared], done: asyncio.Queue[Outcome]) -> None:
         while True:
@@ -360,7 +374,8 @@ class Agent:
                 prepared = self._expire(slot, prepared, decision)
                 if not prepared.requests:
                     self.metrics.expired_plans.labels(slot.slot_id).inc()
-                    return Outcome(plan, ReportStatus.EXPIRED, prepared.answers, waited_us=waited_us)
+                    return Outcome(plan, ReportStatus.EXPIRED, prepared.answers, waited_us=waited_us,
+                                   received_ns=prepared.received_ns)
             case _:
                 assert isinstance(decision, Run), decision
         log.debug("plan_started", plan=plan.plan_id, shard=plan.shard_id, slot=slot.slot_id, model=plan.model,
@@ -374,7 +389,8 @@ class Agent:
         requests, kept = prepared.requests, list(expire.kept)
         answers = prepared.answers + [ErrorAnswer(requests[i], Status.DROPPED, EXPIRED_REASON) for i in expire.expired]
         return Prepared(prepared.plan, prepared.runner, [requests[i] for i in kept],
-                        {name: rows[kept] for name, rows in prepared.inputs.items()}, answers, prepared.received_ns)
+                        {name: rows[kept] for name, rows in prepared.inputs.items()}, answers, prepared.received_ns,
+                        prepared.input_ns)
 
     async def _run(self, slot: _Slot, prepared: Prepared, waited_us: int) -> Outcome:
         """One batch on the slot's device: its outputs, or every request in it answered 500."""
@@ -390,21 +406,28 @@ class Agent:
         except Exception:
             log.exception("plan_failed", slot=slot.slot_id, stage="execute", plan=plan.plan_id)
             answers = prepared.answers + answer_all(requests, Status.INTERNAL, "internal error while running the batch")
-            return Outcome(plan, ReportStatus.FAILED, answers, waited_us=waited_us)
+            return Outcome(plan, ReportStatus.FAILED, answers, waited_us=waited_us, received_ns=prepared.received_ns)
         finished_ns = self.clock.now_ns()
-        self._count_batch(slot, prepared, finished_ns, (finished_ns - started_ns) / 1e9)
+        self._count_batch(slot, prepared, started_ns, finished_ns)
         return Outcome(plan, ReportStatus.DONE, prepared.answers, requests, outputs, waited_us,
-                       (finished_ns - started_ns) // 1000)
+                       (finished_ns - started_ns) // 1000, prepared.received_ns)
 
-    def _count_batch(self, slot: _Slot, prepared: Prepared, finished_ns: int, compute_s: float) -> None:
+    def _count_batch(self, slot: _Slot, prepared: Prepared, started_ns: int, finished_ns: int) -> None:
         plan, requests = prepared.plan, prepared.requests
+        compute_s = (finished_ns - started_ns) / 1e9
+        wall_ns = self.clock.wall_ns()
+        # Triton's queue: in the shard, then on this agent until the batch started, less the
+        # inputs' preparation (compute_input, counted apart).
+        waited_ns = max(0, started_ns - prepared.received_ns - prepared.input_ns)
+        self.stats[plan.model].executed(len(requests), sum(r.queue_us for r in requests) * 1000
+                                        + len(requests) * waited_ns, prepared.input_ns,
+                                        finished_ns - started_ns, wall_ns)
         slot.executions += 1
         slot.recent.append((finished_ns, compute_s))
         labels = (slot.slot_id, plan.model)
         self.metrics.executions.labels(*labels).inc()
         self.metrics.items.labels(*labels).inc(len(requests))
         self.metrics.compute_seconds.labels(*labels).inc(compute_s)
-        wall_ns = self.clock.wall_ns()
         late = sum(1 for r in requests if wall_ns > r.deadline_unix_ns > 0)
         if late:
             self.metrics.late_compute_seconds.labels(slot.slot_id).inc(compute_s * late / len(requests))
@@ -435,14 +458,25 @@ class Agent:
             return
         assert isinstance(decision, Run), decision  # REPLYING asks nothing else
         await self._report(outcome)
+        counters = self.stats.get(plan.model)  # None: a plan for a model not hosted here (answered 503)
+        if outcome.answers and counters is not None:
+            failed = [a.request for a in outcome.answers]
+            now_ns = self.clock.now_ns()
+            counters.failed(len(failed), self._in_cluster_ns(outcome, failed, now_ns), self.clock.wall_ns())
         for answer in outcome.answers:
             await self._reply(answer)
         if outcome.served:
             assert outcome.outputs is not None
             log.debug("plan_done", plan=plan.plan_id, shard=plan.shard_id, compute_us=outcome.compute_us,
                       ok=len(outcome.served), errors=len(outcome.answers))
-            for subject, body, headers in encode_replies(plan.model, outcome.outputs, outcome.served, outcome.waited_us,
-                                                         outcome.compute_us, self.nc.max_payload):
+            started_ns = self.clock.now_ns()
+            replies = encode_replies(plan.model, outcome.outputs, outcome.served, outcome.waited_us,
+                                     outcome.compute_us, self.nc.max_payload)
+            # Counted before the replies leave: a client that has its reply finds it counted.
+            ready_ns = self.clock.now_ns()
+            counters.answered(len(outcome.served), self._in_cluster_ns(outcome, outcome.served, ready_ns),
+                              ready_ns - started_ns, self.clock.wall_ns())
+            for subject, body, headers in replies:
                 await self.nc.publish(subject, body, headers=headers)
             self.metrics.replies.labels(plan.model, "200").inc(len(outcome.served))
 
@@ -469,10 +503,18 @@ class Agent:
                  requests=len(plan.requests))
 
     @staticmethod
-    def _rejected(slot: _Slot, plan: BatchPlan, reason: RejectReason) -> Outcome:
+    def _in_cluster_ns(outcome: Outcome, requests: list[PlanRequest], now_ns: int) -> int:
+        """The summed time in the cluster of these requests of the plan until `now_ns`: in the
+        shard, then on this agent since it took the plan."""
+        here_ns = now_ns - outcome.received_ns if outcome.received_ns else 0
+        return sum(r.queue_us for r in requests) * 1000 + len(requests) * here_ns
+
+    @staticmethod
+    def _rejected(slot: _Slot, plan: BatchPlan, reason: RejectReason, received_ns: int) -> Outcome:
         text = {RejectReason.QUEUE_FULL: f"slot {slot.slot_id} plan queue is full",
                 RejectReason.MODEL_NOT_HOSTED: f"slot {slot.slot_id} does not host {plan.model}"}[reason]
-        return Outcome(plan, ReportStatus.FAILED, answer_all(plan.requests, Status.UNAVAILABLE, text))
+        return Outcome(plan, ReportStatus.FAILED, answer_all(plan.requests, Status.UNAVAILABLE, text),
+                       received_ns=received_ns)
 
     def _decode_plan(self, slot: _Slot, data: bytes) -> BatchPlan | None:
         """The plan, or None for bytes that are not one (counted and logged, never answered:

@@ -63,6 +63,7 @@ class Prepared:
     inputs: dict[str, np.ndarray]
     answers: list[ErrorAnswer]  # bad inputs (400)
     received_ns: int
+    input_ns: int = 0  # decoding and stacking the bodies (Triton's compute_input), the agent's clock
 
 
 @dataclass(slots=True, frozen=True)
@@ -76,6 +77,7 @@ class Outcome:
     outputs: dict[str, np.ndarray] | None = None
     waited_us: int = 0  # on the agent before the batch started
     compute_us: int = 0
+    received_ns: int = 0  # when the agent took the plan (its monotonic clock); 0: not known
 
 
 def answer_all(requests: list[PlanRequest], status: Status, reason: str) -> list[ErrorAnswer]:

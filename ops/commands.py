@@ -1,4 +1,4 @@
-"""CLI commands for running and calling the live system: up, agent, shard, infer, models."""
+"""CLI commands for running and calling the live system: up, agent, shard, infer, models, stats."""
 
 from __future__ import annotations
 
@@ -82,6 +82,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--json", action="store_true")
     status.add_argument("--creds", default=None, help=CREDS_HELP)
     status.set_defaults(handler=_status)
+
+    stats = subparsers.add_parser("stats", help="per-model inference statistics, cluster-wide, as Triton's "
+                                                "statistics extension reports them (JSON)")
+    stats.add_argument("model", nargs="?", default=None, help="one model (default: every model)")
+    stats.add_argument("--wait", type=float, default=1.0, help="seconds to wait for members at most")
+    stats.add_argument("--nats-url", default=None)
+    stats.add_argument("--creds", default=None, help=CREDS_HELP)
+    stats.set_defaults(handler=_stats)
 
     models = subparsers.add_parser("models", help="list the served models and their inputs")
     models.add_argument("--nats-url", default=None)
@@ -286,6 +294,31 @@ def _models(args: argparse.Namespace) -> int:
         finally:
             await client.close()
         return 0
+
+    return asyncio.run(main())
+
+
+def _stats(args: argparse.Namespace) -> int:
+    """Prints `{"model_stats": [...]}`, Triton's JSON; members that did not answer go to stderr."""
+    import msgspec
+
+    if args.model is not None:
+        validate_model_name(args.model)
+
+    async def main() -> int:
+        client = await SymphonyClient.connect(args.nats_url, creds=args.creds)
+        try:
+            gathered = await client.statistics(args.model, wait_s=args.wait)
+        finally:
+            await client.close()
+        print(msgspec.json.format(msgspec.json.encode(gathered.response), indent=1).decode())
+        if gathered.missing:
+            print(f"no answer from {', '.join(gathered.missing)} within {args.wait:g} s", file=sys.stderr)
+        if not gathered.answered:
+            print("no shard or agent answered", file=sys.stderr)
+        elif args.model is not None and not gathered.response.model_stats:
+            print(f"no shard or agent hosts model {args.model!r} (see `symphony models`)", file=sys.stderr)
+        return 0 if gathered.response.model_stats and not gathered.missing else 1
 
     return asyncio.run(main())
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from runtime.connect import connect_client
 from runtime.nats_auth import Creds
+from runtime.stats import Gathered, gather_statistics
 from schemas.ingress import INFER_MANY_TOKEN, OutgoingItem, encode_batch, entries_decoders, split_to_fit
 from schemas.model import ModelMetadata, model_list_decoder, model_metadata_decoder, validate_model_name
 from schemas.status import (
@@ -166,6 +167,11 @@ class SymphonyClient:
     async def models(self, timeout_s: float = 5.0) -> list[str]:
         msg = await self.nc.request(f"{self.prefix}.meta", b"", timeout=timeout_s)
         return model_list_decoder.decode(msg.data).models
+
+    async def statistics(self, model: str | None = None, wait_s: float = 1.0) -> Gathered:
+        """Triton's statistics of `model` (or every model), gathered from every shard and agent
+        (runtime/stats.py); `.response` is what `/v2/models[/<model>]/stats` returns."""
+        return await gather_statistics(self.nc, self.prefix, model, wait_s=wait_s)
 
 
 class _ManyReplies:

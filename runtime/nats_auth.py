@@ -173,7 +173,7 @@ def role_permissions(deployment: Deployment) -> list[UserPermissions]:
                      *(s for b in BUCKETS for s in kv_open(b)), *kv_read(STATE_BUCKET), *kv_read(MEMBERS_BUCKET),
                      *kv_write(MEMBERS_BUCKET, ["shard.*"])),
             subscribe=("_INBOX_shard.>", f"{HANDBACK_NAMESPACE}.shard.>", f"{p}.infer.*", f"{p}.infer_many.*",
-                       f"{p}.meta", f"{p}.meta.*",
+                       f"{p}.meta", f"{p}.meta.*", f"{p}.stats", f"{p}.stats.*",
                        f"{p}.shard.*.done", f"{p}.shard.*.status", *_services("symphony-shard")),
         ),
         UserPermissions(
@@ -199,14 +199,16 @@ def role_permissions(deployment: Deployment) -> list[UserPermissions]:
                      *(s for b in BUCKETS for s in kv_open(b)),
                      *kv_write(STATE_BUCKET, [f"profiles.*.{me}"]), *kv_write(MEMBERS_BUCKET, [f"agent.{me}"])),
             subscribe=(f"{inbox}.>", f"{HANDBACK_NAMESPACE}.agent.{agent_id}.>" if agent_id
-                       else f"{HANDBACK_NAMESPACE}.agent.>", *plans, f"{p}.agent.{me}.*", *_services("symphony-agent")),
+                       else f"{HANDBACK_NAMESPACE}.agent.>", *plans, f"{p}.agent.{me}.*", f"{p}.stats", f"{p}.stats.*",
+                       *_services("symphony-agent")),
             allow_responses="1m",  # info and claim requests from shards, status from the operator
         ))
     for name in deployment.clients:
         inbox = f"{CLIENT_INBOXES}.{name}"
         users.append(UserPermissions(
             user=name, role="client", inbox_prefix=inbox,
-            publish=(f"{p}.infer.*", f"{p}.meta", f"{p}.meta.*", f"{p}.infer_many.*"), subscribe=(f"{inbox}.>",)))
+            publish=(f"{p}.infer.*", f"{p}.meta", f"{p}.meta.*", f"{p}.infer_many.*", f"{p}.stats", f"{p}.stats.*"),
+            subscribe=(f"{inbox}.>",)))
     return users
 
 

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from runtime.stats import ModelCounters
 from schemas.plan import PlanRequest
 from shard.core.policy import ModelStats
 
@@ -72,6 +73,8 @@ class ShardMetrics:
         # must never make: issue 11 §2) and "too_large" (over the server's max_payload).
         self.plans_refused = dict.fromkeys(PLAN_REFUSALS, 0)
         self.assignment_steps = dict.fromkeys(ASSIGNMENT_STEPS, 0)  # ownership changes applied
+        # Triton's statistics of the requests this shard answers itself: `fail` (runtime/stats.py).
+        self.stats = {m: ModelCounters() for m in models}
         self.registry = CollectorRegistry()
         self.registry.register(_Collector(self, state))
 
@@ -79,6 +82,7 @@ class ShardMetrics:
         """Series for a model this shard gained (with a coordinator, models come and go)."""
         for table in (self.received, self.succeeded, self.failed, self.items, self.executions):
             table.setdefault(model, 0)
+        self.stats.setdefault(model, ModelCounters())
         for outcome in OUTCOMES:
             self.outcomes.setdefault((model, outcome), 0)
         for outcome in BATCH_OUTCOMES:
@@ -90,6 +94,15 @@ class ShardMetrics:
     def count(self, model: str, outcome: str, n: int = 1) -> None:
         key = (model, outcome)
         self.outcomes[key] = self.outcomes.get(key, 0) + n
+
+    def count_failed(self, model: str, outcome: str, n: int, ns: int, wall_ns: int) -> None:
+        """`n` requests this shard answers with an error (`outcome`), after `ns` in it, summed:
+        counted before the replies go out, so a client that has its reply finds it counted."""
+        self.count(model, outcome, n)
+        counters = self.stats.get(model)
+        if counters is None:  # a model this shard never subscribed: not counted (bounded)
+            return
+        counters.failed(n, ns, wall_ns)
 
     def count_dispatch(self, model: str, requests: list[PlanRequest]) -> None:
         """A batch plan sent: its requests leave the shard's queue for a slot."""

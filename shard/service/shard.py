@@ -29,6 +29,7 @@ from runtime.connect import connect_service, creds_of, flush_ordered
 from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_back
 from runtime.nats_auth import HANDBACK_NAMESPACE
 from runtime.services import register_service
+from runtime.stats import config_members, serve_stats, snapshots
 from schemas.control import preference_order
 from schemas.ingress import INFER_MANY_TOKEN
 from schemas.model import ModelList, ModelSpec, metadata_of
@@ -176,7 +177,17 @@ class ShardService:
         await self.nc.subscribe(f"{self.prefix}.meta", queue=f"{self.prefix}.meta", cb=self._meta_list)
         await self.nc.subscribe(f"{self.prefix}.shard.{self.entry.id}.done", cb=self._on_done,
                                 pending_msgs_limit=1_000_000)
+        await serve_stats(self.nc, self.prefix, f"shard.{self.entry.id}", self._stats_members,
+                          lambda model: snapshots(self.metrics.stats, model))
         await flush_ordered(self.nc)
+
+    def _stats_members(self) -> tuple[list[str], bool]:
+        """Who else answers statistics requests: without a coordinator the config names everyone;
+        with one, this shard knows its slots' agents (others answer within the asker's window)."""
+        if not self.config.dynamic:
+            return config_members(self.config), True
+        agents = sorted({self._agent_of_slot[s] for s in self.usable_slots() if s in self._agent_of_slot})
+        return [f"shard.{self.entry.id}", *(f"agent.{a}" for a in agents)], False
 
     async def _subscribe_model(self, model: str) -> None:
         self.metrics.add_model(model)
@@ -354,7 +365,7 @@ class ShardService:
                 received[model] += 1
                 self.metrics.batches[model, "refused"] += 1
                 if msg.reply:
-                    await self._turn_away(model, msg.reply, items)
+                    await self._turn_away(model, msg.reply, items, now)
                 return
             self.metrics.batches[model, "opened"] += 1
             received[model] += len(items)
@@ -384,7 +395,7 @@ class ShardService:
                 else:
                     if not armed:  # the core's wake-up is set before anything that may yield
                         self._timer.arm(wake_at_ns)
-                    await self._answer_at_door(model, reply, body, admission)
+                    await self._answer_at_door(model, reply, body, admission, now)
                 armed = True
             if not armed:
                 self._timer.arm(wake_at_ns)  # the core's next wake-up after the batch's last arrival
@@ -394,7 +405,7 @@ class ShardService:
     async def _take(self, model: str, reply: str, body: bytes, admission: Admission, now: int) -> None:
         """A single request past the door: turned away, handed back, or queued and shown to the core."""
         if admission.__class__ is not Admitted or admission.hand_back:
-            await self._answer_at_door(model, reply, body, admission)
+            await self._answer_at_door(model, reply, body, admission, now)
             return
         step = self._queue(model, reply, body, admission, now, False)
         if step.actions:
@@ -402,10 +413,11 @@ class ShardService:
         else:
             self._timer.arm(step.wake_at_ns)  # the common case: the request waits in its window
 
-    async def _answer_at_door(self, model: str, reply: str, body: bytes, admission: Admission) -> None:
+    async def _answer_at_door(self, model: str, reply: str, body: bytes, admission: Admission,
+                              arrived_ns: int) -> None:
         """A request the shard does not queue: turned away, or handed back to the model's new owner."""
         if admission.__class__ is not Admitted:
-            await self._turn_away(model, reply, admission)
+            await self._turn_away(model, reply, admission, arrived_ns)
             return
         await self._hand_back(model, Pending(reply, body, admission.content_type, admission.client_request_id, 0,
                                              admission.deadline_unix_ns))
@@ -425,12 +437,12 @@ class ShardService:
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         return step
 
-    async def _turn_away(self, model: str, reply: str, admission: Admission) -> None:
+    async def _turn_away(self, model: str, reply: str, admission: Admission, arrived_ns: int) -> None:
         """A rejection is answered and counted; a duplicate is only counted (the first copy answers)."""
         if admission.__class__ is Duplicate:
             self.metrics.count(model, "duplicate")
             return
-        self.metrics.count(model, admission.outcome)
+        self.metrics.count_failed(model, admission.outcome, 1, self.clock.now_ns() - arrived_ns, self.clock.wall_ns())
         await reply_error(self.nc, reply, admission.status, admission.reason, admission.client_request_id)
 
     def _meta(self, model: str):  # noqa: ANN202
@@ -484,8 +496,9 @@ class ShardService:
                            now: int) -> None:
         """Answer every request of a batch that will not be sent; the core frees the slot at once."""
         self.metrics.plans_refused[refusal.why] += 1
+        self.metrics.count_failed(action.model, refusal.outcome, len(requests),
+                                  sum(r.queue_us for r in requests) * 1000, self.clock.wall_ns())
         for request in requests:
-            self.metrics.count(action.model, refusal.outcome)
             await reply_error(self.nc, request.reply, refusal.status, refusal.reason, request.client_request_id)
         await self._apply_async(self.policy.handle(DispatchFailed(action.slot_id, action.plan_id), now))
 
@@ -498,11 +511,12 @@ class ShardService:
             return
         status, reason, outcome = DROP_REPLY[action.reason]
         log.debug("requests_dropped", model=action.model, reason=action.reason.value, requests=action.request_ids)
+        now, wall = self.clock.now_ns(), self.clock.wall_ns()
         for rid in action.request_ids:
             pending = self.pending.pop(rid, None)
             if pending is None:
                 continue
-            self.metrics.count(action.model, outcome)
+            self.metrics.count_failed(action.model, outcome, 1, now - pending.recv_ns, wall)
             await reply_error(self.nc, pending.reply, status, reason, pending.client_request_id)
 
     def _on_wake(self, due_ns: int) -> None:
@@ -530,8 +544,10 @@ class ShardService:
         if report.status == "withheld":
             # The agent got to the plan only after the moment this shard could have declared it
             # lost, so it answered nobody: the answer is this shard's, exactly once.
-            for request in flight.requests:
-                self.metrics.count(flight.model, "lost")
+            requests = flight.requests
+            self.metrics.count_failed(flight.model, "lost", len(requests), sum(r.queue_us for r in requests) * 1000
+                                      + len(requests) * (self.clock.now_ns() - flight.sent_ns), self.clock.wall_ns())
+            for request in requests:
                 await reply_error(self.nc, request.reply, Status.DROPPED, "dropped: the slot reached it too late",
                                   request.client_request_id)
         if flight.slot_id not in self._owned or flight.slot_id in self.watch.lost:

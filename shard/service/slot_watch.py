@@ -158,9 +158,12 @@ class SlotWatch:
                 unknown += len(flight.requests)
                 self._metrics.count(flight.model, "unknown", len(flight.requests))
                 continue
+            answered += len(flight.requests)
+            self._metrics.count_failed(flight.model, "lost", len(flight.requests),
+                                       sum(r.queue_us for r in flight.requests) * 1000
+                                       + len(flight.requests) * (self._clock.now_ns() - flight.sent_ns),
+                                       self._clock.wall_ns())
             for request in flight.requests:
-                answered += 1
-                self._metrics.count(flight.model, "lost")
                 await reply_error(self._nc, request.reply, Status.UNAVAILABLE, f"slot {slot_id} was lost",
                                   request.client_request_id)
         log.warning("slot_lost", shard=self._shard_id, slot=slot_id, requests=answered, unknown=unknown,

@@ -4,6 +4,7 @@ it started ended on Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -62,6 +63,12 @@ def test_up_serves_requests_and_stops_everything_it_started(tmp_path: Path) -> N
         listed = subprocess.run([sys.executable, "-m", "ops.cli", "models", "--nats-url", url],
                                 capture_output=True, text=True, env=env, timeout=60)
         assert "resnet_sleep" in listed.stdout and "fast_sleep" in listed.stdout
+        # Statistics as a client user: every shard and agent (each its own NATS user) answers.
+        stats = subprocess.run([sys.executable, "-m", "ops.cli", "stats", "resnet_sleep", "--nats-url", url,
+                                "--wait", "10"], capture_output=True, text=True, env=env, timeout=60)
+        assert stats.returncode == 0, stats.stdout + stats.stderr
+        (model,) = json.loads(stats.stdout)["model_stats"]
+        assert model["name"] == "resnet_sleep" and model["inference_stats"]["success"]["count"] >= 1
     finally:
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=60)

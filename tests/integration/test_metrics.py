@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import urllib.request
 from pathlib import Path
 
@@ -62,6 +63,11 @@ async def test_every_documented_metric_is_served_with_sane_values(nats_server, t
         assert all(r.ok for r in results)
         await client.infer("resnet_sleep", b"bad", content_type="application/json")
         shard, agent = await scrape_settled(shard_port, agent_port, reports=201)
+        refused = await client.infer("resnet_sleep", body, slo_ms=-1, content_type="application/json")
+        gathered = await client.statistics(wait_s=10.0)  # every member answers: no waiting out the window
+        one = await client.statistics("fast_sleep", wait_s=10.0)
+    assert refused.status == 400  # answered by the shard, at the door
+    assert_statistics(gathered, agent, one)
     for name in documented("symphony_shard_"):
         histogram = [k for k in shard if k.startswith(name + "_")]
         assert name in shard or histogram, f"shard does not serve {name}"
@@ -86,6 +92,29 @@ async def test_every_documented_metric_is_served_with_sane_values(nats_server, t
     assert value(agent, "symphony_agent_compute_seconds_total") > 0
 
 
+def assert_statistics(gathered, agent: dict, one) -> None:
+    """Triton's statistics after 200 requests answered 200, one 400 from the agent (bad body) and
+    one from the shard (bad header): everything the agents measured, and both failures."""
+    assert gathered.answered == ["agent.sleep-0", "shard.shard-0"] and gathered.missing == []
+    stats = {m.name: m for m in gathered.response.model_stats}
+    assert sorted(stats) == ["fast_sleep", "resnet_sleep"]
+    assert [m.name for m in one.response.model_stats] == ["fast_sleep"]
+    assert stats["fast_sleep"].inference_count == 0 and stats["fast_sleep"].batch_stats == []
+    resnet = stats["resnet_sleep"]
+    s = resnet.inference_stats
+    assert resnet.inference_count == 200 and s.success.count == 200
+    assert resnet.execution_count == value(agent, "symphony_agent_executions_total", model="resnet_sleep")
+    assert 1 <= resnet.execution_count < 200
+    assert s.fail.count == 2
+    for duration in (s.success, s.queue, s.compute_input, s.compute_infer, s.compute_output):
+        assert duration.count == 200 and duration.ns > 0
+    assert s.success.ns >= s.compute_infer.ns  # end to end includes execution
+    assert sum(b.batch_size * b.compute_infer.count for b in resnet.batch_stats) == 200
+    assert sum(b.compute_infer.count for b in resnet.batch_stats) == resnet.execution_count
+    assert all(b.compute_infer.ns > 0 and b.compute_output.count == b.compute_infer.count for b in resnet.batch_stats)
+    assert abs(resnet.last_inference - time.time() * 1000) < 60_000
+
+
 async def test_shards_and_agents_are_discoverable_through_the_services_api(nats_server, tmp_path) -> None:
     from runtime.status import discover, format_status, gather_status
 
@@ -102,3 +131,37 @@ async def test_shards_and_agents_are_discoverable_through_the_services_api(nats_
     assert sum(slot.executions for slot in agent.slots) == 1
     table = format_status(shards, agents)
     assert "shard-0" in table and "resnet_sleep" in table and "sleep-0" in table
+
+
+async def test_a_statistics_gather_waits_for_named_members_and_reports_the_missing(nats_server) -> None:
+    """Members named by an answer are waited for (here one answers late); one that never answers
+    is reported missing once the wait is over; with no member at all the gather ends at once."""
+    import nats
+
+    from runtime.stats import ModelCounters, encode_parts, gather_statistics, serve_stats, snapshots
+
+    counters = {"m": ModelCounters()}
+    counters["m"].failed(1, 10, time.time_ns())
+    nc = await nats.connect(nats_server.url)
+    try:
+        named = (["shard.a", "agent.late", "agent.gone"], False)
+        await serve_stats(nc, "t", "shard.a", lambda: named, lambda model: snapshots(counters, model))
+
+        async def answer_late(msg) -> None:
+            await asyncio.sleep(0.3)
+            for data in encode_parts("agent.late", [], False, snapshots(counters, None), nc.max_payload):
+                await nc.publish(msg.reply, data)
+
+        await nc.subscribe("t.stats", cb=answer_late)
+        await nc.flush()
+        started = time.monotonic()
+        gathered = await gather_statistics(nc, "t", wait_s=1.0, quiet_s=0.05)
+        assert time.monotonic() - started >= 1.0
+        assert gathered.answered == ["agent.late", "shard.a"] and gathered.missing == ["agent.gone"]
+        assert gathered.response.model_stats[0].inference_stats.fail.count == 2
+        started = time.monotonic()
+        nobody = await gather_statistics(nc, "nobody", wait_s=5.0)
+        assert nobody.answered == [] and nobody.response.model_stats == []
+        assert time.monotonic() - started < 2.0  # NATS's no responders, not the whole wait
+    finally:
+        await nc.close()

@@ -174,6 +174,28 @@ async def test_a_client_request_gets_its_answer_in_its_own_inbox(server: NatsSer
         assert client.errors == [] and shard.errors == [] and agent.errors == []
 
 
+async def test_a_client_gathers_statistics_from_shards_and_agents_but_cannot_answer_for_them(
+        server: NatsServer, auth: Auth) -> None:
+    """`symphony.stats` under permissions: a client user asks, a shard and an agent answer into its
+    inbox; a client cannot subscribe to the subject to answer in their place."""
+    from runtime.stats import ModelCounters, gather_statistics, serve_stats, snapshots
+
+    counters = {"m": ModelCounters()}
+    counters["m"].failed(1, 5, 1_700_000_000_000_000_000)
+    members = (["shard.s", "agent.a"], True)
+    async with connected(server, auth, "alice") as client, connected(server, auth, "bob") as bob, \
+            connected(server, auth, "shard") as shard, connected(server, auth, "agent-a") as agent:
+        await serve_stats(shard.nc, P, "shard.s", lambda: members, lambda model: snapshots(counters, model))
+        await serve_stats(agent.nc, P, "agent.a", lambda: members, lambda model: snapshots(counters, model))
+        await bob.nc.subscribe(f"{P}.stats.*")
+        await settle(shard, agent, bob)
+        gathered = await gather_statistics(client.nc, P, "m", wait_s=5.0)
+        assert gathered.answered == ["agent.a", "shard.s"] and gathered.missing == []
+        assert gathered.response.model_stats[0].inference_stats.fail.count == 2
+        assert bob.refused(f'subscription to "{P}.stats.*"')
+        assert client.errors == [] and shard.errors == [] and agent.errors == []
+
+
 async def test_a_client_cannot_reach_jetstream_or_kv(server: NatsServer, auth: Auth) -> None:
     coordinator = await connect_service(server.url, "coordinator", auth.creds_path("coordinator"))
     try:

@@ -54,7 +54,7 @@ def test_three_servers_share_the_users_and_authenticate_their_routes(tmp_path: P
 def test_permission_lists_stay_least_privilege() -> None:
     users = {u.user: u for u in role_permissions(Deployment(agents={"a": ("a0",)}, clients=("alice",)))}
     assert users["alice"].publish == ("symphony.infer.*", "symphony.meta", "symphony.meta.*",
-                                      "symphony.infer_many.*")
+                                      "symphony.infer_many.*", "symphony.stats", "symphony.stats.*")
     assert users["alice"].subscribe == ("_INBOX_client.alice.>",)
     assert users["alice"].allow_responses is None
     everyone_but_coordinator = [u for name, u in users.items() if name != "coordinator"]
@@ -64,6 +64,8 @@ def test_permission_lists_stay_least_privilege() -> None:
     assert users["shard"].allow_responses is None  # tracking every client request would cost the server
     agent = users["agent-a"]
     assert "symphony.slot.a0.plan" in agent.subscribe and "symphony.slot.*.plan" not in agent.subscribe
+    for role in ("shard", "agent-a"):  # every shard and agent answers statistics requests (runtime/stats.py)
+        assert {"symphony.stats", "symphony.stats.*"} <= set(users[role].subscribe), role
     assert not any(s.startswith(("_INBOX_shard", "_INBOX_operator", "_INBOX_coordinator")) for s in agent.publish)
 
 
