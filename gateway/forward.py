@@ -16,6 +16,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.oip import Call, GatewayError, split_items, stack_outputs
 from runtime.client import InferResult
 from runtime.coalesce import CoalescingSender
+from runtime.stats import model_statistics
 from schemas.model import (
     InvalidModelName,
     ModelMetadata,
@@ -31,6 +32,7 @@ log = structlog.get_logger("gateway")
 META_TTL_S = 5.0  # how long a model's metadata is reused before asking the shards again
 META_TIMEOUT_S = 2.0
 REPLY_GRACE_S = 1.0  # waited past a request's deadline before answering 504 ourselves
+STATS_WAIT_S = 1.0  # the most a statistics request waits for every shard's and agent's part
 DEFAULT_TIMEOUT_S = 30.0  # a request with neither SLO nor deadline: the most we wait for its reply
 
 
@@ -99,7 +101,9 @@ class Forwarder:
             raise GatewayError(Status.INTERNAL, f"unreadable metadata for {model!r}: {error}") from None
 
     async def statistics(self, model: str | None) -> dict:
-        raise GatewayError(Status.UNAVAILABLE, "statistics: not yet")
+        """Triton's statistics extension, cluster-wide: every shard's and agent's counts for the
+        model (all models: None), merged (runtime/stats.py). Plain builtins, for JSON or protobuf."""
+        return msgspec.to_builtins(await model_statistics(self.nc, self.prefix, model, wait_s=STATS_WAIT_S))
 
     async def infer(self, call: Call):  # noqa: ANN201 - dict[str, np.ndarray]
         """The call's outputs, or GatewayError with the first failing item's status and reason."""

@@ -65,6 +65,8 @@ def _triton_session(http_url: str, grpc_url: str) -> dict:
         tensor.set_data_from_numpy(x)
         reply = gc_.infer("resnet_sleep", [tensor], request_id="g-1", client_timeout=5.0)
         seen["grpc_infer"] = (reply.as_numpy("y"), reply.get_response(as_json=True))
+        seen["http_stats"] = hc.get_inference_statistics("resnet_sleep")
+        seen["grpc_stats"] = gc_.get_inference_statistics("resnet_sleep", as_json=True)
         for door, client, infer_input in (("http", hc, thttp.InferInput), ("grpc", gc_, tgrpc.InferInput)):
             wrong = infer_input("not_x", [1, 1], "FP32")
             wrong.set_data_from_numpy(x[:1])
@@ -105,6 +107,14 @@ async def test_tritonclient_http_and_grpc_get_metadata_readiness_and_results(nat
     values, response = seen["grpc_infer"]
     np.testing.assert_array_equal(values, [[1.0], [2.0], [3.5]])
     assert response["id"] == "g-1"
+    # Triton's statistics extension: the 6 items of the two batches of 3, all successful
+    for stats in (seen["http_stats"], seen["grpc_stats"]):
+        (model_stats,) = stats["model_stats"]
+        assert model_stats["name"] == "resnet_sleep"
+        assert int(model_stats["inference_count"]) == 6
+        assert int(model_stats["inference_stats"]["success"]["count"]) == 6
+        assert sum(int(b["compute_infer"]["count"]) for b in model_stats["batch_stats"]) == \
+            int(model_stats["execution_count"])
     assert seen["http_unknown_model"][0] == "404" and "no_such_model" in seen["http_unknown_model"][1]
     assert seen["http_wrong_input"][0] == "400" and "not_x" in seen["http_wrong_input"][1]
     assert seen["grpc_unknown_model"][0] == "StatusCode.NOT_FOUND"
