@@ -1,5 +1,6 @@
 """`symphony up` as a user runs it: separate processes, the embedded nats-server, a request
-answered through the CLI, and everything it started ended on Ctrl-C."""
+answered through the CLI, every role's metrics URL printed and listed by `symphony status`, and
+everything it started ended on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 from tests.integration.conftest import SLEEP_CONFIG
+from tests.integration.test_metrics import scrape
 
 
 def test_up_serves_requests_and_stops_everything_it_started(tmp_path: Path) -> None:
@@ -29,6 +31,13 @@ def test_up_serves_requests_and_stops_everything_it_started(tmp_path: Path) -> N
             if "symphony is up at" in line:
                 url = line.split("symphony is up at ")[1].split()[0]
         assert url is not None
+        printed = {}  # role id -> URL, from the "metrics" block `up` prints once every role answered
+        while len(printed) < 2 and time.monotonic() < deadline:
+            line = up.stdout.readline()
+            assert line, "symphony up exited early"
+            if line.startswith("  ") and "/metrics" in line:
+                _role, role_id, metrics_url = line.split()
+                printed[role_id] = metrics_url
         infer = subprocess.run([sys.executable, "-m", "ops.cli", "infer", "resnet_sleep", "--random"],
                                capture_output=True, text=True, env=env, timeout=60)
         assert infer.returncode == 0, infer.stdout + infer.stderr
@@ -36,6 +45,14 @@ def test_up_serves_requests_and_stops_everything_it_started(tmp_path: Path) -> N
         listed = subprocess.run([sys.executable, "-m", "ops.cli", "models", "--nats-url", url],
                                 capture_output=True, text=True, env=env, timeout=60)
         assert "resnet_sleep" in listed.stdout and "fast_sleep" in listed.stdout
+        status = subprocess.run([sys.executable, "-m", "ops.cli", "status"], capture_output=True, text=True,
+                                env=env, timeout=60)
+        listed_urls = {line.split()[1]: line.split()[2] for line in status.stdout.splitlines()
+                       if line.startswith("  ") and "/metrics" in line}
+        assert listed_urls == printed and set(printed) == {"shard-0", "sleep-0"}, status.stdout
+        assert len(set(printed.values())) == 2 and all(u.startswith("http://127.0.0.1:") for u in printed.values())
+        assert "symphony_shard_requests_received_total" in scrape(printed["shard-0"])
+        assert "symphony_agent_replies_total" in scrape(printed["sleep-0"])
     finally:
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=60)
