@@ -6,12 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo sim-demo test lint fuzz bench lock clean
 
-# Installs the exact versions in constraints.txt (see its header; `make lock` moves them on).
+# Installs the exact versions in constraints.txt (see its header; `make lock` moves them on): pip
+# and setuptools first, then the project, built with that setuptools (no isolated build env, which
+# would fetch the newest setuptools); tests/unit/test_lock.py checks .venv holds the lock exactly.
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(PY) -m pip install --quiet -c constraints.txt pip setuptools
+	$(PY) -m pip install --quiet --no-build-isolation -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 # The main job: the demo cluster (JAX and sleep models) under load for 20 s, then a summary.
@@ -37,11 +39,12 @@ fuzz: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m load.bench.scheduling
 
-# The newest versions pyproject.toml allows, installed and written to constraints.txt; then run
-# make test and commit the file.
+# The newest versions pyproject.toml allows (pip and setuptools too), installed and written to
+# constraints.txt with the header kept; then run make test and commit the file.
 lock: $(STAMP)
-	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[test]'
-	{ grep '^#' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new
+	$(PY) -m pip install --quiet --upgrade pip setuptools
+	$(PY) -m pip install --quiet --no-build-isolation --upgrade --upgrade-strategy eager -e '.[test]'
+	{ grep '^#' constraints.txt; $(PY) -m pip freeze --all --exclude-editable | grep -v '^-e'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt
 	touch $(STAMP)
 

@@ -56,6 +56,7 @@ from runtime.kv import (
     undecodable,
     with_retries,
 )
+from runtime.metrics_http import MetricsEndpoint, serve_metrics
 from runtime.services import register_service
 from schemas.control import (
     ASSIGNMENT_KEY,
@@ -87,6 +88,7 @@ class Coordinator:
         self.timing = CoordinatorTiming(epoch_ns=int(settings.epoch_s * 1e9), lease_ns=int(settings.lease_s * 1e9),
                                         heartbeat_ttl_ns=int(settings.heartbeat_ttl_s * 1e9))
         self.core: CoordinatorCore | None = None
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self._tasks: list[asyncio.Task] = []
         self._watches: list[asyncio.Task] = []
         self._commands: set[asyncio.Task] = set()
@@ -151,15 +153,13 @@ class Coordinator:
                                       shard_rps_max=settings.shard_rps_max), now_ns=time.monotonic_ns(),
             autoscale=(settings.autoscale.decision() if settings.autoscale.enabled else None),
             slots=self.config.slot_ids())
+        # Before registering: the first status snapshot already names the metrics URL.
+        self.metrics_endpoint = serve_metrics(settings.metrics_port, self.config.metrics_host, self.registry)
         self.service = await register_service(
             self.nc, "symphony-coordinator", f"coordinator {self.id}", {"coordinator_id": self.id},
             f"{self.prefix}.coordinator.{self.id}.status", self.status)
         self._start_watches()
         self._tasks = [asyncio.create_task(self._tick_loop())]
-        if settings.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(settings.metrics_port, addr="0.0.0.0", registry=self.registry)
         log.info("coordinator_started", coordinator=self.id)
 
     async def _open_state(self) -> None:
@@ -186,7 +186,8 @@ class Coordinator:
         return CoordinatorStatus(coordinator_id=self.id, leading=self.leading, epoch=a.epoch,
                                  shards=sorted(set(a.models.values())), agents=agents,
                                  desired_slots=a.desired_slots, surplus_slots=a.surplus_slots, slots=len(a.slots),
-                                 autoscale=self.autoscale_status() if self.leading else None)
+                                 autoscale=self.autoscale_status() if self.leading else None,
+                                 metrics_url=self.metrics_endpoint.url if self.metrics_endpoint is not None else "")
 
     # ---- driving the core -----------------------------------------------------------------------
     async def _tick_loop(self) -> None:
@@ -364,6 +365,8 @@ class Coordinator:
                 except (nats.errors.Error, KeyWrongLastSequenceError):
                     pass
         await self.service.stop()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
         await self.nc.drain()
 
 

@@ -51,6 +51,7 @@ from runtime.cluster_config import AgentEntry, ClusterConfig
 from runtime.connect import connect_service, flush_ordered
 from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_back
 from runtime.kv import open_buckets, with_retries
+from runtime.metrics_http import MetricsEndpoint, serve_metrics
 from runtime.services import register_service
 from runtime.stats import ModelCounters, config_members, serve_stats, snapshots
 from schemas.control import AgentHeartbeat, AgentSlot, ClaimReply, slot_claim_decoder
@@ -125,6 +126,7 @@ class Agent:
                                 self.metrics.padding_items):
                     counter.labels(slot.id, model)
         self.nc: nats.NATS | None = None
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self._tasks: list[asyncio.Task] = []
         self._hand_backs: set[asyncio.Task] = set()
 
@@ -151,6 +153,7 @@ class Agent:
                               executions=s.executions, owner=s.owner, epoch=s.epoch,
                               busy_fraction=s.busy_fraction(now_ns)) for s in self.slots.values()],
             compile_count={name: r.compile_count for name, r in self.runners.items()},
+            metrics_url=self.metrics_endpoint.url if self.metrics_endpoint is not None else "",
         )
 
     def load(self) -> None:
@@ -198,14 +201,12 @@ class Agent:
             )
             self._tasks.append(asyncio.create_task(self._serve(slot)))
         await flush_ordered(self.nc)
+        # Before registering: the first status snapshot already names the metrics URL.
+        self.metrics_endpoint = serve_metrics(self.entry.metrics_port, self.config.metrics_host, self.metrics.registry)
         self.service = await register_service(
             self.nc, "symphony-agent", f"agent {self.entry.id}: slots {', '.join(self.slots)}",
             {"agent_id": self.entry.id}, f"{self.prefix}.agent.{self.entry.id}.status", self.status,
         )
-        if self.entry.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(self.entry.metrics_port, addr="0.0.0.0", registry=self.metrics.registry)
         if self.config.dynamic:
             await self._join_coordinated()
         log.info("agent_ready", agent=self.entry.id, slots=list(self.slots), models=list(self.runners))
@@ -552,6 +553,8 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         await finish_hand_backs(self._hand_backs)
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
         if self.nc is not None:
             await self.nc.drain()
         for slot in self.slots.values():

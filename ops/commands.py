@@ -77,7 +77,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     drain.add_argument("--creds", default=None, help=CREDS_HELP)
     drain.set_defaults(handler=_drain)
 
-    status = subparsers.add_parser("status", help="shards and agents found through the NATS services API")
+    status = subparsers.add_parser("status", help="coordinators, shards and agents found through the NATS services "
+                                                  "API, with their metrics URLs")
     status.add_argument("--nats-url", default=None)
     status.add_argument("--json", action="store_true")
     status.add_argument("--creds", default=None, help=CREDS_HELP)
@@ -119,6 +120,9 @@ def _add_up_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="with --autoscale: seconds before a started slot's agent is launched "
                          "(default: [coordinator.autoscale] cold_start_s)")
     up.add_argument("--no-gateway", action="store_true", help="start no OIP (KServe v2 / Triton) gateway")
+    up.add_argument("--no-metrics", action="store_true",
+                    help="serve no Prometheus endpoints but those the config fixes with metrics_port "
+                         "(default: every role serves one on a free port; the URLs are printed)")
     up.set_defaults(handler=_up)
 
 
@@ -127,6 +131,7 @@ def _up(args: argparse.Namespace) -> int:
 
     from runtime.cluster import LocalCluster
     from runtime.nats_auth import TlsFiles
+    from runtime.status import metrics_lines
 
     tls = TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca or "") if args.tls_cert else None
     if args.cold_start is not None and (not args.autoscale or args.cold_start < 0):
@@ -135,7 +140,8 @@ def _up(args: argparse.Namespace) -> int:
         cluster = LocalCluster(args.config, args.nats_url, log_dir=Path(args.logs), nats_cluster=args.nats_cluster,
                                auth=not args.no_auth, clients=args.client or ("client",), tls=tls,
                                run_dir=Path(args.run_dir) if args.run_dir else None, autoscale=args.autoscale,
-                               gateway=not args.no_gateway)
+                               gateway=not args.no_gateway,
+                               metrics=not args.no_metrics)
     except ValueError as error:
         raise SystemExit(str(error)) from None
 
@@ -158,6 +164,7 @@ def _up(args: argparse.Namespace) -> int:
             print(f"NATS users on: operator credentials {cluster.creds_path('operator')} (status, drain, scale), "
                   f"client credentials {clients} (infer, models); symphony commands on this host find them, "
                   "other programs: export SYMPHONY_NATS_CREDS=<file>", flush=True)
+        print("\n".join(metrics_lines(await cluster.metrics_endpoints())), flush=True)
         while not stop.is_set():
             cluster.check_alive()
             if actuator is not None and actuator.done():

@@ -1,5 +1,6 @@
-"""`symphony demo`: bring up the demo cluster, send open-loop load for a while, print a summary
-per model (sent, ok, dropped, errors, p50/p99 latency, mean batch), and shut everything down."""
+"""`symphony demo`: bring up the demo cluster, print every role's metrics URL, send open-loop load
+for a while, print a summary per model (sent, ok, dropped, errors, p50/p99 latency, mean batch),
+and shut everything down."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from load.demo import DEMO_RATES
 from runtime.client import InferResult, SymphonyClient
 from runtime.cluster import LocalCluster
 from runtime.cluster_config import DEMO_CONFIG
+from runtime.status import metrics_lines
 from schemas.status import Status
 
 
@@ -70,8 +72,10 @@ async def run_demo(config: str = str(DEMO_CONFIG), seconds: float = 20.0,
     started = time.monotonic()
     try:
         url = await cluster.start()
-        print(f"up at {url} after {time.monotonic() - started:.0f} s; sending load for {seconds:.0f} s: "
-              + ", ".join(f"{m} {r:g}/s" for m, r in rates.items()), flush=True)
+        print(f"up at {url} after {time.monotonic() - started:.0f} s", flush=True)
+        print("\n".join(metrics_lines(await cluster.metrics_endpoints())), flush=True)
+        print(f"sending load for {seconds:.0f} s: " + ", ".join(f"{m} {r:g}/s" for m, r in rates.items()),
+              flush=True)
         client = await SymphonyClient.connect(url, creds=cluster.creds_path("client"))
         results: dict[str, list] = defaultdict(list)
         try:

@@ -11,7 +11,7 @@ import structlog
 
 from gpu_agent.agent import Agent
 from runtime.clock import MonotonicClock
-from runtime.cluster_config import AUTOSCALE_ENV, load_cluster_config
+from runtime.cluster_config import AUTOSCALE_ENV, METRICS_ENV, ClusterConfig, load_cluster_config, metrics_on_free_ports
 from runtime.logs import configure_logging
 from shard.service.shard import ShardService
 
@@ -30,20 +30,24 @@ def _configure() -> None:
     configure_logging(json=True, level=os.environ.get("SYMPHONY_LOG_LEVEL", "info"))
 
 
-def _config(path: str):  # noqa: ANN202
-    """The cluster config, with SYMPHONY_KV_REPLICAS (set by `symphony up --nats-cluster N`) and
+def _config(path: str, environ: Mapping[str, str] = os.environ) -> ClusterConfig:
+    """The cluster config, with SYMPHONY_KV_REPLICAS (set by `symphony up --nats-cluster N`),
     SYMPHONY_AUTOSCALE=1 (set by `symphony up --autoscale`: the coordinators run the autoscaler
-    with the config's `[coordinator.autoscale]` settings, or the defaults)."""
+    with the config's `[coordinator.autoscale]` settings, or the defaults) and SYMPHONY_METRICS=free
+    (set by `symphony up` and `symphony demo` unless --no-metrics: a role whose `metrics_port` is
+    unset serves its metrics on a free port)."""
     import msgspec
 
     config = load_cluster_config(path)
+    if environ.get(METRICS_ENV) == "free":
+        config = metrics_on_free_ports(config)
     coordinator = config.coordinator
     if coordinator is None:
         return config
-    replicas = os.environ.get("SYMPHONY_KV_REPLICAS")
+    replicas = environ.get("SYMPHONY_KV_REPLICAS")
     if replicas:
         coordinator = msgspec.structs.replace(coordinator, kv_replicas=int(replicas))
-    if os.environ.get(AUTOSCALE_ENV) == "1":
+    if environ.get(AUTOSCALE_ENV) == "1":
         coordinator = msgspec.structs.replace(
             coordinator, autoscale=msgspec.structs.replace(coordinator.autoscale, enabled=True))
     return msgspec.structs.replace(config, coordinator=coordinator)

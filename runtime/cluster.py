@@ -3,7 +3,11 @@ cluster config as child processes, supervised; `stop()` ends all it started.
 
 The embedded server has NATS users by default (runtime/nats_auth.py): passwords drawn for this cluster,
 credentials files (0600) in `run_dir`, each role process told its file through
-$SYMPHONY_NATS_CREDS, and the operator's and clients' files recorded for CLI commands."""
+$SYMPHONY_NATS_CREDS, and the operator's and clients' files recorded for CLI commands.
+
+Every role serves its Prometheus metrics by default (SYMPHONY_METRICS=free: a role whose config
+leaves `metrics_port` unset binds a free port itself and reports its URL in its status snapshot;
+`metrics_endpoints()` reads them back)."""
 
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import structlog
 
 from runtime.actuator import actuate
 from runtime.client import LOCAL_URL_FILE
-from runtime.cluster_config import AUTOSCALE_ENV, ClusterConfig, load_cluster_config
+from runtime.cluster_config import AUTOSCALE_ENV, METRICS_ENV, ClusterConfig, load_cluster_config
 from runtime.connect import connect_client
 from runtime.nats_auth import CREDS_ENV, Auth, TlsFiles, deployment_for, forget_local, record_local
 from runtime.nats_server import NatsCluster, NatsServer
@@ -39,13 +43,14 @@ class LocalCluster:
     def __init__(self, config_path: str | Path, nats_url: str | None = None, *, log_dir: Path | None = None,
                  nats_cluster: int = 0, auth: bool = True, clients: Sequence[str] = ("client",),
                  tls: TlsFiles | None = None, run_dir: Path | None = None, autoscale: bool = False,
-                 gateway: bool = False) -> None:
+                 gateway: bool = False, metrics: bool = True) -> None:
         """`auth`: users and permissions on the server(s) this starts (not on a given `nats_url`,
         whose credentials come from $SYMPHONY_NATS_CREDS); `clients`: the client users; `tls`:
         the servers' certificate; `run_dir`: where the credentials and server configs go (a new
         private temporary folder by default, removed by `stop()`); `autoscale`: the coordinators run
         the autoscaler, and `run_actuator()` starts and stops agents as it decides; `gateway`: one
-        OIP gateway process (as NATS user `gateway`, a client), its addresses in `gateway_addresses`."""
+        OIP gateway process (as NATS user `gateway`, a client), its addresses in `gateway_addresses`;
+        `metrics`: the roles whose `metrics_port` is unset serve metrics on a free port (off: none)."""
         self.config_path = str(config_path)
         self.config: ClusterConfig = load_cluster_config(config_path)
         self.server: NatsServer | None = None
@@ -66,6 +71,7 @@ class LocalCluster:
         if autoscale and self.config.coordinator is None:
             raise ValueError(f"{config_path}: autoscaling needs a coordinator: add a [coordinator] section")
         self.autoscale = autoscale
+        self.metrics = metrics
         self.decisions: list[tuple[float, AutoscaleStatus]] = []  # (monotonic s, decision) as the actuator saw them
         self.gateway = gateway
         self.gateway_addresses: dict[str, str] = {}  # "http", "grpc", "metrics" -> URL, once started
@@ -79,6 +85,9 @@ class LocalCluster:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if self.autoscale:
             env[AUTOSCALE_ENV] = "1"
+        env.pop(METRICS_ENV, None)
+        if self.metrics:
+            env[METRICS_ENV] = "free"
         if self.auth is not None:
             env[CREDS_ENV] = str(self.auth.creds_path(self._user_of(args)))
         url = self.url
@@ -134,7 +143,8 @@ class LocalCluster:
             self._gateway_dir = Path(tempfile.mkdtemp(prefix="symphony-gateway-"))
             address_file = self._gateway_dir / "gateway.json"
         address_file.unlink(missing_ok=True)
-        self._spawn("gateway", "gateway", "--http-port", "0", "--grpc-port", "0", "--address-file", str(address_file))
+        self._spawn("gateway", "gateway", "--http-port", "0", "--grpc-port", "0", "--address-file", str(address_file),
+                    "--metrics-port", "0" if self.metrics else "-1")
         deadline = time.monotonic() + timeout_s
         while not address_file.exists():
             self.check_alive()
@@ -142,6 +152,22 @@ class LocalCluster:
                 raise TimeoutError(f"the gateway did not start within {timeout_s:.0f} s")
             await asyncio.sleep(0.1)
         self.gateway_addresses = json.loads(address_file.read_text())
+
+    async def metrics_endpoints(self, timeout_s: float = 10.0) -> list[tuple[str, str, str]]:
+        """(role, id, metrics URL) of every role, from their status snapshots: each role binds its
+        own port and says which it got, so no port is picked here for another process to take
+        first. Waits until every process started has answered, at most `timeout_s`. The gateway,
+        which serves no status, comes last, from the addresses it wrote."""
+        from runtime.status import gather_status, metrics_endpoints
+
+        deadline = time.monotonic() + timeout_s
+        gateway = [("gateway", "gateway", self.gateway_addresses.get("metrics", ""))] if self.gateway_addresses else []
+        while True:
+            shards, agents, coordinators = await gather_status(self.url, self.config.subject_prefix,
+                                                               self.creds_path("operator"))
+            endpoints = metrics_endpoints(shards, agents, coordinators)
+            if len(endpoints) + len(gateway) >= len(self.processes) or time.monotonic() > deadline:
+                return endpoints + gateway
 
     def add_shard(self, shard_id: str) -> None:
         self._spawn(f"shard-{shard_id}", "shard", "--id", shard_id)

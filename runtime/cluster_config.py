@@ -18,6 +18,17 @@ from schemas.model import InvalidModelName, validate_model_name
 # schemas.model.validate_model_name), checked here before any subject is formed from them.
 Name = Identifier
 
+# A role's Prometheus endpoint (runtime/metrics_http.py): N serves on port N, 0 on a free port the
+# OS picks, -1 serves none; unset (None), a role serves on a free port when `symphony up` or
+# `symphony demo` starts it (they set METRICS_ENV) and none when started on its own. The port a
+# role got is in its status snapshot (`symphony status`).
+MetricsPort = Annotated[int, Meta(ge=-1, le=65535)] | None
+METRICS_OFF = -1
+METRICS_ENV = "SYMPHONY_METRICS"  # "free": a role whose metrics_port is unset serves on a free port
+# Where every role's endpoint listens: loopback by default, since the metrics name models and
+# slots; "0.0.0.0" (or "::") exposes them on every interface, for a Prometheus on another host.
+MetricsHost = Annotated[str, Meta(min_length=1, max_length=253)]
+
 
 class ModelEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: ModelName
@@ -35,7 +46,7 @@ class AgentEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     id: Name
     slots: list[SlotEntry]
     plan_queue_max: Annotated[int, Meta(ge=1)] = 64
-    metrics_port: int = 0  # Prometheus endpoint; 0: none
+    metrics_port: MetricsPort = None  # Prometheus endpoint (see MetricsPort)
 
 
 class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -46,7 +57,7 @@ class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     queue_len_max: Annotated[int, Meta(ge=1)] = 20_000  # requests held per shard; beyond: 429
     body_bytes_max: Annotated[int, Meta(ge=1)] = 900_000  # beyond: 413 (NATS max payload is 1 MiB)
     slot_grace_ms: Annotated[float, Meta(gt=0)] = 2000.0  # missing report past finish + this: slot lost
-    metrics_port: int = 0  # Prometheus endpoint; 0: none
+    metrics_port: MetricsPort = None  # Prometheus endpoint (see MetricsPort)
     # Latency constants of the live path (the core's Dctrl, Ddata, Dresp and timer jitter). The
     # reference's 100/50/2000/100 us assume RDMA and a spinning C++ loop; a Python shard on NATS
     # sends a plan in a few hundred us, and its timers fire late by as much as the host is busy.
@@ -89,7 +100,7 @@ class CoordinatorEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     # per-request path on two cores; 4,000 leaves it a fifth of headroom.
     shard_rps_max: Annotated[float, Meta(ge=0)] = 4000.0
     kv_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
-    metrics_port: int = 0
+    metrics_port: MetricsPort = None  # each coordinator's Prometheus endpoint (see MetricsPort)
     autoscale: AutoscaleEntry = AutoscaleEntry()
 
 
@@ -99,6 +110,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     agents: list[AgentEntry]
     shards: list[ShardEntry]
     coordinator: CoordinatorEntry | None = None
+    metrics_host: MetricsHost = "127.0.0.1"
 
     @property
     def dynamic(self) -> bool:
@@ -146,7 +158,9 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
                 return shard
         if self.dynamic:  # scaled-out shards take the first entry's settings
             validate_identifier(shard_id, "shard id")
-            return msgspec.structs.replace(self.shards[0], id=shard_id, models=[], slots=[], metrics_port=0)
+            template = self.shards[0]  # its fixed port is its own: a scaled-out shard takes a free one
+            port = 0 if template.metrics_port is not None and template.metrics_port > 0 else template.metrics_port
+            return msgspec.structs.replace(template, id=shard_id, models=[], slots=[], metrics_port=port)
         raise ValueError(f"no shard {shard_id!r} in the config")
 
     def agent(self, agent_id: str) -> AgentEntry:
@@ -166,6 +180,18 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     def agent_of_slot(self, slot_id: str) -> str:
         return next(a.id for a in self.agents for s in a.slots if s.id == slot_id)
+
+
+def metrics_on_free_ports(config: ClusterConfig) -> ClusterConfig:
+    """`config` with every unset `metrics_port` set to 0 (a free port), as `symphony up` runs it;
+    the ones the config sets (a fixed port, or -1 for none) stay as written."""
+
+    def free(entry):  # noqa: ANN001, ANN202 - any role's entry
+        return entry if entry is None or entry.metrics_port is not None else msgspec.structs.replace(
+            entry, metrics_port=0)
+
+    return msgspec.structs.replace(config, agents=[free(a) for a in config.agents],
+                                   shards=[free(s) for s in config.shards], coordinator=free(config.coordinator))
 
 
 def load_cluster_config(path: str | Path) -> ClusterConfig:

@@ -1,5 +1,5 @@
 """`symphony status`: find every shard and agent through the NATS services API and show their
-status snapshots as tables (or JSON)."""
+status snapshots as tables (or JSON), with each role's metrics URL."""
 
 from __future__ import annotations
 
@@ -123,7 +123,23 @@ def format_status(shards: list[ShardStatus], agents: list[AgentStatus],
                          f"{slot.executions:>12}  {', '.join(slot.models)}")
     for slot_id in sorted(set(states) - running):  # not running: no agent answers for it
         lines.append(f"{slot_id:<14}{states[slot_id]:<10}{'-':<14}{'-':<12}")
-    return "\n".join(lines)
+    return "\n".join([*lines, "", *metrics_lines(metrics_endpoints(shards, agents, coordinators or []))])
+
+
+def metrics_endpoints(shards: list[ShardStatus], agents: list[AgentStatus],
+                      coordinators: list[CoordinatorStatus]) -> list[tuple[str, str, str]]:
+    """(role, id, metrics URL) of every role in the snapshots; the URL is "" where it serves none."""
+    return ([("coordinator", c.coordinator_id, c.metrics_url) for c in coordinators]
+            + [("shard", s.shard_id, s.metrics_url) for s in shards]
+            + [("agent", a.agent_id, a.metrics_url) for a in agents])
+
+
+def metrics_lines(endpoints: list[tuple[str, str, str]]) -> list[str]:
+    """The "metrics:" block `symphony up`, `symphony demo` and `symphony status` print."""
+    lines = ["metrics (Prometheus text; `curl URL`):"]
+    for role, role_id, url in endpoints:
+        lines.append(f"  {role:<12} {role_id:<16} {url or '- (serves none: docs/metrics.md)'}")
+    return lines if endpoints else ["metrics: no role answered"]
 
 
 def slot_states(status: AutoscaleStatus | None) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Status snapshots served on the NATS services API (`$SRV.*`, `symphony.<role>.<id>.status`)
-and shown by `symphony status`."""
+and shown by `symphony status`. New fields go last, with defaults, so a newer `symphony status`
+reads an older role's snapshot."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class ShardStatus(msgspec.Struct, kw_only=True):
     slots_busy: Ids
     slots_lost: Ids
     busy_seconds: NonNegative = 0.0  # slot time of completed batches, cumulative (as agents measured it)
+    metrics_url: Text = ""  # where its Prometheus endpoint answers; "": it serves none
 
 
 class SlotStatus(msgspec.Struct, kw_only=True):
@@ -53,6 +55,7 @@ class AgentStatus(msgspec.Struct, kw_only=True):
     device: Text
     slots: Annotated[list[SlotStatus], Meta(max_length=NAMES_MAX)]
     compile_count: Annotated[dict[ModelName, Count], Meta(max_length=NAMES_MAX)]
+    metrics_url: Text = ""  # where its Prometheus endpoint answers; "": it serves none
 
 
 class CoordinatorStatus(msgspec.Struct, kw_only=True):
@@ -65,6 +68,7 @@ class CoordinatorStatus(msgspec.Struct, kw_only=True):
     surplus_slots: Count
     slots: Count
     autoscale: AutoscaleStatus | None = None  # the leader's latest decision, with autoscaling on
+    metrics_url: Text = ""  # where its Prometheus endpoint answers; "": it serves none
 
 
 # Typed decoders for `symphony status` and the load generator's slot poll (STYLE §9).

@@ -75,6 +75,7 @@ class Paths:
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
+        self.errors: list[str] = []  # the first few failures' reasons, for the report
 
     async def open(self) -> None:
         self.direct = await SymphonyClient.connect(self.cluster.url, creds=self.cluster.creds_path("client"))
@@ -93,15 +94,24 @@ class Paths:
         await self.direct.close()
 
     async def direct_one(self) -> bool:
-        return (await self.direct.infer("echo", BODY, content_type="application/json")).ok
+        result = await self.direct.infer("echo", BODY, content_type="application/json")
+        if not result.ok:
+            self.errors.append(f"direct {result.status}: {result.reason}")
+        return result.ok
 
     async def http_one(self) -> bool:
         async with self.session.post(self.http_url, data=BODY, headers={"Content-Type": "application/json"}) as r:
-            await r.read()
+            body = await r.read()
+            if r.status != 200:
+                self.errors.append(f"http {r.status}: {body[:200]!r}")
             return r.status == 200
 
     async def grpc_one(self) -> bool:
-        reply = await self.grpc_infer(self.grpc_request, timeout=10)
+        try:
+            reply = await self.grpc_infer(self.grpc_request, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            self.errors.append(f"grpc {error.code().name}: {error.details()}")
+            return False
         return len(reply.raw_output_contents) == 1
 
 
@@ -124,6 +134,7 @@ async def light_load(paths: Paths, count: int) -> dict:
         result[f"{door}_added_p50_ms"] = result[door]["p50"] - result["direct"]["p50"]
         result[f"{door}_added_p99_ms"] = result[door]["p99"] - result["direct"]["p99"]
     result["failures"] = failures
+    result["first_errors"] = paths.errors[:10]
     return result
 
 

@@ -27,6 +27,7 @@ from runtime.clock import MonotonicClock
 from runtime.cluster_config import ClusterConfig, ShardEntry
 from runtime.connect import connect_service, creds_of, flush_ordered
 from runtime.handback import finish_hand_backs, hand_back_headers, start_hand_back
+from runtime.metrics_http import MetricsEndpoint, serve_metrics
 from runtime.nats_auth import HANDBACK_NAMESPACE
 from runtime.services import register_service
 from runtime.stats import config_members, serve_stats, snapshots
@@ -104,6 +105,7 @@ class ShardService:
         self.nc: nats.NATS | None = None
         self.policy: Policy | None = None
         self.service = None
+        self.metrics_endpoint: MetricsEndpoint | None = None
         self.follower = None
         self.specs: dict[str, ModelSpec] = {}
         self.slot_index = {slot: i for i, slot in enumerate(self.entry.slots)}
@@ -147,14 +149,12 @@ class ShardService:
                 await self._subscribe_model(model)
         await self._subscribe()
         self.watch.start(self.nc)
+        # Before registering: the first status snapshot already names the metrics URL.
+        self.metrics_endpoint = serve_metrics(self.entry.metrics_port, self.config.metrics_host, self.metrics.registry)
         self.service = await register_service(
             self.nc, "symphony-shard", f"shard {self.entry.id}", {"shard_id": self.entry.id},
             f"{self.prefix}.shard.{self.entry.id}.status", self.status,
         )
-        if self.entry.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(self.entry.metrics_port, addr="0.0.0.0", registry=self.metrics.registry)
         if self.config.dynamic:
             from shard.service.follower import AssignmentFollower
 
@@ -322,6 +322,7 @@ class ShardService:
             slots_busy=sorted({f.slot_id for f in self.inflight.values()}),
             slots_lost=sorted(self.watch.lost),
             busy_seconds=self._busy_s,
+            metrics_url=self.metrics_endpoint.url if self.metrics_endpoint is not None else "",
         )
 
     # ---- ingress ------------------------------------------------------------------------
@@ -579,4 +580,6 @@ class ShardService:
         await finish_hand_backs(self._hand_backs)
         self.watch.stop()
         self._timer.cancel()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
         await self.nc.drain()

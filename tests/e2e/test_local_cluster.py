@@ -1,6 +1,6 @@
 """`symphony up` as a user runs it: separate processes, the embedded nats-server, a request
-answered through the CLI and through its gateway by the official Triton clients, and everything
-it started ended on Ctrl-C."""
+answered through the CLI and through its gateway by the official Triton clients, every role's
+metrics URL printed and listed by `symphony status`, and everything it started ended on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 
 from tests.integration.conftest import SLEEP_CONFIG
+from tests.integration.test_metrics import scrape
 
 
 def _through_the_gateway(http_url: str, grpc_url: str) -> None:
@@ -56,6 +57,13 @@ def test_up_serves_requests_and_stops_everything_it_started(tmp_path: Path) -> N
                 gateway = [word for word in line.split() if "://127.0.0.1:" in word]
         assert url is not None and gateway is not None
         _through_the_gateway(*gateway)
+        printed = {}  # role id -> URL, from the "metrics" block `up` prints once every role answered
+        while len(printed) < 3 and time.monotonic() < deadline:
+            line = up.stdout.readline()
+            assert line, "symphony up exited early"
+            if line.startswith("  ") and "/metrics" in line:
+                _role, role_id, metrics_url = line.split()
+                printed[role_id] = metrics_url
         infer = subprocess.run([sys.executable, "-m", "ops.cli", "infer", "resnet_sleep", "--random"],
                                capture_output=True, text=True, env=env, timeout=60)
         assert infer.returncode == 0, infer.stdout + infer.stderr
@@ -69,6 +77,16 @@ def test_up_serves_requests_and_stops_everything_it_started(tmp_path: Path) -> N
         assert stats.returncode == 0, stats.stdout + stats.stderr
         (model,) = json.loads(stats.stdout)["model_stats"]
         assert model["name"] == "resnet_sleep" and model["inference_stats"]["success"]["count"] >= 1
+        status = subprocess.run([sys.executable, "-m", "ops.cli", "status"], capture_output=True, text=True,
+                                env=env, timeout=60)
+        listed_urls = {line.split()[1]: line.split()[2] for line in status.stdout.splitlines()
+                       if line.startswith("  ") and "/metrics" in line}
+        gateway_metrics = printed.pop("gateway")  # the gateway serves no status: `up` knows its address
+        assert listed_urls == printed and set(printed) == {"shard-0", "sleep-0"}, status.stdout
+        assert len(set(printed.values())) == 2 and all(u.startswith("http://127.0.0.1:") for u in printed.values())
+        assert "symphony_gateway_calls_total" in scrape(gateway_metrics)
+        assert "symphony_shard_requests_received_total" in scrape(printed["shard-0"])
+        assert "symphony_agent_replies_total" in scrape(printed["sleep-0"])
     finally:
         up.send_signal(signal.SIGINT)
         out, _ = up.communicate(timeout=60)

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.asyncio
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
 
-def scrape(port: int) -> dict[str, list]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def scrape(url: str) -> dict[str, list]:
+    """Sample name -> samples, from the Prometheus text a metrics URL answers."""
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
     samples: dict[str, list] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -39,7 +40,7 @@ async def scrape_settled(shard_port: int, agent_port: int, reports: int, timeout
     clone's make test: failed_total 0 instead of 1)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        shard, agent = scrape(shard_port), scrape(agent_port)
+        shard, agent = scrape(f"http://127.0.0.1:{shard_port}/metrics"), scrape(f"http://127.0.0.1:{agent_port}/metrics")
         handled = (value(shard, "symphony_shard_requests_succeeded_total")
                    + value(shard, "symphony_shard_requests_failed_total"))
         replied = value(agent, "symphony_agent_replies_total")

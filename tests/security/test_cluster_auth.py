@@ -13,6 +13,7 @@ from runtime.client import SymphonyClient
 from runtime.cluster import LocalCluster
 from runtime.status import gather_status
 from tests.factories import SLEEP_KINDS, cluster_toml
+from tests.integration.test_metrics import scrape
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,6 +40,12 @@ async def test_a_cluster_with_users_serves_two_clients_and_only_the_operator_man
         assert await gather_status(cluster.url, creds=cluster.creds_path("alice")) == ([], [], [])  # refused
         shards, agents, coordinators = await gather_status(cluster.url, creds=cluster.creds_path("operator"))
         assert ([s.shard_id for s in shards], len(agents), len(coordinators)) == (["shard-0"], 2, 1)
+        # Every role serves its metrics on a port of its own (LocalCluster's default), named in its status.
+        urls = {s.metrics_url: "symphony_shard_" for s in shards} | {a.metrics_url: "symphony_agent_" for a in agents}
+        urls |= {c.metrics_url: "symphony_coordinator_" for c in coordinators}
+        assert len(urls) == 4 and all(u.startswith("http://127.0.0.1:") for u in urls), urls
+        for url, prefix in urls.items():
+            assert any(name.startswith(prefix) for name in scrape(url)), url
 
         async def steady(client: SymphonyClient, model: str, seconds: float) -> list[int]:
             statuses = []
