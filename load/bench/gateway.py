@@ -12,7 +12,11 @@ client. Two measurements, each alternating the paths so machine noise hits both 
    direct NATS by asyncio tasks in this process. For each: requests/s, latency percentiles, and the
    CPU share of the gateway process and of this process, so the figure says who was the limit.
 
-    python -m load.bench.gateway [--light 400] [--seconds 8] [--concurrency 16 64 256]
+    python -m load.bench.gateway [--light 400] [--seconds 8] [--concurrency 64 256 1024]
+
+Requests wait in the shard until their latest safe moment (the model's SLO here is 50 ms), so a
+closed loop of C requests carries at most about C / 50 ms: the larger concurrencies are there to
+find the processes' limits, and each row prints every process's CPU to say whose it was.
 
 Writes results/bench-gateway/gateway.json and gateway.png.
 """
@@ -36,6 +40,7 @@ import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
+from load.bench.reply_path import server_cpu_s as cpu_s
 from runtime.client import SymphonyClient
 from runtime.cluster import LocalCluster
 
@@ -58,12 +63,6 @@ BODY = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[1.5]}]}'
 OUT = Path("results/bench-gateway")
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
     ordered = sorted(samples_s)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3  # noqa: E731
@@ -79,7 +78,7 @@ class Paths:
 
     async def open(self) -> None:
         self.direct = await SymphonyClient.connect(self.cluster.url, creds=self.cluster.creds_path("client"))
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024))
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=4096))
         self.http_url = f"{self.cluster.gateway_addresses['http']}/v2/models/echo/infer"
         self.channel = grpc.aio.insecure_channel(self.cluster.gateway_addresses["grpc"].split("://")[1])
         self.grpc_infer = self.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
@@ -177,25 +176,37 @@ def wrk_http(url: str, concurrency: int, seconds: float) -> dict | None:
             "p99": ms("99")}
 
 
-async def throughput(paths: Paths, gateway_pid: int, concurrency: int, seconds: float) -> dict:
+def cluster_pids(cluster: LocalCluster) -> dict[str, int]:
+    """The processes whose CPU each phase reports: who was the limit."""
+    pids = {name: process.pid for name, process in cluster.processes.items()}
+    pids["nats-server"] = cluster.server.process.pid
+    pids["this process"] = os.getpid()
+    return pids
+
+
+async def throughput(paths: Paths, pids: dict[str, int], concurrency: int, seconds: float) -> dict:
     result = {}
-    for name in ("direct", "http"):
-        gateway_before, own_before, wall_before = cpu_s(gateway_pid), time.process_time(), time.perf_counter()
-        if name == "direct":
-            result[name] = await closed_loop(paths.direct_one, concurrency, seconds)
+    for name in ("direct", "http", "grpc"):
+        before, wall_before = {k: cpu_s(pid) for k, pid in pids.items()}, time.perf_counter()
+        if name != "http":
+            result[name] = await closed_loop({"direct": paths.direct_one, "grpc": paths.grpc_one}[name],
+                                             concurrency, seconds)
         else:
             measured = await asyncio.to_thread(wrk_http, paths.http_url, concurrency, seconds)
             if measured is None:
                 continue
             result[name] = measured
         wall = time.perf_counter() - wall_before
-        result[name]["gateway_cpu"] = (cpu_s(gateway_pid) - gateway_before) / wall
-        result[name]["client_cpu"] = (time.process_time() - own_before) / wall
+        cpu = {k: (cpu_s(pid) - before[k]) / wall for k, pid in pids.items()}
+        result[name]["cpu"] = cpu  # cores busy, per process
+        result[name]["gateway_us_per_request"] = cpu["gateway"] * 1e6 / max(result[name]["rate"], 1e-9)
+        busiest = max(cpu, key=cpu.get)
         print(f"  c={concurrency} {name}: {result[name]['rate']:.0f} req/s, p50 {result[name]['p50']:.2f} ms, "
-              f"gateway CPU {result[name]['gateway_cpu']:.2f}, this process {result[name]['client_cpu']:.2f}",
-              flush=True)
-    if "http" in result:
-        result["http_over_direct"] = result["http"]["rate"] / result["direct"]["rate"]
+              f"p99 {result[name]['p99']:.2f} ms; CPU (cores) " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+              + f"; busiest: {busiest}", flush=True)
+    for door in ("http", "grpc"):
+        if door in result:
+            result[f"{door}_over_direct"] = result[door]["rate"] / result["direct"]["rate"]
     return result
 
 
@@ -215,10 +226,11 @@ def plot(payload: dict, path: Path) -> None:
     left.legend()
     rows = payload["throughput"]
     cs = [row["concurrency"] for row in rows]
-    for name in ("direct", "http"):
+    for name in ("direct", "http", "grpc"):
         if all(name in row for row in rows):
             right.plot(cs, [row[name]["rate"] for row in rows], marker="o",
-                       label={"direct": "NATS direct (asyncio client)", "http": "gateway HTTP (wrk)"}[name])
+                       label={"direct": "NATS direct (asyncio client)", "http": "gateway HTTP (wrk)",
+                              "grpc": "gateway gRPC (grpc.aio client)"}[name])
     right.set_xscale("log", base=2)
     right.set_xlabel("requests in flight")
     right.set_ylabel("requests/s")
@@ -243,7 +255,7 @@ async def run(args: argparse.Namespace) -> dict:
                 rows = []
                 for concurrency in args.concurrency:
                     rows.append({"concurrency": concurrency, **await throughput(
-                        paths, cluster.processes["gateway"].pid, concurrency, args.seconds)})
+                        paths, cluster_pids(cluster), concurrency, args.seconds)})
             finally:
                 await paths.close()
         finally:
@@ -258,7 +270,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--light", type=int, default=400, help="requests per path at light load")
     parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256, 1024])
     args = parser.parse_args()
     payload = asyncio.run(run(args))
     OUT.mkdir(parents=True, exist_ok=True)
@@ -273,7 +285,8 @@ def main() -> None:
     for row in payload["throughput"]:
         ratio = row.get("http_over_direct")
         print(f"c={row['concurrency']}: direct {row['direct']['rate']:.0f} req/s" + (
-            f", HTTP {row['http']['rate']:.0f} req/s, HTTP/direct {ratio:.2f}" if ratio else ""))
+            f", HTTP {row['http']['rate']:.0f} req/s, HTTP/direct {ratio:.2f}" if ratio else "")
+            + f", gRPC {row['grpc']['rate']:.0f} req/s, gRPC/direct {row['grpc_over_direct']:.2f}")
     print(f"median HTTP/direct: {statistics.median(r['http_over_direct'] for r in payload['throughput']):.2f}"
           if all("http_over_direct" in r for r in payload["throughput"]) else "wrk not found: no HTTP rows")
     print(f"wrote {OUT}/gateway.json and gateway.png")
