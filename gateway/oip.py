@@ -14,7 +14,6 @@ HTTP/REST bodies are JSON, optionally followed by raw tensors (the binary tensor
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -257,13 +256,12 @@ def positive_ms(value: object, what: str) -> float:
     return number
 
 
-def apply_timing(call: Call, *, slo_ms: object = None, deadline_ms: object = None,
-                 timeout_us: object = None, now_ms: float | None = None) -> None:
+def apply_timing(call: Call, *, now_ms: float, slo_ms: object = None, deadline_ms: object = None,
+                 timeout_us: object = None) -> None:
     """Set the call's SLO and absolute deadline from whichever the client gave: an SLO
     (`Symphony-Slo-Ms`, parameter `slo_ms`), an absolute deadline (`Symphony-Deadline`, Unix ms),
     or a relative timeout (Triton's `timeout` parameter in microseconds; gRPC's own deadline).
-    With several deadlines, the tightest applies."""
-    now_ms = time.time() * 1e3 if now_ms is None else now_ms
+    With several deadlines, the tightest applies. `now_ms`: Unix time in milliseconds."""
     if slo_ms is not None:
         call.slo_ms = positive_ms(slo_ms, "SLO")
     deadlines = []

@@ -123,7 +123,8 @@ class HttpDoor:
         await self._meta(request)
         call = decode_http_infer(request.path_params["model"], await _body(request),
                                  request.headers.get(HEADER_INFERENCE_LENGTH))
-        apply_timing(call, slo_ms=request.headers.get(HEADER_SLO_MS, call.parameters.get("slo_ms")),
+        apply_timing(call, now_ms=time.time() * 1e3,
+                     slo_ms=request.headers.get(HEADER_SLO_MS, call.parameters.get("slo_ms")),
                      deadline_ms=request.headers.get(HEADER_DEADLINE),
                      timeout_us=call.parameters.get("timeout"))
         call.request_id = request.headers.get(HEADER_REQUEST_ID, "")[:128]

@@ -8,6 +8,7 @@ back as `raw_output_contents`. Errors are gRPC status codes with our reason as t
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
@@ -135,7 +136,7 @@ def decode_grpc_infer(request: pb.ModelInferRequest, metadata: dict[str, Any], r
     timeout_us = params.get("timeout")
     if remaining_s is not None and (timeout_us is None or remaining_s * 1e6 < float(timeout_us)):
         timeout_us = max(remaining_s, 1e-6) * 1e6
-    apply_timing(call, slo_ms=metadata.get("symphony-slo-ms", params.get("slo_ms")),
+    apply_timing(call, now_ms=time.time() * 1e3, slo_ms=metadata.get("symphony-slo-ms", params.get("slo_ms")),
                  deadline_ms=metadata.get("symphony-deadline"), timeout_us=timeout_us)
     call.request_id = str(metadata.get("symphony-request-id", ""))[:128]
     return call

@@ -11,10 +11,11 @@ PURE_PACKAGES = [ROOT / "shard" / "core"]
 PURE_FILES = [ROOT / "coordinator" / name for name in ("placement.py", "demand.py", "membership.py", "epoch.py",
                                                        "rates.py", "autoscale.py", "slots.py",
                                                        "core.py")] + [
-    ROOT / "gpu_agent" / name for name in ("fencing.py", "decisions.py")] + [ROOT / "runtime" / "actuator.py"]
+    ROOT / "gpu_agent" / name for name in ("fencing.py", "decisions.py")] + [ROOT / "runtime" / "actuator.py",
+                                                                          ROOT / "gateway" / "oip.py"]
 FORBIDDEN = {"asyncio", "time", "os", "random", "logging", "structlog", "nats", "socket", "threading",
              "subprocess", "datetime", "load", "ops"}
-PROJECT = {"coordinator", "gpu_agent", "shard", "schemas", "load", "ops"}
+PROJECT = {"coordinator", "gpu_agent", "gateway", "shard", "schemas", "load", "ops"}
 
 
 def pure_modules() -> list[Path]:
@@ -44,11 +45,12 @@ def test_pure_modules_import_nothing_impure(path: Path) -> None:
 
 
 # ---- the folder DAG (issue 12) ------------------------------------------------------------------
-# schemas <- runtime <- {shard, gpu_agent, coordinator} <- load <- ops. A folder imports only
-# folders of its own layer or below; shard and gpu_agent never import each other (they meet on
-# the wire); the coordinator imports nothing from load.
-LAYER = {"schemas": 0, "runtime": 1, "shard": 2, "gpu_agent": 2, "coordinator": 2, "load": 3, "ops": 4}
-NEVER = {("shard", "gpu_agent"), ("gpu_agent", "shard")}
+# schemas <- runtime <- {shard, gpu_agent, coordinator, gateway} <- load <- ops. A folder imports
+# only folders of its own layer or below; shard and gpu_agent never import each other (they meet on
+# the wire), nor does the gateway import any other service; the coordinator imports nothing from load.
+LAYER = {"schemas": 0, "runtime": 1, "shard": 2, "gpu_agent": 2, "coordinator": 2, "gateway": 2, "load": 3, "ops": 4}
+SERVICES = ("shard", "gpu_agent", "coordinator", "gateway")
+NEVER = {("shard", "gpu_agent"), ("gpu_agent", "shard")} | {("gateway", s) for s in SERVICES if s != "gateway"}
 # The simulator (load/sim) apart from its CLI is pure too: virtual time and seeded randomness
 # only, no I/O, no asyncio, no NATS.
 SIM_FORBIDDEN = {"asyncio", "os", "socket", "threading", "subprocess", "nats", "structlog", "logging", "datetime",
