@@ -68,6 +68,8 @@ class Forwarder:
             return model_list_decoder.decode(msg.data).models
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             return []
+        except nats.errors.Error as error:  # closed, reconnecting, ...
+            raise GatewayError(Status.UNAVAILABLE, f"NATS: {error!r}") from None
         except msgspec.DecodeError as error:
             raise GatewayError(Status.INTERNAL, f"unreadable model list: {error}") from None
 
@@ -95,6 +97,8 @@ class Forwarder:
         except nats.errors.TimeoutError:
             raise GatewayError(Status.UNAVAILABLE, f"model {model!r}: no metadata reply in {META_TIMEOUT_S:g} s") \
                 from None
+        except nats.errors.Error as error:  # closed, reconnecting, ...
+            raise GatewayError(Status.UNAVAILABLE, f"NATS: {error!r}") from None
         try:
             return model_metadata_decoder.decode(msg.data)
         except msgspec.DecodeError as error:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,6 +31,8 @@ from gateway.oip import (
     model_metadata_json,
 )
 from schemas.status import HEADER_DEADLINE, HEADER_REQUEST_ID, HEADER_SLO_MS, Status
+
+log = structlog.get_logger("gateway")
 
 BODY_BYTES_MAX = 64 * 1024 * 1024  # a whole OIP batch; each item is still capped by its shard
 READY_TTL_S = 1.0
@@ -52,6 +55,9 @@ def _answers(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
             return await handler(request)
         except GatewayError as error:
             return _error(error)
+        except Exception as error:  # logged; the client still gets the protocol's error form
+            log.exception("gateway_error", path=request.url.path)
+            return _error(GatewayError(Status.INTERNAL, f"gateway: {error.__class__.__name__}"))
     return route
 
 
