@@ -9,8 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-from load.generator import plan_from_trace, plan_from_workload, read_trace, request_bodies, send_plan
-from load.live_report import compare, summarize, write_outputs
 from load.workload import load_workload
 from runtime.client import default_nats_url
 from schemas.status import CONTENT_JSON, CONTENT_MSGPACK
@@ -58,6 +56,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _execute(args: argparse.Namespace, plan, source: str, out: Path) -> dict:  # noqa: ANN001
+    from load.generator import request_bodies, send_plan  # the generator and plots load only when used:
+    from load.live_report import summarize, write_outputs  # every role process starts through this CLI
+
     url = default_nats_url(args.nats_url)
     content_type = CONTENT_MSGPACK if args.msgpack else CONTENT_JSON
 
@@ -81,6 +82,8 @@ def _execute(args: argparse.Namespace, plan, source: str, out: Path) -> dict:  #
 
 
 def _run(args: argparse.Namespace) -> int:
+    from load.generator import plan_from_workload
+
     loaded = load_workload(args.workload)
     name = loaded.workload.name
     rates = [float(r) for r in args.rate.split(",")] if args.rate else [None]
@@ -101,6 +104,8 @@ def _judge(args: argparse.Namespace, summary: dict) -> bool:
 
 
 def _trace(args: argparse.Namespace) -> int:
+    from load.generator import plan_from_trace, read_trace
+
     plan = plan_from_trace(read_trace(args.file), args.model, args.slo_ms)
     out = Path(args.out or f"results/load-trace-{Path(args.file).stem}")
     valid = _judge(args, _execute(args, plan, f"trace {args.file} -> {args.model}", out))
@@ -108,6 +113,8 @@ def _trace(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from load.live_report import compare
+
     a = json.loads((Path(args.a) / "results.json").read_text())
     b = json.loads((Path(args.b) / "results.json").read_text())
     print(compare(a, b, (Path(args.a).name or args.a, Path(args.b).name or args.b)))

@@ -9,11 +9,9 @@ from collections.abc import Mapping
 
 import structlog
 
-from gpu_agent.agent import Agent
 from runtime.clock import MonotonicClock
 from runtime.cluster_config import AUTOSCALE_ENV, METRICS_ENV, ClusterConfig, load_cluster_config, metrics_on_free_ports
 from runtime.logs import configure_logging
-from shard.service.shard import ShardService
 
 log = structlog.get_logger("ops")
 
@@ -70,6 +68,8 @@ async def _serve(role: str, role_id: str, service, nats_url: str) -> None:  # no
 
 
 async def run_agent(config_path: str, agent_id: str, nats_url: str) -> None:
+    from gpu_agent.agent import Agent  # each role imports only its own service: JAX is the agent's alone
+
     _configure()
     agent = Agent(_config(config_path), agent_id, clock=agent_clock())
     await asyncio.to_thread(agent.load)
@@ -77,6 +77,8 @@ async def run_agent(config_path: str, agent_id: str, nats_url: str) -> None:
 
 
 async def run_shard(config_path: str, shard_id: str, nats_url: str) -> None:
+    from shard.service.shard import ShardService
+
     _configure()
     await _serve("shard", shard_id, ShardService(_config(config_path), shard_id), nats_url)
 
