@@ -1,8 +1,8 @@
 """A local cluster: the embedded nats-server (unless a URL is given), every agent and shard of a
 cluster config as child processes, supervised; `stop()` ends all it started.
 
-The embedded server has NATS users by default (runtime/nats_auth.py): passwords drawn for this cluster,
-credentials files (0600) in `run_dir`, each role process told its file through
+The embedded server has NATS users by default (runtime/nats_auth.py): NKeys drawn for this cluster,
+credentials and seed files (0600) in `run_dir`, each role process told its file through
 $SYMPHONY_NATS_CREDS, and the operator's and clients' files recorded for CLI commands."""
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ class LocalCluster:
         except OSError:
             pass
         forget_local(self.url)
-        if self.auth is not None:  # the passwords were for this cluster only
+        if self.auth is not None:  # the keys were for this cluster only
             if self._own_run_dir:
                 shutil.rmtree(self.auth.run_dir, ignore_errors=True)
             else:
