@@ -161,9 +161,14 @@ def _up(args: argparse.Namespace) -> int:
                   flush=True)
         if cluster.auth is not None:
             clients = ", ".join(str(cluster.creds_path(c)) for c in (args.client or ("client",)))
-            print(f"NATS users on: operator credentials {cluster.creds_path('operator')} (status, drain, scale), "
-                  f"client credentials {clients} (infer, models); symphony commands on this host find them, "
-                  "other programs: export SYMPHONY_NATS_CREDS=<file>", flush=True)
+            print(f"NATS users on (NKeys): operator credentials {cluster.creds_path('operator')} (status, drain, "
+                  f"scale), client credentials {clients} (infer, models); symphony commands on this host find "
+                  "them, other programs: export SYMPHONY_NATS_CREDS=<file>", flush=True)
+            for client in args.client or ("client",):  # for any NATS client (docs/protocol.md, Logging in)
+                user = cluster.auth.users[client]
+                print(f"client {client}: NKey seed file {cluster.auth.seed_path(client)}, inbox prefix "
+                      f"{user.inbox_prefix}  (e.g. nats --server {url} --nkey {cluster.auth.seed_path(client)} "
+                      f"--inbox-prefix {user.inbox_prefix} req symphony.meta '')", flush=True)
         print("\n".join(metrics_lines(await cluster.metrics_endpoints())), flush=True)
         while not stop.is_set():
             cluster.check_alive()
@@ -386,8 +391,9 @@ def _nats_auth(args: argparse.Namespace) -> int:
     auth = Auth.create(deployment, Path(args.out))
     conf = Path(args.out) / "nats-server.conf"
     write_private(conf, auth.server_config(host=args.host, port=args.port, store_dir=args.store_dir))
-    print(f"wrote {conf} and {len(auth.users)} credentials files in {auth.creds_dir}: give each role its own "
-          "file (SYMPHONY_NATS_CREDS=<file>); every file is 0600")
+    print(f"wrote {conf} (public keys only) and, per user, <user>.json and <user>.nk (its NKey seed, for standard "
+          f"NATS clients) in {auth.creds_dir}: give each role its own file (SYMPHONY_NATS_CREDS=<user>.json); "
+          "every file is 0600. Routes between servers need credentials of their own (docs/operations.md, Security)")
     return 0
 
 

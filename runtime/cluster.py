@@ -1,8 +1,8 @@
 """A local cluster: the embedded nats-server (unless a URL is given), every agent and shard of a
 cluster config as child processes, supervised; `stop()` ends all it started.
 
-The embedded server has NATS users by default (runtime/nats_auth.py): passwords drawn for this cluster,
-credentials files (0600) in `run_dir`, each role process told its file through
+The embedded server has NATS users by default (runtime/nats_auth.py): NKeys drawn for this cluster,
+credentials and seed files (0600) in `run_dir`, each role process told its file through
 $SYMPHONY_NATS_CREDS, and the operator's and clients' files recorded for CLI commands.
 
 Every role serves its Prometheus metrics by default (SYMPHONY_METRICS=free: a role whose config
@@ -318,7 +318,7 @@ class LocalCluster:
         forget_local(self.url)
         if self._gateway_dir is not None:
             shutil.rmtree(self._gateway_dir, ignore_errors=True)
-        if self.auth is not None:  # the passwords were for this cluster only
+        if self.auth is not None:  # the keys were for this cluster only
             if self._own_run_dir:
                 shutil.rmtree(self.auth.run_dir, ignore_errors=True)
             else:

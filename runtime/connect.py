@@ -47,7 +47,8 @@ def connect_options(creds: Creds | None, url: str = "") -> dict:
     """Keyword arguments for `nats.connect` that authenticate as `creds` (empty without)."""
     options: dict = {}
     if creds is not None:
-        options.update(user=creds.user, password=creds.password, inbox_prefix=creds.inbox_prefix)
+        # NKey login: nats.py signs the server's nonce with the seed (held in memory, as the file was read)
+        options.update(nkeys_seed_str=creds.seed, inbox_prefix=creds.inbox_prefix)
     tls_urls = any(u.startswith("tls://") for u in server_list(url))
     if creds is not None and (creds.tls_ca or creds.tls_cert) or tls_urls:
         context = ssl.create_default_context(cafile=(creds.tls_ca or None) if creds else None)

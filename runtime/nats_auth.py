@@ -1,11 +1,16 @@
 """NATS users and subject permissions for a deployment: one user per role (coordinator, shard,
-operator, one per agent, one per client), random passwords, least-privilege publish/subscribe
-lists, a per-user inbox prefix, and the nats-server configuration that enforces them.
+operator, one per agent, one per client), each an NKey (ed25519; nats-server's standard public-key
+login), least-privilege publish/subscribe lists, a per-user inbox prefix, and the nats-server
+configuration that enforces them.
 
-`Auth.create(deployment, run_dir)` draws the passwords and writes one credentials file per user
-(`<run_dir>/creds/<user>.json`, mode 0600); `auth.server_config(...)` renders a server's config
-(also written 0600 by its caller: it holds the passwords). A role finds its credentials through
-`$SYMPHONY_NATS_CREDS` (a path, never the password itself), so nothing secret is on a command line.
+`Auth.create(deployment, run_dir)` draws one NKey per user and writes its seed (the private key)
+only into that user's files, both mode 0600: `<run_dir>/creds/<user>.json` (ours: seed, role,
+inbox prefix, ...) and `<run_dir>/creds/<user>.nk` (the seed line alone, which standard NATS
+clients and the `nats` CLI read). `auth.server_config(...)` renders a server's config: it lists
+public keys only, so it holds no secret. Routes between servers cannot log in with NKeys; their
+password is drawn per cluster and reaches the servers through their environment
+(`auth.server_env(...)`), never a file. A role finds its credentials through
+`$SYMPHONY_NATS_CREDS` (a path, never the seed itself), so nothing secret is on a command line.
 
 Reply namespaces: every user has an inbox prefix it alone may subscribe under:
 `_INBOX_coordinator`, `_INBOX_shard`, `_INBOX_operator`, `_INBOX_agent.<id>`,
@@ -18,6 +23,7 @@ answer is forwarded to the client), which shards and agents may also publish und
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
+import nkeys
 
 from schemas.control import LEADER_BUCKET, MEMBERS_BUCKET, STATE_BUCKET
 
@@ -54,11 +61,17 @@ CLIENT_INBOXES = "_INBOX_client"
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
 
+ROUTE_PASSWORD_ENV = "SYMPHONY_NATS_ROUTE_PASSWORD"  # the routes' password, in the servers' environment
+ROUTE_URL_ENV = "SYMPHONY_NATS_ROUTE_"  # + the route's port: its URL with the password
+
+
 class Creds(msgspec.Struct, frozen=True, kw_only=True):
-    """What a process needs to connect as one user. The file is 0600; `password` never leaves it."""
+    """What a process needs to connect as one user. The file is 0600; `seed` never leaves it (and
+    the user's `.nk` file beside it)."""
 
     user: str
-    password: str
+    seed: str  # the user's NKey seed, "SU...": the private key that signs the server's nonce
+    nkey: str  # its public key, "U...": what the server config lists (and its log names)
     role: str  # coordinator | shard | agent | operator | client
     inbox_prefix: str
     handback_prefix: str = ""  # shards and agents: the reply namespace of their hand-backs
@@ -222,10 +235,33 @@ def _list(values: Iterable[str]) -> str:
     return "[" + ", ".join(_q(v) for v in values) + "]"
 
 
-def render_users(users: Sequence[UserPermissions], passwords: dict[str, str]) -> str:
+def new_seed() -> str:
+    """A fresh user NKey seed ("SU...") from 32 random bytes."""
+    return nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER).decode()
+
+
+def public_key(seed: str) -> str:
+    """The public key ("U...") of a user seed."""
+    return nkeys.from_seed(bytearray(seed.encode())).public_key.decode()
+
+
+def connect_fields(seed: str, nonce: str) -> dict[str, str]:
+    """The CONNECT fields of an NKey login (for a raw protocol client): the public key and the
+    nonce from the server's INFO signed with the seed (base64url, unpadded, as nats.go sends it)."""
+    pair = nkeys.from_seed(bytearray(seed.encode()))
+    try:
+        signature = base64.urlsafe_b64encode(pair.sign(nonce.encode())).rstrip(b"=").decode()
+        return {"nkey": pair.public_key.decode(), "sig": signature}
+    finally:
+        pair.wipe()
+
+
+def render_users(users: Sequence[UserPermissions], nkeys_of: dict[str, str]) -> str:
+    """The users block: each user's public key (`nkeys_of`: user -> "U..."), never a secret."""
     lines = ["authorization {", "  timeout: 2", "  users: ["]
     for u in users:
-        lines.append(f"    {{ user: {_q(u.user)}, password: {_q(passwords[u.user])}, permissions: {{")
+        lines.append(f"    # {u.user}")  # the server names a user by its key (logs, violations)
+        lines.append(f"    {{ nkey: {_q(nkeys_of[u.user])}, permissions: {{")
         lines.append(f"        publish: {{ allow: {_list(u.publish)} }}")
         lines.append(f"        subscribe: {{ allow: {_list(u.subscribe)} }}")
         if u.allow_responses:
@@ -238,12 +274,14 @@ def render_users(users: Sequence[UserPermissions], passwords: dict[str, str]) ->
 def render_server_config(
     *, host: str, port: int, store_dir: str | None, users_block: str = "", tls: TlsFiles | None = None,
     server_name: str = "", cluster_port: int | None = None, routes: Sequence[int] = (),
-    route_user: str = "", route_password: str = "", max_payload: int = MAX_PAYLOAD,
+    route_user: str = "", max_payload: int = MAX_PAYLOAD,
     max_connections: int = MAX_CONNECTIONS, log_file: str = "",
 ) -> str:
-    """One nats-server's config. Without `users_block` it is open (no authentication)."""
+    """One nats-server's config. Without `users_block` it is open (no authentication). With
+    `route_user` the routes authenticate with a password the server reads from its environment
+    (`route_env`): the config names only the variables."""
     lines = [
-        "# generated by symphony (runtime/nats_auth.py); holds passwords when auth is on: keep it 0600",
+        "# generated by symphony (runtime/nats_auth.py); no secrets in it: users are NKey public keys",
         f"host: {_q(host)}", f"port: {port}",
         f"max_payload: {max_payload}", f"max_pending: {max(MAX_PENDING, max_payload)}",
         f"max_connections: {max_connections}", f"max_subscriptions: {MAX_SUBSCRIPTIONS}",
@@ -270,15 +308,21 @@ def render_server_config(
             lines.append("  verify: true")
         lines.append("}")
     if cluster_port is not None:
-        cred = f"{route_user}:{route_password}@" if route_user else ""
         lines.append("cluster {")
         lines += ['  name: "symphony"', f"  listen: {_q(f'{host}:{cluster_port}')}"]
         if route_user:
-            lines.append(f"  authorization {{ user: {_q(route_user)}, password: {_q(route_password)}, timeout: 2 }}")
+            # NKeys are for clients; a route logs in with a user and password, given to this server
+            # in its environment. An explicit route carries them in its URL: the whole URL is a variable.
+            lines.append("  # the routes' credentials are in this server's environment, not here")
+            lines.append(f"  authorization {{ user: {_q(route_user)}, password: ${ROUTE_PASSWORD_ENV}, timeout: 2 }}")
         if tls is not None:  # routes verify each other with the same certificate and CA
             lines.append(f"  tls {{ cert_file: {_q(tls.cert)}, key_file: {_q(tls.key)}"
                          + (f", ca_file: {_q(tls.ca)}" if tls.ca else "") + ", timeout: 2 }")
-        lines.append("  routes: " + _list(f"nats-route://{cred}{host}:{r}" for r in routes))
+        if route_user:
+            lines.append(f"  # routes: {', '.join(f'{host}:{r}' for r in routes)}")
+            lines.append("  routes: [" + ", ".join(f"${ROUTE_URL_ENV}{r}" for r in routes) + "]")
+        else:
+            lines.append("  routes: " + _list(f"nats-route://{host}:{r}" for r in routes))
         lines.append("}")
     if users_block:
         lines.append(users_block)
@@ -297,21 +341,22 @@ def write_private(path: Path, text: str) -> None:
 
 
 class Auth:
-    """One cluster's users, their passwords (drawn per cluster) and their credentials files."""
+    """One cluster's users, their NKeys (drawn per cluster), their credentials files and the
+    routes' password (drawn per cluster, kept in memory and handed to the servers it starts)."""
 
-    def __init__(self, deployment: Deployment, run_dir: Path, passwords: dict[str, str]) -> None:
+    def __init__(self, deployment: Deployment, run_dir: Path, seeds: dict[str, str], route_password: str) -> None:
         self.deployment = deployment
         self.run_dir = Path(run_dir)
         self.users = {u.user: u for u in role_permissions(deployment)}
-        self.passwords = passwords
+        self.seeds = seeds
+        self.nkeys = {user: public_key(seed) for user, seed in seeds.items()}
         self.route_user = "route"
+        self.route_password = route_password
 
     @classmethod
     def create(cls, deployment: Deployment, run_dir: str | Path) -> Auth:
-        users = role_permissions(deployment)
-        passwords = {u.user: secrets.token_urlsafe(24) for u in users}
-        passwords["route"] = secrets.token_urlsafe(24)
-        auth = cls(deployment, Path(run_dir), passwords)
+        seeds = {u.user: new_seed() for u in role_permissions(deployment)}
+        auth = cls(deployment, Path(run_dir), seeds, secrets.token_urlsafe(24))
         auth.write_creds()
         return auth
 
@@ -324,15 +369,22 @@ class Auth:
         os.chmod(self.run_dir, 0o700)
         tls = self.deployment.tls
         for user in self.users.values():
-            creds = Creds(user=user.user, password=self.passwords[user.user], role=user.role,
+            creds = Creds(user=user.user, seed=self.seeds[user.user], nkey=self.nkeys[user.user], role=user.role,
                           inbox_prefix=user.inbox_prefix, handback_prefix=user.handback_prefix,
                           tls_ca=(tls.ca if tls is not None else ""))
             write_private(self.creds_path(user.user), msgspec.json.encode(creds).decode() + "\n")
+            write_private(self.seed_path(user.user), self.seeds[user.user] + "\n")
 
     def creds_path(self, user: str) -> Path:
+        """`<user>.json`: our credentials file (seed, role, inbox prefix, TLS CA)."""
         if user not in self.users:
             raise KeyError(f"no NATS user {user!r} (users: {', '.join(sorted(self.users))})")
         return self.creds_dir / f"{user}.json"
+
+    def seed_path(self, user: str) -> Path:
+        """`<user>.nk`: the seed alone, for standard NATS clients (`nats --nkey`, nats.py
+        `nkeys_seed=`, nats.go `NkeyOptionFromSeed`); they also need the user's inbox prefix."""
+        return self.creds_path(user).with_suffix(".nk")
 
     def agent_user(self, agent_id: str) -> str:
         return f"agent-{agent_id}" if f"agent-{agent_id}" in self.users else "agent"
@@ -341,13 +393,22 @@ class Auth:
         return load_creds(self.creds_path(user))
 
     def users_block(self) -> str:
-        return render_users(list(self.users.values()), self.passwords)
+        return render_users(list(self.users.values()), self.nkeys)
 
     def server_config(self, **kwargs: object) -> str:
-        """See render_server_config; this adds the users, TLS and route credentials."""
+        """See render_server_config; this adds the users, TLS and the routes' user."""
         return render_server_config(users_block=self.users_block(), tls=self.deployment.tls,
-                                    route_user=self.route_user, route_password=self.passwords["route"],
-                                    **kwargs)  # type: ignore[arg-type]
+                                    route_user=self.route_user, **kwargs)  # type: ignore[arg-type]
+
+    def route_env(self, host: str, routes: Sequence[int]) -> dict[str, str]:
+        """The environment a server of `server_config(..., routes=routes)` needs: the routes'
+        password, and each route's URL with it (a config cannot splice a variable into a string)."""
+        if not routes:
+            return {}
+        env = {ROUTE_PASSWORD_ENV: self.route_password}
+        for port in routes:
+            env[f"{ROUTE_URL_ENV}{port}"] = f"nats-route://{self.route_user}:{self.route_password}@{host}:{port}"
+        return env
 
 
 def load_creds(path: str | Path) -> Creds:

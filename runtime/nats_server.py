@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -63,7 +64,7 @@ class NatsServer:
         return render_server_config(**options)
 
     def config_path(self) -> Path:
-        """Beside the credentials with auth (it holds the passwords), else in the store's folder."""
+        """Beside the credentials with auth (it names their public keys), else in the store's folder."""
         if self.auth is not None:
             return self.auth.run_dir / f"nats-server-{self.name or self.port}.conf"
         return Path(self.store.name) / "nats-server.conf"
@@ -72,9 +73,12 @@ class NatsServer:
         path = self.config_path()
         write_private(path, self.config_text())
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = None
+        if self.auth is not None and self.cluster_port is not None:  # the routes' password
+            env = os.environ | self.auth.route_env("127.0.0.1", self.routes)
         with self.log_path.with_suffix(".stderr").open("ab") as early:  # errors before the log opens
             self.process = subprocess.Popen([nats_server_binary(), "-c", str(path)],
-                                            stdout=subprocess.DEVNULL, stderr=early)
+                                            stdout=subprocess.DEVNULL, stderr=early, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

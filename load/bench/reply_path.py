@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import multiprocessing as mp
 import os
 import socket
@@ -32,8 +33,10 @@ from pathlib import Path
 
 import msgspec
 import nats
+import nkeys
 import numpy as np
 
+from runtime.nats_auth import public_key
 from runtime.nats_server import free_port, nats_server_binary
 
 INFER, SLOT, DONE = "bench.infer", "bench.slot", "bench.done"
@@ -41,7 +44,6 @@ BATCH, FLUSH_S = 32, 0.002
 REQUEST_BODY = b"q" * 100
 REPLY_BODY = b"r" * 200
 REPLY_HEADERS = {"Symphony-Status": "200", "Symphony-Batch-Size": "32"}
-PASSWORD = "bench"  # a throwaway loopback server
 WINDOW = 1024  # requests in flight at saturation
 # The held cell: the shard holds each batch this long before dispatch (deferred scheduling), so at
 # HELD_RATE about 6,000 requests wait in it: past 4,096 entries the server prunes a responder's
@@ -57,6 +59,11 @@ USERS = {  # user: (publish, subscribe, allow_responses)
 }
 
 
+def seed(user: str) -> str:
+    """A fixed NKey seed per user (a throwaway loopback server; the same in every process)."""
+    return nkeys.encode_seed(hashlib.sha256(f"bench-{user}".encode()).digest(), nkeys.PREFIX_BYTE_USER).decode()
+
+
 def server_config(port: int, log_file: str) -> str:
     users = []
     for user, (pub, sub, responses) in USERS.items():
@@ -64,7 +71,7 @@ def server_config(port: int, log_file: str) -> str:
         perms = f"publish: {{ allow: {pub_json} }}, subscribe: {{ allow: {sub_json} }}"
         if responses:
             perms += ", allow_responses: true"  # defaults: max 1 reply, expires 2 min
-        users.append(f'    {{ user: "{user}", password: "{PASSWORD}", permissions: {{ {perms} }} }}')
+        users.append(f'    {{ nkey: "{public_key(seed(user))}", permissions: {{ {perms} }} }}')
     return (f'host: "127.0.0.1"\nport: {port}\nlog_file: "{log_file}"\n'
             "authorization {\n  users: [\n" + "\n".join(users) + "\n  ]\n}\n")
 
@@ -73,7 +80,7 @@ async def connect(url: str, user: str, errors: list[str] | None = None) -> nats.
     async def on_error(e: Exception) -> None:
         if errors is not None:
             errors.append(str(e))
-    return await nats.connect(url, user=user, password=PASSWORD, name=user, error_cb=on_error,
+    return await nats.connect(url, nkeys_seed_str=seed(user), name=user, error_cb=on_error,
                               pending_size=64 * 1024 * 1024, flusher_queue_size=65536)
 
 

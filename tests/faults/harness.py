@@ -23,6 +23,7 @@ from load.sender import SendResult, send_schedule
 from runtime.cluster import LocalCluster
 from runtime.connect import connect_options, resolve_creds, server_list
 from runtime.kv import list_members, open_buckets, read_assignment
+from runtime.nats_auth import connect_fields
 from runtime.nats_server import free_port
 from schemas.profile import profile_from_sleep_spec
 from shard.core.config import CoreConfig
@@ -396,12 +397,15 @@ async def _stalled_client(run: Run) -> None:
     host, port = server_list(run.cluster.url)[0].removeprefix("nats://").split(":")
     sock = socket.create_connection((host, int(port)))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.recv(4096)  # INFO
+    head = b""
+    while b"\r\n" not in head:
+        head += sock.recv(4096)
+    info = msgspec.json.decode(head.split(b"\r\n", 1)[0].split(b" ", 1)[1])  # INFO {...}: the nonce
     creds = resolve_creds(run.cluster.url, None, "client")
     connect = {"verbose": False, "pedantic": False, "headers": True, "name": "stalled"}
     inbox = f"{creds.inbox_prefix if creds else '_INBOX'}.stalled"
-    if creds is not None:
-        connect |= {"user": creds.user, "pass": creds.password}
+    if creds is not None:  # an NKey login signs the server's nonce
+        connect |= connect_fields(creds.seed, info["nonce"])
     frames = [b"CONNECT " + msgspec.json.encode(connect) + b"\r\n", b"SUB %s.* 1\r\n" % inbox.encode()]
     for i in range(3000):
         frames.append(b"PUB symphony.infer.alpha %s.%d %d\r\n%s\r\n" % (inbox.encode(), i, len(BODY), BODY))

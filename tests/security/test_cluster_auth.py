@@ -5,8 +5,11 @@ served, the operator sees and rescales it, a client cannot, and no role ever tri
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from pathlib import Path
 
+import nats
 import pytest
 
 from runtime.client import SymphonyClient
@@ -36,6 +39,7 @@ async def test_a_cluster_with_users_serves_two_clients_and_only_the_operator_man
         for client in (alice, bob):
             result = await client.infer("resnet_sleep", BODY, content_type="application/json", timeout_s=5)
             assert result.ok, result.reason
+        await a_standard_client_logs_in_with_the_seed_file(cluster)
 
         assert await gather_status(cluster.url, creds=cluster.creds_path("alice")) == ([], [], [])  # refused
         shards, agents, coordinators = await gather_status(cluster.url, creds=cluster.creds_path("operator"))
@@ -73,7 +77,8 @@ async def test_a_cluster_with_users_serves_two_clients_and_only_the_operator_man
             assert statuses.count(200) >= 0.9 * len(statuses)
 
         violations = [line for line in cluster.server.log().splitlines() if "Violation" in line]
-        assert violations and all('"$G/user:alice"' in line for line in violations)  # only alice's status attempt
+        alice_key = cluster.auth.nkeys["alice"]  # the server names a user by its public key
+        assert violations and all(f'"$G/nkey:{alice_key}"' in line for line in violations)  # alice's status attempt
         for log in (tmp_path / "logs").glob("*.log"):
             assert "permissions violation" not in log.read_text().lower(), log.name
     finally:
@@ -81,4 +86,25 @@ async def test_a_cluster_with_users_serves_two_clients_and_only_the_operator_man
             if client is not None:
                 await client.close()
         cluster.stop()
-    assert not cluster.auth.run_dir.exists()  # the cluster's passwords go with it
+    assert not cluster.auth.run_dir.exists()  # the cluster's keys go with it
+
+
+async def a_standard_client_logs_in_with_the_seed_file(cluster: LocalCluster) -> None:
+    """What docs/protocol.md tells an outside client: nats.py's own options, the `.nk` seed file
+    `symphony up` prints and the client's inbox prefix, nothing of ours. The servers' configs
+    `symphony up` wrote hold no secret."""
+    assert cluster.auth is not None
+    seed_file = cluster.auth.seed_path("bob")
+    nc = await nats.connect(cluster.url, nkeys_seed=str(seed_file), inbox_prefix="_INBOX_client.bob")
+    try:
+        reply = await nc.request("symphony.meta", b"", timeout=5)
+        assert sorted(json.loads(reply.data)["models"]) == ["fast_sleep", "resnet_sleep"]
+    finally:
+        await nc.close()
+    configs = list(cluster.auth.run_dir.glob("nats-server-*.conf"))
+    assert configs
+    for config in configs:
+        text = config.read_text()
+        assert "password" not in text and not re.search(r"\bS[UAONC][A-Z2-7]{50,}", text)
+        assert not any(seed in text for seed in cluster.auth.seeds.values())
+        assert cluster.auth.nkeys["bob"] in text

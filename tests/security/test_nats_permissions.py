@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import nats
@@ -25,7 +26,7 @@ from runtime.connect import (
     hand_back_request,
 )
 from runtime.kv import open_bucket, open_buckets
-from runtime.nats_auth import Auth, Deployment, load_creds
+from runtime.nats_auth import Auth, Deployment, connect_fields, load_creds, new_seed
 from runtime.nats_server import NatsServer
 from schemas.control import MEMBERS_BUCKET, STATE_BUCKET
 
@@ -109,7 +110,7 @@ async def test_a_client_cannot_publish_a_plan_but_a_shard_can(server: NatsServer
         await settle(client, agent)
         assert plans == []
         assert client.refused(f"publish to \"{P}.slot.a0.plan\"")
-        assert "Publish Violation" in server.log() and '"$G/user:alice"' in server.log()
+        assert "Publish Violation" in server.log() and f'"$G/nkey:{auth.nkeys["alice"]}"' in server.log()
         await shard.nc.publish(f"{P}.slot.a0.plan", b"real plan")  # the control: the shard's plan arrives
         await settle(shard, agent)
         assert await arrived(plans) == [b"real plan"]
@@ -280,17 +281,50 @@ async def test_wrong_or_missing_credentials_are_refused(server: NatsServer, auth
     with pytest.raises(NatsUnreachable, match="refused the credentials"):
         await connect_client(server.url, "nobody", creds=None, user="nobody-recorded")
     forged = tmp_path / "forged.json"
-    forged.write_text(auth.creds_path("alice").read_text().replace(auth.passwords["alice"], "guessed"))
+    forged.write_text(auth.creds_path("alice").read_text().replace(auth.seeds["alice"], new_seed()))
     forged.chmod(0o600)
-    with pytest.raises(NatsUnreachable, match="refused the credentials"):
+    with pytest.raises(NatsUnreachable, match="refused the credentials"):  # a fresh key nobody listed
         await connect_client(server.url, "forger", creds=forged)
+    other = Auth.create(auth.deployment, tmp_path / "other-cluster")  # the same users, their own keys
+    with pytest.raises(NatsUnreachable, match="refused the credentials"):
+        await connect_client(server.url, "stranger", creds=other.creds_path("alice"))
+
+
+async def raw_login(server: NatsServer, fields: Callable[[str], dict[str, str]]) -> bytes:
+    """A bare protocol login: CONNECT with `fields(nonce)`, then PING; the server's first answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        info = json.loads((await reader.readline()).split(b" ", 1)[1])
+        connect = {"verbose": False, "pedantic": False, "protocol": 1, **fields(info["nonce"])}
+        writer.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\nPING\r\n")
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+
+
+async def test_a_login_must_sign_this_connections_nonce_with_the_claimed_keys_seed(
+        server: NatsServer, auth: Auth) -> None:
+    """The server sends a fresh nonce per connection and checks its signature against the public
+    key the client claims: another user's seed, a replayed signature or no signature all fail."""
+    alice, bob = auth.seeds["alice"], auth.seeds["bob"]
+    assert await raw_login(server, lambda nonce: connect_fields(alice, nonce)) == b"PONG\r\n"
+    as_alice_signed_by_bob = lambda nonce: {**connect_fields(bob, nonce), "nkey": auth.nkeys["alice"]}  # noqa: E731
+    replayed = connect_fields(alice, "an earlier connection's nonce")
+    attempts = [as_alice_signed_by_bob, lambda nonce: replayed,
+                lambda nonce: {"nkey": auth.nkeys["alice"]},  # the public key alone
+                lambda nonce: {"user": "alice", "pass": alice}]  # the seed as a password
+    for fields in attempts:
+        assert (await raw_login(server, fields)).startswith(b"-ERR 'Authorization Violation'")
 
 
 async def test_credentials_and_server_config_are_private(auth: Auth, server: NatsServer, tmp_path: Path) -> None:
     files = [*auth.creds_dir.iterdir(), server.config_path()]
-    assert len(files) == len(auth.users) + 1
+    assert len(files) == 2 * len(auth.users) + 1  # <user>.json and <user>.nk each
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for user in auth.users:  # the seed file: one line, the user's seed, as standard clients read it
+        assert auth.seed_path(user).read_text() == auth.seeds[user] + "\n" == auth.creds(user).seed + "\n"
     assert stat.S_IMODE(auth.run_dir.stat().st_mode) == 0o700
     loose = tmp_path / "loose.json"
     loose.write_text(auth.creds_path("alice").read_text())
