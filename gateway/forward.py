@@ -51,6 +51,7 @@ class Forwarder:
         self.metrics = metrics or GatewayMetrics()
         self.timeout_s = timeout_s
         self._meta: dict[str, _Cached] = {}
+        self._fetching: dict[str, asyncio.Task] = {}  # one metadata request per model at a time
 
     async def start(self) -> None:
         await self.sender.start()
@@ -83,7 +84,11 @@ class Forwarder:
         cached = self._meta.get(model)
         now_s = time.monotonic()
         if cached is None or now_s - cached.at_s > META_TTL_S:
-            cached = _Cached(await self._fetch_metadata(model), now_s)
+            fetch = self._fetching.get(model)
+            if fetch is None:  # the calls that find it stale meanwhile share this one request
+                fetch = self._fetching[model] = asyncio.get_running_loop().create_task(self._fetch_metadata(model))
+                fetch.add_done_callback(lambda _task: self._fetching.pop(model, None))
+            cached = _Cached(await asyncio.shield(fetch), now_s)
             self._meta[model] = cached
         if cached.meta is None:
             raise GatewayError(Status.UNKNOWN_MODEL, f"no shard serves model {model!r}")

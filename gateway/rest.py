@@ -1,9 +1,10 @@
 """The HTTP/REST front door: the Open Inference Protocol's v2 endpoints, with Triton's binary
-tensor data, statistics and model configuration extensions (docs/gateway.md). A Starlette app,
-served by uvicorn (gateway/service.py)."""
+tensor data, statistics and model configuration extensions (docs/gateway.md): a Starlette app with
+the inference endpoint in plain ASGI before it, served by uvicorn (gateway/service.py)."""
 
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Send
 
 from gateway.forward import Forwarder
 from gateway.oip import (
@@ -37,6 +39,8 @@ log = structlog.get_logger("gateway")
 BODY_BYTES_MAX = 64 * 1024 * 1024  # a whole OIP batch; each item is still capped by its shard
 READY_TTL_S = 1.0
 JSON = "application/json"
+JSON_BYTES = JSON.encode()
+INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer\Z")
 _encoder = msgspec.json.Encoder()
 
 
@@ -67,7 +71,21 @@ class HttpDoor:
         self.version = version
         self._ready: tuple[float, bool] = (0.0, False)
 
-    def app(self) -> Starlette:
+    def app(self):  # noqa: ANN201 - an ASGI application
+        """The inference endpoint is served by plain ASGI (`_infer`), everything else by Starlette:
+        the framework's per-request layers (middleware, Request, route matching) cost more than
+        the rest of an inference call's handling in the gateway (BENCHMARKS §13)."""
+        routes = self._routes()
+
+        async def asgi(scope: dict, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["method"] == "POST" and \
+                    (match := INFER_PATH.match(scope["path"])) is not None:
+                await self._infer(match.group(1), match.group(2), scope, receive, send)
+            else:
+                await routes(scope, receive, send)
+        return asgi
+
+    def _routes(self) -> Starlette:
         model = "/v2/models/{model}"
         versioned = "/v2/models/{model}/versions/{version}"
         routes = [Route("/v2", self.server_metadata), Route("/v2/", self.server_metadata),
@@ -77,8 +95,7 @@ class HttpDoor:
         for base in (model, versioned):
             routes += [Route(base, _answers(self.model_metadata)), Route(f"{base}/ready", self.model_ready),
                        Route(f"{base}/config", _answers(self.model_config)),
-                       Route(f"{base}/stats", _answers(self.stats)),
-                       Route(f"{base}/infer", _answers(self.infer), methods=["POST"])]
+                       Route(f"{base}/stats", _answers(self.stats))]
         return Starlette(routes=routes)
 
     async def server_metadata(self, _request: Request) -> Response:
@@ -96,8 +113,10 @@ class HttpDoor:
         return Response(status_code=200 if ready else 503)
 
     async def _meta(self, request: Request):  # noqa: ANN202 - ModelMetadata
-        meta = await self.forwarder.metadata(request.path_params["model"])
-        version = request.path_params.get("version")
+        return await self._model(request.path_params["model"], request.path_params.get("version"))
+
+    async def _model(self, model: str, version: str | None):  # noqa: ANN202 - ModelMetadata
+        meta = await self.forwarder.metadata(model)
         if version is not None and version not in meta.versions:
             raise GatewayError(Status.UNKNOWN_MODEL, f"model {meta.name!r} has no version {version[:32]!r}; "
                                f"it has {list(meta.versions)}")
@@ -125,39 +144,56 @@ class HttpDoor:
             await self._meta(request)
         return _json(await self.forwarder.statistics(model))
 
-    async def infer(self, request: Request) -> Response:
-        await self._meta(request)
-        call = decode_http_infer(request.path_params["model"], await _body(request),
-                                 request.headers.get(HEADER_INFERENCE_LENGTH))
-        apply_timing(call, now_ms=time.time() * 1e3,
-                     slo_ms=request.headers.get(HEADER_SLO_MS, call.parameters.get("slo_ms")),
-                     deadline_ms=request.headers.get(HEADER_DEADLINE),
-                     timeout_us=call.parameters.get("timeout"))
-        call.request_id = request.headers.get(HEADER_REQUEST_ID, "")[:128]
-        outputs = await self.forwarder.infer(call)
-        return _reply(call, encode_http_reply(call, outputs))
+    async def _infer(self, model: str, version: str | None, scope: dict, receive: Receive, send: Send) -> None:
+        """POST /v2/models/{m}[/versions/{v}]/infer, as plain ASGI."""
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            await self._model(model, version)
+            call = decode_http_infer(model, await _body(receive, headers.get("content-encoding", "")),
+                                     headers.get(HEADER_INFERENCE_LENGTH))
+            apply_timing(call, now_ms=time.time() * 1e3,
+                         slo_ms=headers.get(HEADER_SLO_MS.lower(), call.parameters.get("slo_ms")),
+                         deadline_ms=headers.get(HEADER_DEADLINE.lower()), timeout_us=call.parameters.get("timeout"))
+            call.request_id = headers.get(HEADER_REQUEST_ID.lower(), "")[:128]
+            status, reply_headers, body = 200, *_reply(call, encode_http_reply(call, await self.forwarder.infer(call)))
+        except GatewayError as error:
+            status, reply_headers, body = int(error.status), [(b"content-type", JSON_BYTES)], error_body(error.reason)
+        except Exception as error:  # logged; the client still gets the protocol's error form
+            log.exception("gateway_error", path=scope["path"])
+            status, reply_headers, body = 500, [(b"content-type", JSON_BYTES)], error_body(
+                f"gateway: {error.__class__.__name__}")
+        reply_headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": reply_headers})
+        await send({"type": "http.response.body", "body": body})
 
 
-def _reply(call: Call, encoded: tuple[bytes, int | None]) -> Response:
+def _reply(call: Call, encoded: tuple[bytes, int | None]) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """An infer reply's headers and body: JSON, or JSON then binary outputs."""
     body, json_length = encoded
-    headers = {HEADER_REQUEST_ID: call.request_id} if call.request_id else {}
+    headers = [(HEADER_REQUEST_ID.lower().encode(), call.request_id.encode("latin-1", "replace"))] \
+        if call.request_id else []
     if json_length is None:
-        return Response(body, media_type=JSON, headers=headers)
-    headers["Inference-Header-Content-Length"] = str(json_length)
-    return Response(body, media_type="application/octet-stream", headers=headers)
+        return [(b"content-type", JSON_BYTES), *headers], body
+    return [(b"content-type", b"application/octet-stream"),
+            (HEADER_INFERENCE_LENGTH.encode(), str(json_length).encode()), *headers], body
 
 
-async def _body(request: Request) -> bytes:
+async def _body(receive: Receive, content_encoding: str) -> bytes:
     """The request body, inflated when the client compressed it (tritonclient's
     `request_compression_algorithm`: gzip or deflate); 413 past BODY_BYTES_MAX either way."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(Status.BAD_REQUEST, "the client went away before sending its body")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > BODY_BYTES_MAX:
             raise GatewayError(Status.TOO_LARGE, f"body over {BODY_BYTES_MAX} bytes")
         chunks.append(chunk)
+        more = message.get("more_body", False)
     body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").lower()
+    encoding = content_encoding.lower() or "identity"
     if encoding in ("identity", ""):
         return body
     if encoding not in ("gzip", "deflate"):

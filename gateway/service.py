@@ -9,6 +9,7 @@ so whoever started the gateway (`symphony up`) can print them without racing for
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -29,6 +30,12 @@ from gateway.rpc import GRPC_MESSAGE_BYTES_MAX, GrpcDoor
 from runtime.connect import connect_service
 
 log = structlog.get_logger("gateway")
+
+# The gateway allocates a few dozen short-lived objects per call (arrays, dicts, futures); with the
+# default gen-0 threshold (700) the cyclic collector ran often enough to cost about a fifth of the
+# CPU per call under load (measured with it off). A larger threshold, with the start-up objects
+# frozen out of every collection, keeps cycles collected at a fraction of the cost.
+GC_GEN0_THRESHOLD = 50_000
 
 
 @dataclass(frozen=True)
@@ -78,12 +85,18 @@ class Gateway:
             tmp = Path(f"{s.address_file}.tmp")
             tmp.write_text(json.dumps(self.addresses))
             tmp.replace(s.address_file)
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
         log.info("gateway_started", **self.addresses)
         return self.addresses
 
     async def _start_http(self, door: HttpDoor) -> str:
         s = self.settings
-        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET)
+        # IPPROTO_TCP named: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says
+        # TCP, and a socket made with proto 0 passes that on to every accepted connection, which
+        # then waits out the client's delayed ACK (~40 ms) between a response's header and body.
+        sock = socket.socket(socket.AF_INET6 if ":" in s.host else socket.AF_INET, socket.SOCK_STREAM,
+                             socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((s.host, s.http_port))
         self._http_socket = sock

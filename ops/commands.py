@@ -236,10 +236,13 @@ def _gateway(args: argparse.Namespace) -> int:
     from runtime.cluster_config import load_cluster_config
 
     prefix = args.prefix or (load_cluster_config(args.config).subject_prefix if args.config else "symphony")
-    asyncio.run(run_gateway(GatewaySettings(
-        nats_url=default_nats_url(args.nats_url), prefix=prefix, host=args.host, http_port=args.http_port,
-        grpc_port=args.grpc_port, metrics_port=args.metrics_port, linger_us=args.linger_us, creds=args.creds,
-        address_file=args.address_file)))
+    import uvloop  # the gateway's loop: a third more requests per CPU second than asyncio's (BENCHMARKS §13)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run_gateway(GatewaySettings(
+            nats_url=default_nats_url(args.nats_url), prefix=prefix, host=args.host, http_port=args.http_port,
+            grpc_port=args.grpc_port, metrics_port=args.metrics_port, linger_us=args.linger_us, creds=args.creds,
+            address_file=args.address_file)))
     return 0
 
 
