@@ -5,8 +5,10 @@ cheap echo model that batches up to 512, and one gateway) serves both paths; thi
 client. Two measurements, each alternating the paths so machine noise hits both alike:
 
 1. **Light load**: one request at a time, `--light` of each interleaved: direct NATS
-   (`SymphonyClient.infer`, JSON body), HTTP/REST (one keep-alive connection, the same JSON body)
-   and gRPC (one channel, raw FP32). p50/p99 per path and what the gateway adds to direct.
+   (`SymphonyClient.infer`, JSON body), HTTP/REST (aiohttp, one keep-alive connection, the same
+   JSON body) and gRPC (grpc.aio, one channel, raw FP32). p50/p99 per path and what the gateway
+   adds to direct; then 5 s of HTTP from wrk on one connection (a C client, so the Python HTTP
+   client's own cost is not in the figure).
 2. **Throughput**: closed loops of `--concurrency` requests in flight for `--seconds`: HTTP by
    `wrk` (C, one thread: the generator is not the limit; absent wrk, the HTTP rows are skipped),
    direct NATS by asyncio tasks in this process. For each: requests/s, latency percentiles, and the
@@ -134,6 +136,12 @@ async def light_load(paths: Paths, count: int) -> dict:
         result[f"{door}_added_p99_ms"] = result[door]["p99"] - result["direct"]["p99"]
     result["failures"] = failures
     result["first_errors"] = paths.errors[:10]
+    # The same one-at-a-time HTTP load from a C client (wrk, one connection): what the gateway adds
+    # without the Python HTTP client's own cost in the figure.
+    wrk = await asyncio.to_thread(wrk_http, paths.http_url, 1, 5.0)
+    if wrk is not None:
+        result["http_wrk"] = wrk
+        result["http_wrk_added_p50_ms"] = wrk["p50"] - result["direct"]["p50"]
     return result
 
 
@@ -277,11 +285,14 @@ def main() -> None:
     (OUT / "gateway.json").write_text(json.dumps(payload, indent=1))
     plot(payload, OUT / "gateway.png")
     light = payload["light"]
+    wrk_line = (f"; HTTP from wrk (a C client) {light['http_wrk']['p50']:.2f}/{light['http_wrk']['p99']:.2f} "
+                f"(adds {light['http_wrk_added_p50_ms']:.2f} at p50)" if "http_wrk" in light else "")
     print(f"\nlight load p50/p99 ms: direct {light['direct']['p50']:.2f}/{light['direct']['p99']:.2f}, "
           f"HTTP {light['http']['p50']:.2f}/{light['http']['p99']:.2f} "
           f"(adds {light['http_added_p50_ms']:.2f}/{light['http_added_p99_ms']:.2f}), "
           f"gRPC {light['grpc']['p50']:.2f}/{light['grpc']['p99']:.2f} "
-          f"(adds {light['grpc_added_p50_ms']:.2f}/{light['grpc_added_p99_ms']:.2f}); failures {light['failures']}")
+          f"(adds {light['grpc_added_p50_ms']:.2f}/{light['grpc_added_p99_ms']:.2f}){wrk_line}; "
+          f"failures {light['failures']}")
     for row in payload["throughput"]:
         ratio = row.get("http_over_direct")
         print(f"c={row['concurrency']}: direct {row['direct']['rate']:.0f} req/s" + (
