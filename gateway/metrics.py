@@ -19,8 +19,9 @@ class GatewayMetrics:
                              registry=r)
         self.seconds = Histogram("symphony_gateway_call_seconds", "Time from a decoded call to its outputs",
                                  ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.rejected = Counter("symphony_gateway_rejected", "Calls the gateway answered itself, by front door "
-                                "and status (bad input, unknown model)", ["door", "status"], registry=r)
+        self.errors = Counter("symphony_gateway_errors", "Inference calls answered with an error, by front door "
+                              "and status: the gateway's own (bad input, unknown model) and the cluster's",
+                              ["door", "status"], registry=r)
 
         self._children: dict[tuple[str, int], tuple] = {}  # labels() costs a few us: once per model and status
 

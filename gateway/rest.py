@@ -158,6 +158,7 @@ class HttpDoor:
             status, reply_headers, body = 200, *_reply(call, encode_http_reply(call, await self.forwarder.infer(call)))
         except GatewayError as error:
             status, reply_headers, body = int(error.status), [(b"content-type", JSON_BYTES)], error_body(error.reason)
+            self.forwarder.metrics.errors.labels("http", str(status)).inc()
         except Exception as error:  # logged; the client still gets the protocol's error form
             log.exception("gateway_error", path=scope["path"])
             status, reply_headers, body = 500, [(b"content-type", JSON_BYTES)], error_body(

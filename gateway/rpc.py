@@ -53,12 +53,15 @@ class GrpcDoor(pb_grpc.GRPCInferenceServiceServicer):
         self.forwarder = forwarder
         self.version = version
 
+    async def _model(self, name: str, version: str):  # noqa: ANN202 - ModelMetadata
+        meta = await self.forwarder.metadata(name)
+        if version and version not in meta.versions:
+            raise GatewayError(Status.UNKNOWN_MODEL, f"model {name!r} has no version {version[:32]!r}")
+        return meta
+
     async def _meta(self, name: str, version: str, context: grpc.aio.ServicerContext):  # noqa: ANN202
         try:
-            meta = await self.forwarder.metadata(name)
-            if version and version not in meta.versions:
-                raise GatewayError(Status.UNKNOWN_MODEL, f"model {name!r} has no version {version[:32]!r}")
-            return meta
+            return await self._model(name, version)
         except GatewayError as error:
             await context.abort(CODES[error.status], error.reason)
 
@@ -111,11 +114,12 @@ class GrpcDoor(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest,
                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        await self._meta(request.model_name, request.model_version, context)
         try:
+            await self._model(request.model_name, request.model_version)
             call = decode_grpc_infer(request, dict(context.invocation_metadata() or ()), context.time_remaining())
             outputs = await self.forwarder.infer(call)
         except GatewayError as error:
+            self.forwarder.metrics.errors.labels("grpc", str(int(error.status))).inc()
             await context.abort(CODES[error.status], error.reason)
         return encode_grpc_reply(call, outputs)
 
