@@ -20,7 +20,6 @@ from pathlib import Path
 import grpc
 import structlog
 import uvicorn
-from prometheus_client import start_http_server
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from gateway.forward import Forwarder
@@ -28,6 +27,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.rest import HttpDoor
 from gateway.rpc import GRPC_MESSAGE_BYTES_MAX, GrpcDoor
 from runtime.connect import connect_service
+from runtime.metrics_http import MetricsEndpoint, serve_metrics
 
 log = structlog.get_logger("gateway")
 
@@ -66,7 +66,7 @@ class Gateway:
         self._http_task: asyncio.Task | None = None
         self._http_socket: socket.socket | None = None
         self._grpc: grpc.aio.Server | None = None
-        self._metrics_server = None
+        self._metrics: MetricsEndpoint | None = None
         self.forwarder: Forwarder | None = None
 
     async def start(self) -> dict[str, str]:
@@ -78,9 +78,9 @@ class Gateway:
         version = _version()
         self.addresses["http"] = await self._start_http(HttpDoor(self.forwarder, version))
         self.addresses["grpc"] = await self._start_grpc(GrpcDoor(self.forwarder, version))
-        if s.metrics_port >= 0:
-            self._metrics_server, _thread = start_http_server(s.metrics_port, addr=s.host, registry=metrics.registry)
-            self.addresses["metrics"] = f"http://{s.host}:{self._metrics_server.server_port}/metrics"
+        self._metrics = serve_metrics(s.metrics_port, s.host, metrics.registry)
+        if self._metrics is not None:
+            self.addresses["metrics"] = self._metrics.url
         if s.address_file:
             tmp = Path(f"{s.address_file}.tmp")
             tmp.write_text(json.dumps(self.addresses))
@@ -130,9 +130,8 @@ class Gateway:
             await asyncio.wait([self._http_task], timeout=5.0)
         if self._http_socket is not None:
             self._http_socket.close()  # uvicorn closes the sockets it opened, not those it was given
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
+        if self._metrics is not None:
+            self._metrics.close()
         if self.forwarder is not None:
             await self.forwarder.stop()
             await self.forwarder.nc.drain()
