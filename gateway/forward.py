@@ -52,6 +52,10 @@ class Forwarder:
         self.timeout_s = timeout_s
         self._meta: dict[str, _Cached] = {}
         self._fetching: dict[str, asyncio.Task] = {}  # one metadata request per model at a time
+        self.calls_in_flight = 0
+        self.metrics.watch(lambda: {"calls_in_flight": self.calls_in_flight,
+                                    "batches_open": self.sender.batches_open,
+                                    "batch_messages": self.sender.messages_sent})
 
     async def start(self) -> None:
         await self.sender.start()
@@ -116,6 +120,13 @@ class Forwarder:
 
     async def infer(self, call: Call):  # noqa: ANN201 - dict[str, np.ndarray]
         """The call's outputs, or GatewayError with the first failing item's status and reason."""
+        self.calls_in_flight += 1
+        try:
+            return await self._infer(call)
+        finally:
+            self.calls_in_flight -= 1
+
+    async def _infer(self, call: Call):  # noqa: ANN202
         started_ns = time.perf_counter_ns()
         meta = await self.metadata(call.model)
         items, batched = split_items(call, meta)

@@ -4,7 +4,11 @@ messages its coalescing sends."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # Seconds from the decoded call to its reply: light-load latency is a few milliseconds.
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -34,3 +38,23 @@ class GatewayMetrics:
         calls.inc()
         item_count.inc(items)
         seconds.observe(elapsed_ns / 1e9)
+
+    def watch(self, state: Callable[[], dict[str, int]]) -> None:
+        """Scrape-time readings of the forwarder: `calls_in_flight`, `batches_open` (batch
+        messages with a caller still waiting: what a leak would grow) and `batch_messages`."""
+        self.registry.register(_StateCollector(state))
+
+
+class _StateCollector(Collector):
+    def __init__(self, state: Callable[[], dict[str, int]]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        state = self.state()
+        yield GaugeMetricFamily("symphony_gateway_calls_in_flight", "Inference calls being answered now",
+                                value=state["calls_in_flight"])
+        yield GaugeMetricFamily("symphony_gateway_batches_open",
+                                "Batch messages with a caller still waiting for a reply",
+                                value=state["batches_open"])
+        yield CounterMetricFamily("symphony_gateway_batch_messages", "Batched-ingress messages sent (requests "
+                                  "per message = items / this)", value=state["batch_messages"])
