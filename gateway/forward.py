@@ -14,14 +14,12 @@ import structlog
 
 from gateway.metrics import GatewayMetrics
 from gateway.oip import Call, GatewayError, split_items, stack_outputs
-from runtime.client import InferResult
+from runtime.client import InferResult, SymphonyClient
 from runtime.coalesce import CoalescingSender
 from runtime.stats import model_statistics
 from schemas.model import (
     InvalidModelName,
     ModelMetadata,
-    model_list_decoder,
-    model_metadata_decoder,
     validate_model_name,
 )
 from schemas.status import CONTENT_MSGPACK, Status
@@ -47,6 +45,7 @@ class Forwarder:
                  linger_us: int = 0, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.nc = nc
         self.prefix = prefix
+        self.client = SymphonyClient(nc, prefix)  # metadata and the model list, as any client asks
         self.sender = CoalescingSender(nc, prefix, content_type=CONTENT_MSGPACK, linger_us=linger_us)
         self.metrics = metrics or GatewayMetrics()
         self.timeout_s = timeout_s
@@ -69,8 +68,7 @@ class Forwarder:
 
     async def models(self) -> list[str]:
         try:
-            msg = await self.nc.request(f"{self.prefix}.meta", b"", timeout=META_TIMEOUT_S)
-            return model_list_decoder.decode(msg.data).models
+            return await self.client.models(timeout_s=META_TIMEOUT_S)
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             return []
         except nats.errors.Error as error:  # closed, reconnecting, ...
@@ -100,7 +98,7 @@ class Forwarder:
 
     async def _fetch_metadata(self, model: str) -> ModelMetadata | None:
         try:
-            msg = await self.nc.request(f"{self.prefix}.meta.{model}", b"", timeout=META_TIMEOUT_S)
+            return await self.client.metadata(model, timeout_s=META_TIMEOUT_S)
         except nats.errors.NoRespondersError:
             return None
         except nats.errors.TimeoutError:
@@ -108,8 +106,6 @@ class Forwarder:
                 from None
         except nats.errors.Error as error:  # closed, reconnecting, ...
             raise GatewayError(Status.UNAVAILABLE, f"NATS: {error!r}") from None
-        try:
-            return model_metadata_decoder.decode(msg.data)
         except msgspec.DecodeError as error:
             raise GatewayError(Status.INTERNAL, f"unreadable metadata for {model!r}: {error}") from None
 
@@ -118,23 +114,23 @@ class Forwarder:
         model (all models: None), merged (runtime/stats.py). Plain builtins, for JSON or protobuf."""
         return msgspec.to_builtins(await model_statistics(self.nc, self.prefix, model, wait_s=STATS_WAIT_S))
 
-    async def infer(self, call: Call):  # noqa: ANN201 - dict[str, np.ndarray]
-        """The call's outputs, or GatewayError with the first failing item's status and reason."""
+    async def infer(self, call: Call, meta: ModelMetadata):  # noqa: ANN201 - dict[str, np.ndarray]
+        """The call's outputs, or GatewayError with the first failing item's status and reason.
+        `meta`: the model's metadata, as the door looked it up to check the version."""
         self.calls_in_flight += 1
         try:
-            return await self._infer(call)
+            return await self._infer(call, meta)
         finally:
             self.calls_in_flight -= 1
 
-    async def _infer(self, call: Call):  # noqa: ANN202
+    async def _infer(self, call: Call, meta: ModelMetadata):  # noqa: ANN202
         started_ns = time.perf_counter_ns()
-        meta = await self.metadata(call.model)
         items, batched = split_items(call, meta)
         futures = [self.sender.submit(call.model, encode_request(item, CONTENT_MSGPACK),
                                       request_id=_item_id(call.request_id, i, len(items)),
                                       slo_ms=call.slo_ms, deadline_ms=call.deadline_ms)
                    for i, item in enumerate(items)]
-        results = await self._wait(futures, call, meta)
+        results = await self._wait(futures, call)
         failed = next((r for r in results if not r.ok), None)
         self.metrics.observe(call.model, failed.status if failed else Status.OK, len(items),
                              time.perf_counter_ns() - started_ns)
@@ -143,8 +139,7 @@ class Forwarder:
                                else Status.INTERNAL, failed.reason or f"status {failed.status}")
         return stack_outputs(call, [r.outputs for r in results], batched)
 
-    async def _wait(self, futures: list[asyncio.Future[InferResult]], call: Call,
-                    meta: ModelMetadata) -> list[InferResult]:
+    async def _wait(self, futures: list[asyncio.Future[InferResult]], call: Call) -> list[InferResult]:
         """Every item's reply; past the deadline (plus grace) the missing ones are 504s."""
         wait_s = self.timeout_s
         if call.deadline_ms is not None:

@@ -148,14 +148,15 @@ class HttpDoor:
         """POST /v2/models/{m}[/versions/{v}]/infer, as plain ASGI."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            await self._model(model, version)
+            meta = await self._model(model, version)
             call = decode_http_infer(model, await _body(receive, headers.get("content-encoding", "")),
                                      headers.get(HEADER_INFERENCE_LENGTH))
             apply_timing(call, now_ms=time.time() * 1e3,
                          slo_ms=headers.get(HEADER_SLO_MS.lower(), call.parameters.get("slo_ms")),
                          deadline_ms=headers.get(HEADER_DEADLINE.lower()), timeout_us=call.parameters.get("timeout"))
             call.request_id = headers.get(HEADER_REQUEST_ID.lower(), "")[:128]
-            status, reply_headers, body = 200, *_reply(call, encode_http_reply(call, await self.forwarder.infer(call)))
+            outputs = await self.forwarder.infer(call, meta)
+            status, reply_headers, body = 200, *_reply(call, encode_http_reply(call, outputs))
         except GatewayError as error:
             status, reply_headers, body = int(error.status), [(b"content-type", JSON_BYTES)], error_body(error.reason)
             self.forwarder.metrics.errors.labels("http", str(status)).inc()

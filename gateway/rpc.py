@@ -115,9 +115,9 @@ class GrpcDoor(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest,
                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         try:
-            await self._model(request.model_name, request.model_version)
+            meta = await self._model(request.model_name, request.model_version)
             call = decode_grpc_infer(request, dict(context.invocation_metadata() or ()), context.time_remaining())
-            outputs = await self.forwarder.infer(call)
+            outputs = await self.forwarder.infer(call, meta)
         except GatewayError as error:
             self.forwarder.metrics.errors.labels("grpc", str(int(error.status))).inc()
             await context.abort(CODES[error.status], error.reason)

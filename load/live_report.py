@@ -34,7 +34,7 @@ def summarize(plan: Plan, result: SendResult, slots: list[SlotsSample], config: 
         models.append({
             "model": name, "slo_ms": plan.slo_ms[i], "offered": offered, **counts,
             "goodput_rps": model_goodput, "bad_rate": 1 - counts["ok"] / offered if offered else 0.0,
-            "latency_ms": _percentiles(latencies_ms),
+            "latency_ms": percentiles(latencies_ms),
             "mean_batch": float(result.batch_size[replied_ok].mean()) if replied_ok.any() else 0.0,
             "mlperf_p99_ms": p99_all, "mlperf_valid": bool(p99_all <= plan.slo_ms[i]),
         })
@@ -60,7 +60,7 @@ def summarize(plan: Plan, result: SendResult, slots: list[SlotsSample], config: 
     }
 
 
-def _percentiles(values_ms: np.ndarray) -> dict:
+def percentiles(values_ms: np.ndarray) -> dict:
     if values_ms.size == 0:
         return {}
     return {f"p{p:g}": float(np.percentile(values_ms, p)) for p in (50, 90, 99, 99.9)}

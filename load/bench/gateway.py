@@ -43,6 +43,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from load.bench.reply_path import server_cpu_s as cpu_s
+from load.live_report import percentiles
 from runtime.client import SymphonyClient
 from runtime.cluster import LocalCluster
 
@@ -66,9 +67,7 @@ OUT = Path("results/bench-gateway")
 
 
 def percentiles_ms(samples_s: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e3  # noqa: E731
-    return {"p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99), "n": len(ordered)}
+    return {**percentiles(np.asarray(samples_s) * 1e3), "n": len(samples_s)}
 
 
 class Paths:
