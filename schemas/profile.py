@@ -79,6 +79,22 @@ class ModelProfile(msgspec.Struct, frozen=True, kw_only=True):
         means = [m + per_item_us * (b + 1) for b, m in enumerate(self.forward_mean_us)]
         return msgspec.structs.replace(self, forward_mean_us=means)
 
+    def at_speed(self, speed: float) -> ModelProfile:
+        """The profile of a device `speed` times as fast (execution time divided by `speed`): a
+        slot class in a mixed fleet (issue 16). Speed 1.0 returns this very profile, so a
+        homogeneous fleet's arithmetic is untouched."""
+        if not speed > 0:
+            raise ValueError(f"a slot speed must be positive, got {speed!r}")
+        if speed == 1.0:
+            return self
+        return msgspec.structs.replace(
+            self,
+            forward_mean_us=[m / speed for m in self.forward_mean_us],
+            forward_std_us=[s / speed for s in self.forward_std_us],
+            pre_mean_us=self.pre_mean_us / speed, pre_std_us=self.pre_std_us / speed,
+            post_mean_us=self.post_mean_us / speed, post_std_us=self.post_std_us / speed,
+        )
+
     def merge_slowest(self, other: ModelProfile) -> ModelProfile:
         """Per batch entry keep the slower of the two (reference §2.2, MergeProfileBySlowest).
 

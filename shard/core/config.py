@@ -43,6 +43,13 @@ class SlotChoice(enum.Enum):
     EARLIEST = "earliest"  # the earliest-free slot (reference §1.10): among idle ones, the longest idle
 
 
+class SlotProfiles(enum.Enum):
+    """Which profile plans a slot in a mixed fleet (issue 16)."""
+
+    PER_SLOT = "per_slot"  # each slot with its own class's profile
+    SLOWEST = "slowest"  # every slot with the slowest profile (reference §2.2, MergeProfileBySlowest)
+
+
 class CoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Latency constants and switches shared by the Symphony-family policies."""
 
@@ -64,6 +71,8 @@ class CoreConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # live batches overrun their profile by a few ms on a busy host, and a plan packed tight
     # behind one expires while another slot sat idle (seen in CI: a 78 ms batch ran 3 ms long).
     pack_guard_ns: NonNegativeNs = 0
+    # Mixed fleets: plan each slot with its own class's profile, or every slot with the slowest.
+    slot_profiles: SlotProfiles = SlotProfiles.PER_SLOT
     # Symphony+ (symphony-plus). The defaults here switch every mechanism off, which is the
     # faithful policy; `shard.core.policies.PLUS` holds the tuned values.
     drop_beta: Annotated[float, Meta(gt=0, le=1)] = 1.0  # WindowDrop tests a batch of beta x target
@@ -101,9 +110,13 @@ def core_config_for(shard: ShardTiming) -> CoreConfig:
 
 
 class ModelConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """A model as the core sees it: name, default SLO and the profile it plans with."""
+    """A model as the core sees it: name, default SLO and the profiles it plans with.
+
+    `profile` is the slowest over every slot class (reference §2.2) and plans any slot whose class
+    has no entry in `class_profiles` (issue 16: a mixed fleet's per-class profiles)."""
 
     name: str
     slo_ns: PositiveNs
     profile: ModelProfile
+    class_profiles: dict[str, ModelProfile] = {}
     rate_hint_rps: float = 0.0  # only planners that need a prior (nexus-warm) read it

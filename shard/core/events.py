@@ -40,11 +40,15 @@ class DispatchFailed(msgspec.Struct, frozen=True, gc=False):
 class SlotAdded(msgspec.Struct, frozen=True, gc=False):
     """A slot joins; `free_at_ns` is when it finishes work it already has (another shard's).
     `rank` is its place in the preference order (lower is preferred; None: its slot id): grants
-    take the most preferred slot free in time, so the least preferred can be released."""
+    take the most preferred slot free in time, so the least preferred can be released.
+    `slot_class` names its device class in a mixed fleet (issue 16): the core plans it with the
+    model's profile for that class (`ModelConfig.class_profiles`); "" or a class without an entry
+    there uses `ModelConfig.profile`, the slowest, which is always safe."""
 
     slot_id: int
     free_at_ns: int = 0
     rank: int | None = None
+    slot_class: str = ""
 
 
 class SlotRemoved(msgspec.Struct, frozen=True, gc=False):
