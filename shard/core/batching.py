@@ -161,18 +161,7 @@ class BatchQueue:
 
     def _largest_meeting(self, deadline: int, base_ns: int, gpu_free_at_ns: int, low: int, high: int) -> int:
         """Largest b in [low, high] whose batch finishes by `deadline`; `low` is known to."""
-        exec_ns = self.exec_ns
-        data_ns = self.data_ns
-        while low < high:
-            mid = (low + high + 1) >> 1
-            start = base_ns + data_ns * mid
-            if start < gpu_free_at_ns:
-                start = gpu_free_at_ns
-            if deadline >= start + exec_ns[mid]:
-                low = mid
-            else:
-                high = mid - 1
-        return low
+        return largest_meeting(self.exec_ns, self.data_ns, deadline, base_ns, gpu_free_at_ns, low, high)
 
     def pop_inputs(self) -> list[int]:
         """Take up to batch_size requests: timeout (FCFS only), then prefix, then suffix."""
@@ -217,6 +206,23 @@ class BatchQueue:
         if self.suffix:
             return self.suffix[0][0]
         return NEVER_NS
+
+
+def largest_meeting(exec_ns: list[int], data_ns: int, deadline: int, base_ns: int, gpu_free_at_ns: int,
+                    low: int, high: int) -> int:
+    """Largest b in [low, high] whose batch, sent from `base_ns` (+ Ddata per request) and started
+    no earlier than `gpu_free_at_ns`, finishes by `deadline` with E = `exec_ns`; `low` is known to.
+    finish(b) is monotone in b for a monotone profile, so a binary search suffices."""
+    while low < high:
+        mid = (low + high + 1) >> 1
+        start = base_ns + data_ns * mid
+        if start < gpu_free_at_ns:
+            start = gpu_free_at_ns
+        if deadline >= start + exec_ns[mid]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def _insert_sorted(queue: deque[Entry], entry: Entry) -> None:

@@ -21,7 +21,8 @@ from collections import deque
 from itertools import count
 
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, Step
-from shard.core.config import CoreConfig, DropPolicy, ModelConfig, SchedulableCondition, SlotChoice
+from shard.core.batching import largest_meeting
+from shard.core.config import CoreConfig, DropPolicy, ModelConfig, SchedulableCondition, SlotChoice, SlotProfiles
 from shard.core.events import (
     BatchCompleted,
     DispatchFailed,
@@ -33,10 +34,11 @@ from shard.core.events import (
     SlotRemoved,
     WakeUp,
 )
-from shard.core.latency import NEVER_BEFORE_NS, NEVER_NS
+from shard.core.latency import NEVER_BEFORE_NS, NEVER_NS, LatencyModel
 from shard.core.matcher import Matcher
-from shard.core.model_state import ModelState, SlotTimer
+from shard.core.model_state import ModelState, SlotTimer, plan_with
 from shard.core.policy import ModelStats
+from shard.core.slot_classes import SlotClasses, base_latency, class_speeds, differs, fit_classes
 from shard.core.target_batch import estimate_target_batch_size
 from shard.core.timers import TimerQueue
 from shard.core.utilization import UtilizationMeter
@@ -47,6 +49,7 @@ class SymphonyPolicy:
 
     __slots__ = (
         "_actions",
+        "_classes",
         "_ctrl_ns",
         "_data_ns",
         "_drop_timeout",
@@ -55,6 +58,7 @@ class SymphonyPolicy:
         "_inflight",
         "_jitter_ns",
         "_matcher",
+        "_mixed",
         "_models",
         "_guard_overload",
         "_overloaded",
@@ -62,6 +66,7 @@ class SymphonyPolicy:
         "_plan_ids",
         "_preferred",
         "_pack_guard_ns",
+        "_per_slot",
         "_queue_len_max",
         "_schedulable",
         "_slot_timer",
@@ -106,6 +111,9 @@ class SymphonyPolicy:
         self._overloaded = False
         self._guard_overload = config.overload_demand_min > 0 and (config.drop_beta < 1 or config.early_dispatch)
         self._overload_checked_ns = now_ns
+        self._classes = SlotClasses()  # issue 16: mixed fleets
+        self._per_slot = config.slot_profiles is SlotProfiles.PER_SLOT
+        self._mixed = False  # the classes present give some model more than one latency
 
     # ---- the step contract --------------------------------------------------------------
     def handle(self, event, now_ns: int) -> Step:  # noqa: ANN001 - Event union
@@ -126,12 +134,13 @@ class SymphonyPolicy:
                 self._on_completed(event.slot_id, event.plan_id, now_ns)  # as if it finished now
             case SlotAdded():
                 rank = event.slot_id if event.rank is None else event.rank
-                self._on_slot_added(event.slot_id, max(now_ns, event.free_at_ns), rank, now_ns)
+                slot_class = event.slot_class if self._per_slot else ""
+                self._on_slot_added(event.slot_id, max(now_ns, event.free_at_ns), rank, slot_class, now_ns)
             case SlotRemoved():
                 self._on_slot_removed(event.slot_id, now_ns)
             case ModelAdded():
                 if event.model.name not in self._models:
-                    self._models[event.model.name] = ModelState(event.model, self.config, now_ns)
+                    self._on_model_added(event.model, now_ns)
             case ModelRemoved():
                 self._on_model_removed(event.model)
             case Shutdown():
@@ -180,18 +189,59 @@ class SymphonyPolicy:
             self._matcher.set_free_at(slot_id, corrected)
             self._arm_slot_timer(finished_at_ns)
 
-    def _on_slot_added(self, slot_id: int, free_at_ns: int, rank: int, now_ns: int) -> None:
+    def _on_slot_added(self, slot_id: int, free_at_ns: int, rank: int, slot_class: str, now_ns: int) -> None:
         if slot_id in self._matcher.free_at_ns:
             return
+        cls, new_class = self._classes.add(slot_class)
+        self._matcher.set_class(slot_id, cls)
         self._matcher.set_free_at(slot_id, free_at_ns)
         self._matcher.set_rank(slot_id, rank)
         self._inflight[slot_id] = deque()
+        if new_class:
+            self._classes_changed(now_ns)
         self._arm_slot_timer(now_ns)
 
     def _on_slot_removed(self, slot_id: int, now_ns: int) -> None:
+        cls = self._matcher.slot_class.get(slot_id)
+        if cls is None:
+            return
         self._matcher.remove_slot(slot_id)
         self._inflight.pop(slot_id, None)
+        if self._classes.remove(cls):
+            self._classes_changed(now_ns)
         self._arm_slot_timer(now_ns)
+
+    def _on_model_added(self, config: ModelConfig, now_ns: int) -> None:
+        model = self._models[config.name] = ModelState(config, self.config, now_ns)
+        fit_classes(model, self._classes, self.config)
+        base = base_latency(model)
+        if base is not model.latency:
+            plan_with(model, base, self.config)
+        if not self._mixed and differs(model) and self._per_slot:
+            self._classes_changed(now_ns)
+
+    def _classes_changed(self, now_ns: int) -> None:
+        """A class came or went (issue 16): every model gets a latency for each class present and
+        plans its queue on its cheapest one; if that or the mode changed, every candidate is
+        re-planned (rare: a device kind joins or leaves the shard)."""
+        models = list(self._models.values())
+        for model in models:
+            fit_classes(model, self._classes, self.config)
+        mixed = self._per_slot and any(differs(model) for model in models)
+        if mixed == self._mixed and all(base_latency(model) is model.latency for model in models):
+            return
+        for model in models:
+            if model.parked:
+                self._unpark(model)
+        self._mixed = mixed
+        if mixed != self._matcher.mixed:
+            self._matcher.set_mixed(mixed)
+        for model in models:
+            base = base_latency(model)
+            if base is not model.latency:
+                plan_with(model, base, self.config)
+            self._update_candidate(model, now_ns, NEVER_BEFORE_NS)
+            self._setup_active_plan(model, now_ns)
 
     def _on_shutdown(self) -> None:
         for model in self._models.values():
@@ -274,7 +324,7 @@ class SymphonyPolicy:
         """Symphony+ overload guard, re-evaluated once per rate-meter bin: demand is the
         measured rate times the least cost per request, summed over models, per slot."""
         self._overload_checked_ns = now_ns
-        slots = len(self._matcher)
+        slots = class_speeds(list(self._models.values()), self._classes) if self._mixed else len(self._matcher)
         demand = sum(m.meter.mean_rps * m.least_cost_s for m in self._models.values()) / slots if slots else 0.0
         overloaded = demand > self.config.overload_demand_min
         if overloaded != self._overloaded:
@@ -283,7 +333,7 @@ class SymphonyPolicy:
             for model in self._models.values():
                 model.queue.drop_beta = beta
 
-    def _update_candidate(self, model: ModelState, now_ns: int, gpu_free_at_ns: int) -> None:
+    def _update_candidate(self, model: ModelState, now_ns: int, gpu_free_at_ns: int, grant_class: int = -1) -> None:
         if self._guard_overload and now_ns - self._overload_checked_ns >= self.config.rate_bin_ns:
             self._check_overload(now_ns)
         meter = model.meter
@@ -293,6 +343,9 @@ class SymphonyPolicy:
             target = model.target  # the rate estimate has not changed: reuse the target
         else:
             target = self._target(model, now_ns)
+        if self._mixed:
+            self._update_candidate_mixed(model, now_ns, gpu_free_at_ns, target, grant_class)
+            return
         queue = model.queue
         queue.update(now_ns, gpu_free_at_ns, target)
         batch_size = queue.batch_size
@@ -331,7 +384,93 @@ class SymphonyPolicy:
         if queue.timeout and not queue.fcfs:
             self._actions.append(DropRequests(model.name, queue.pop_drops(), DropReason.DEADLINE))
 
-    def _dispatch_early(self, model: ModelState, batch_size: int, target: int, earliest: int, now_ns: int) -> bool:
+    # ---- mixed fleets (issue 16) --------------------------------------------------------
+    def _update_candidate_mixed(self, model: ModelState, now_ns: int, gpu_free_at_ns: int, target: int,
+                                grant_class: int) -> None:
+        """The candidate when slots differ in speed. The queue (window, drops, free lunch) runs on
+        the model's cheapest class present, so a request is dropped only when the fastest slot
+        could not serve it; then each class gets its own plan: the largest batch of the oldest
+        requests that still meets the head deadline on that class, and its own window. The
+        candidate takes the first class, cheapest first, with a slot free by its plan's start
+        (else the cheapest it can run on, and waits); a grant plans on the granted slot's class."""
+        queue = model.queue
+        queue.update(now_ns, gpu_free_at_ns, target)
+        plans: list[tuple[int, int, int, int, int]] = []
+        chosen = None
+        if queue.batch_size > 0:
+            for cls in (model.order if grant_class < 0 else (grant_class,)):
+                plan = self._class_plan(model, cls, queue.batch_size, target, now_ns, gpu_free_at_ns)
+                if plan is None:
+                    continue
+                plans.append(plan)
+                if chosen is None and (grant_class >= 0 or self._free_in_time(cls, plan[2])):
+                    chosen = plan
+            if chosen is None and plans:
+                chosen = plans[0]
+        model.plans = plans
+        if chosen is None:
+            model.batch_size = queue.batch_size = 0
+            model.plan_class = -1
+            model.exec_at_ns = NEVER_NS
+            model.invalid_after_ns = NEVER_BEFORE_NS
+            model.drop_at_ns = model.inval_at_ns = NEVER_NS
+            if queue.deadline_ns < NEVER_NS:  # requests held that no class can serve now
+                model.drop_at_ns = queue.deadline_ns if queue.deadline_ns > now_ns else now_ns + 1
+        else:
+            cls, batch_size, exec_at, invalid_after, send_latency = chosen
+            model.plan_class = cls
+            model.batch_size = queue.batch_size = batch_size
+            model.exec_at_ns = exec_at
+            model.invalid_after_ns = invalid_after
+            deadline = queue.deadline_ns
+            model.drop_at_ns = deadline if deadline > now_ns else now_ns + 1
+            inval_at = invalid_after - send_latency
+            model.inval_at_ns = inval_at if inval_at > now_ns else now_ns + 1
+        if queue.timeout and not queue.fcfs:
+            self._actions.append(DropRequests(model.name, queue.pop_drops(), DropReason.DEADLINE))
+
+    def _class_plan(self, model: ModelState, cls: int, queue_batch: int, target: int, now_ns: int,
+                    gpu_free_at_ns: int) -> tuple[int, int, int, int, int] | None:
+        """(class, batch, exec_at, invalid_after, send latency) of the candidate on class `cls`,
+        or None if even its oldest request alone would miss on it. Safe by construction: the
+        batch meets the head deadline when started at max(now + send latency, gpu_free_at), and
+        exec_at is at most the last start that still does (or that earliest start)."""
+        latency = model.by_class[cls]
+        exec_ns = latency.exec_ns
+        deadline = model.queue.deadline_ns
+        data_ns = self._data_ns
+        base_ns = now_ns + self._ctrl_ns
+        start = base_ns + data_ns
+        if start < gpu_free_at_ns:
+            start = gpu_free_at_ns
+        if deadline < start + exec_ns[1]:
+            return None
+        high = queue_batch if queue_batch < latency.batch_size_max else latency.batch_size_max
+        batch_size = largest_meeting(exec_ns, data_ns, deadline, base_ns, gpu_free_at_ns, 1, high)
+        send_latency = self._ctrl_ns + data_ns * batch_size
+        earliest = now_ns + send_latency
+        invalid_after = deadline - exec_ns[batch_size]
+        latest = invalid_after - self._jitter_ns
+        if self._frontrun_mode:
+            condition = deadline - self._jitter_ns - exec_ns[batch_size + 1] - data_ns
+            if (self._early and condition > earliest
+                    and self._dispatch_early(model, batch_size, target, earliest, now_ns, latency, cls)):
+                condition = earliest
+        else:
+            condition = self._condition(model, deadline, batch_size, target, earliest, latest, exec_ns)
+        exec_at = condition if condition < latest else latest
+        if exec_at < earliest:
+            exec_at = earliest
+        if exec_at < gpu_free_at_ns:
+            exec_at = gpu_free_at_ns
+        return cls, batch_size, exec_at, invalid_after, send_latency
+
+    def _free_in_time(self, cls: int, exec_at_ns: int) -> bool:
+        earliest = self._matcher.earliest_slot(cls)
+        return earliest is not None and earliest[1] <= exec_at_ns
+
+    def _dispatch_early(self, model: ModelState, batch_size: int, target: int, earliest: int, now_ns: int,
+                        latency: LatencyModel | None = None, cls: int | None = None) -> bool:
         """Symphony+ contention-aware early dispatch (issue 3, mechanism 2 with 3).
 
         Deferral wins when slots are plentiful: waiting builds bigger batches at no cost. Near
@@ -344,11 +483,13 @@ class SymphonyPolicy:
             return False
         if self._overloaded:
             return False
-        earliest_slot = self._matcher.earliest_slot()
+        earliest_slot = self._matcher.earliest_slot(cls)
         if earliest_slot is None or earliest_slot[1] > earliest:
             return False
-        exec_ns = model.exec_ns
-        target = min(target, model.latency.batch_size_max)
+        if latency is None:
+            latency = model.latency
+        exec_ns = latency.exec_ns
+        target = min(target, latency.batch_size_max)
         cost_ratio = exec_ns[batch_size] * target / (exec_ns[target] * batch_size)
         if cost_ratio <= 1.0 + config.early_cost_slack:
             horizon = config.reserve_horizon_ns
@@ -375,23 +516,26 @@ class SymphonyPolicy:
         return True
 
     def _condition(
-        self, model: ModelState, deadline: int, batch_size: int, target: int, earliest: int, latest: int
+        self, model: ModelState, deadline: int, batch_size: int, target: int, earliest: int, latest: int,
+        exec_ns: list[int] | None = None,
     ) -> int:
         schedulable = self._schedulable
         if schedulable is SchedulableCondition.FRONTRUN:
-            return self._frontrun(model, deadline, batch_size)
+            return self._frontrun(model, deadline, batch_size, exec_ns)
         if schedulable is SchedulableCondition.IMMEDIATELY:
             return earliest
         if schedulable is SchedulableCondition.LATEST:
             return latest
         if schedulable is SchedulableCondition.TARGET_BATCH_SIZE:
-            return earliest if batch_size >= target else self._frontrun(model, deadline, batch_size)
+            return earliest if batch_size >= target else self._frontrun(model, deadline, batch_size, exec_ns)
         # TARGET_QUEUING_DELAY: a Nexus-like duty cycle.
         return model.last_exec_at_ns + model.target_queuing_delay_ns
 
-    def _frontrun(self, model: ModelState, deadline: int, batch_size: int) -> int:
+    def _frontrun(self, model: ModelState, deadline: int, batch_size: int, exec_ns: list[int] | None = None) -> int:
         """The last start at which a batch one request larger would still meet the deadline."""
-        return deadline - self._jitter_ns - model.latency.exec_ns[batch_size + 1] - self._data_ns
+        if exec_ns is None:
+            exec_ns = model.latency.exec_ns
+        return deadline - self._jitter_ns - exec_ns[batch_size + 1] - self._data_ns
 
     # ---- matching (reference §1.10) -----------------------------------------------------
     def _setup_active_plan(self, model: ModelState, now_ns: int) -> None:
@@ -407,7 +551,10 @@ class SymphonyPolicy:
 
     def _park(self, model: ModelState, send_latency_ns: int) -> None:
         model.parked = True
-        self._matcher.park(model.name, model.invalid_after_ns, send_latency_ns)
+        if self._mixed:
+            self._matcher.park_classes(model.name, [(p[0], p[3], p[4]) for p in model.plans])
+        else:
+            self._matcher.park(model.name, model.invalid_after_ns, send_latency_ns)
 
     def _unpark(self, model: ModelState) -> None:
         model.parked = False
@@ -422,7 +569,8 @@ class SymphonyPolicy:
         send_latency = self._ctrl_ns + self._data_ns * model.batch_size
         if now_ns + send_latency > model.invalid_after_ns:
             return  # too late; the invalidate or drop timer re-plans (P2)
-        slot = self._slot_free_by(model.exec_at_ns, now_ns, self._pack_guard_ns)
+        cls = model.plan_class if self._mixed else None
+        slot = self._slot_free_by(model.exec_at_ns, now_ns, self._pack_guard_ns, cls)
         if slot is not None:
             self._grant(model, slot, now_ns)
             return
@@ -432,6 +580,9 @@ class SymphonyPolicy:
     def _on_slot_timer(self, now_ns: int) -> None:
         """Slot-initiated matching: purge plans this slot cannot serve, grant the least-slack."""
         matcher = self._matcher
+        if matcher.mixed:
+            self._on_class_slot_timer(now_ns)
+            return
         earliest = matcher.earliest_slot()
         if earliest is not None:
             slot_id, free_at = earliest
@@ -442,14 +593,31 @@ class SymphonyPolicy:
                 self._grant(self._models[urgent[0]], slot_id if preferred is None else preferred, now_ns)
         self._arm_slot_timer(now_ns)
 
-    def _slot_free_by(self, at_ns: int, now_ns: int, guard_ns: int = 0) -> int | None:
+    def _on_class_slot_timer(self, now_ns: int) -> None:
+        """Mixed fleets: the same on the due class. A plan too late for this class stops waiting
+        for it only, and may still get a slot of a faster one."""
+        matcher = self._matcher
+        due = matcher.slot_timer_at_ns()
+        if due is not None:
+            slot_id = due[1]
+            cls = matcher.slot_class[slot_id]
+            free_at = matcher.free_at_ns[slot_id]
+            while (urgent := matcher.most_urgent(cls)) is not None and free_at > urgent[1]:
+                if not matcher.purge(cls, urgent[0]):
+                    self._models[urgent[0]].parked = False  # infeasible on every class; re-planned later (P2)
+            if urgent is not None:
+                preferred = self._slot_free_by(free_at, now_ns, 0, cls)
+                self._grant(self._models[urgent[0]], slot_id if preferred is None else preferred, now_ns)
+        self._arm_slot_timer(now_ns)
+
+    def _slot_free_by(self, at_ns: int, now_ns: int, guard_ns: int = 0, cls: int | None = None) -> int | None:
         """The slot a grant takes among those free by `at_ns` (issue 13: consolidation). With
         `slot_choice = preferred`, the most preferred slot that is idle, or busy but predicted
         free `guard_ns` before `at_ns` with that moment still ahead; failing that, the earliest-free."""
         if self._preferred:
             busy_by = at_ns - guard_ns if now_ns <= at_ns - guard_ns else NEVER_BEFORE_NS
-            return self._matcher.preferred_free_by(at_ns, busy_by, self._inflight)
-        earliest = self._matcher.earliest_slot()
+            return self._matcher.preferred_free_by(at_ns, busy_by, self._inflight, cls)
+        earliest = self._matcher.earliest_slot(cls)
         return earliest[0] if earliest is not None and earliest[1] <= at_ns else None
 
     def _grant(self, model: ModelState, slot_id: int, now_ns: int) -> None:
@@ -460,12 +628,18 @@ class SymphonyPolicy:
         assert free_at < NEVER_NS, "a reserved slot was granted again"
         if model.parked:
             self._unpark(model)
-        self._update_candidate(model, now_ns, free_at)
+        if self._mixed:
+            cls = matcher.slot_class[slot_id]
+            self._update_candidate(model, now_ns, free_at, cls)
+            exec_ns = model.by_class[cls].exec_ns
+        else:
+            self._update_candidate(model, now_ns, free_at)
+            exec_ns = model.latency.exec_ns
         batch = model.queue.pop_inputs()
         if batch:
             exec_at = model.exec_at_ns
             assert exec_at >= free_at
-            finish_at = exec_at + model.latency.exec_ns[len(batch)]
+            finish_at = exec_at + exec_ns[len(batch)]
             plan_id = next(self._plan_ids)
             self._actions.append(DispatchBatch(plan_id, slot_id, model.name, batch, exec_at, finish_at))
             self._inflight[slot_id].append((plan_id, exec_at, finish_at))
