@@ -16,12 +16,14 @@ from shard.core.symphony import SymphonyPolicy
 class MixedRun:
     """Runs the policy; `slot_classes[i]` is slot i's class. Records dispatches and drops."""
 
-    def __init__(self, models: list[ModelConfig], slot_classes: list[str], config: CoreConfig | None = None) -> None:
+    def __init__(self, models: list[ModelConfig], slot_classes: list[str], config: CoreConfig | None = None,
+                 true_models: list[ModelConfig] | None = None) -> None:
+        """`true_models` (default `models`) give the slots' true speeds."""
         self.policy = SymphonyPolicy(models, config or CoreConfig())
         self.models = {m.name: m for m in models}
         self.slot_classes = slot_classes
         self.true = {(m.name, c): LatencyModel(m.class_profiles.get(c, m.profile))
-                     for m in models for c in slot_classes}
+                     for m in true_models or models for c in slot_classes}
         self.dispatches: list[DispatchBatch] = []
         self.dropped: list[int] = []
         self.deadline: dict[int, int] = {}
