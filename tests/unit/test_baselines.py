@@ -197,13 +197,12 @@ def drive(policy, slots: dict[int, str], arrivals_ns: list[int]) -> list[Dispatc
     wake, index = None, 0
     while index < len(arrivals_ns) or running or wake is not None:
         done = min(running.values(), key=lambda p: (p.finish_at_ns, p.slot_id)) if running else None
-        times = [t for t in (done and done.finish_at_ns, index < len(arrivals_ns) and arrivals_ns[index], wake)
-                 if t is not None and t is not False]
-        now = min(times)
+        arrival = arrivals_ns[index] if index < len(arrivals_ns) else None
+        now = min(t for t in (done.finish_at_ns if done else None, arrival, wake) if t is not None)
         if done is not None and done.finish_at_ns == now:
             del running[done.slot_id]
             step = policy.handle(BatchCompleted(done.slot_id, done.plan_id, done.exec_at_ns, now), now)
-        elif index < len(arrivals_ns) and arrivals_ns[index] == now:
+        elif arrival == now:
             step = policy.handle(RequestArrived(index, "resnet"), now)
             index += 1
         else:
