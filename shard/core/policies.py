@@ -37,24 +37,27 @@ def _clockwork(models: list[ModelConfig], config: CoreConfig) -> Policy:
     """Largest SLO-feasible batch when a slot frees, no preemption: Shepherd with lambda = inf
     (reference §4.3; our inference, not the authors'), dropping expired heads."""
     return ShepherdPolicy(models, name="clockwork", preempt_lambda=math.inf, fixed=True,
-                          queue_len_max=config.queue_len_max, resp_ns=config.resp_ns)
+                          queue_len_max=config.queue_len_max, resp_ns=config.resp_ns,
+                          slot_profiles=config.slot_profiles)
 
 
 def _shepherd(models: list[ModelConfig], config: CoreConfig) -> Policy:
-    return ShepherdPolicy(models, name="shepherd", queue_len_max=config.queue_len_max, resp_ns=config.resp_ns)
+    return ShepherdPolicy(models, name="shepherd", queue_len_max=config.queue_len_max, resp_ns=config.resp_ns,
+                          slot_profiles=config.slot_profiles)
 
 
 def _shepherd_fixed(models: list[ModelConfig], config: CoreConfig) -> Policy:
     return ShepherdPolicy(models, name="shepherd-fixed", fixed=True, queue_len_max=config.queue_len_max,
-                          resp_ns=config.resp_ns)
+                          resp_ns=config.resp_ns, slot_profiles=config.slot_profiles)
 
 
 def _nexus(models: list[ModelConfig], config: CoreConfig) -> Policy:
-    return NexusPolicy(models, name="nexus", resp_ns=config.resp_ns)
+    return NexusPolicy(models, name="nexus", resp_ns=config.resp_ns, slot_profiles=config.slot_profiles)
 
 
 def _nexus_warm(models: list[ModelConfig], config: CoreConfig) -> Policy:
-    return NexusPolicy(models, name="nexus-warm", warm=True, resp_ns=config.resp_ns)
+    return NexusPolicy(models, name="nexus-warm", warm=True, resp_ns=config.resp_ns,
+                       slot_profiles=config.slot_profiles)
 
 
 # Symphony+ tuned values (issue 3; sensitivity in BENCHMARKS.md). Tuned on the built-in

@@ -4,11 +4,14 @@ import math
 
 import pytest
 
+from schemas.profile import profile_from_sleep_spec
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, PreemptBatch
 from shard.core.baselines.nexus_plan import NexusModel, compute_batch_size
 from shard.core.baselines.shepherd import ShepherdPolicy
 from shard.core.baselines.triton import TritonModelSettings, TritonPolicy
+from shard.core.config import CoreConfig, ModelConfig, SlotProfiles
 from shard.core.events import WAKE_UP, BatchCompleted, RequestArrived, SlotAdded
+from shard.core.latency import LatencyModel
 from shard.core.policies import make_policy
 from tests.factories import MS, model_config, resnet_latency
 
@@ -159,3 +162,97 @@ def test_nexus_warm_plans_several_slots_for_a_heavy_model() -> None:
         slots |= {a.slot_id for a in of_type(step, DispatchBatch)}
     assert len(slots) >= 3
     assert not math.isnan(now)
+
+
+# ---- Mixed fleets (issue 16): each slot planned with its own class's profile ---------------
+MIXED_SPEC = "sleep:1082,5204,400,400"
+SLOW = profile_from_sleep_spec(MIXED_SPEC)
+CLASS_PROFILES = {"slow": SLOW, "fast": SLOW.at_speed(2.0)}
+SLO_AWARE = ["clockwork", "shepherd", "shepherd-fixed", "nexus", "nexus-warm"]
+PER_SLOT, SLOWEST = CoreConfig(), CoreConfig(slot_profiles=SlotProfiles.SLOWEST)
+GAP_NS = 500_000  # between arrivals in the mixed run
+
+
+def mixed_model(*, classes: bool = True) -> ModelConfig:
+    """One model whose `profile` is the slow class's (the slowest), with a class 2x as fast."""
+    return ModelConfig(name="resnet", slo_ns=100 * MS, profile=SLOW, rate_hint_rps=2000.0,
+                       class_profiles=CLASS_PROFILES if classes else {})
+
+
+def planned_ns(policy: str, slot_class: str, size: int) -> int:
+    """What the policy predicts a batch runs on a slot of this class: Triton E(b) on the
+    monotone profile, Shepherd and Nexus l(b) on the raw one (their reference estimates)."""
+    profile = CLASS_PROFILES.get(slot_class, SLOW)
+    if policy == "triton":
+        return LatencyModel(profile).exec(size)
+    return LatencyModel(profile, monotone=False).forward(size)
+
+
+def drive(policy, slots: dict[int, str], arrivals_ns: list[int]) -> list[DispatchBatch]:
+    """Exact time: request i arrives at arrivals_ns[i]; every batch finishes as predicted."""
+    for slot_id, slot_class in slots.items():
+        policy.handle(SlotAdded(slot_id, slot_class=slot_class), 0)
+    running: dict[int, DispatchBatch] = {}
+    plans: list[DispatchBatch] = []
+    wake, index = None, 0
+    while index < len(arrivals_ns) or running or wake is not None:
+        done = min(running.values(), key=lambda p: (p.finish_at_ns, p.slot_id)) if running else None
+        arrival = arrivals_ns[index] if index < len(arrivals_ns) else None
+        now = min(t for t in (done.finish_at_ns if done else None, arrival, wake) if t is not None)
+        if done is not None and done.finish_at_ns == now:
+            del running[done.slot_id]
+            step = policy.handle(BatchCompleted(done.slot_id, done.plan_id, done.exec_at_ns, now), now)
+        elif arrival == now:
+            step = policy.handle(RequestArrived(index, "resnet"), now)
+            index += 1
+        else:
+            step = policy.handle(WAKE_UP, now)
+        wake = step.wake_at_ns
+        for plan in of_type(step, DispatchBatch):
+            running[plan.slot_id] = plan  # replaces a preempted batch
+            plans.append(plan)
+    return plans
+
+
+def burst_on(name: str, slot_class: str) -> list[DispatchBatch]:
+    """200 requests at once on one slot of `slot_class`."""
+    return drive(make_policy(name, [mixed_model()], PER_SLOT), {0: slot_class}, [0] * 200)
+
+
+@pytest.mark.parametrize("name", [*SLO_AWARE, "triton"])
+def test_a_fast_slot_runs_batches_at_least_as_large_and_predicts_its_own_run_time(name: str) -> None:
+    sizes = {}
+    for slot_class in ("slow", "fast"):
+        plans = burst_on(name, slot_class)
+        for plan in plans:
+            assert plan.finish_at_ns - plan.exec_at_ns == planned_ns(name, slot_class, len(plan.request_ids))
+        sizes[slot_class] = max(len(plan.request_ids) for plan in plans)
+    if name == "triton":  # SLO-blind: its settings are the slowest profile's on every slot
+        assert sizes["fast"] == sizes["slow"]
+    else:
+        assert sizes["fast"] > sizes["slow"]
+
+
+def mixed_run(name: str, config: CoreConfig, *, classes: bool, slot_classes: tuple[str, str]) -> list[DispatchBatch]:
+    """A slow and a fast slot under a steady load that needs both (2000/s for 0.4 s)."""
+    policy = make_policy(name, [mixed_model(classes=classes)], config)
+    return drive(policy, dict(enumerate(slot_classes)), [i * GAP_NS for i in range(800)])
+
+
+@pytest.mark.parametrize("name", [*SLO_AWARE, "triton"])
+def test_in_a_mixed_fleet_every_batch_is_timed_on_the_slot_it_runs_on(name: str) -> None:
+    plans = mixed_run(name, PER_SLOT, classes=True, slot_classes=("slow", "fast"))
+    classes = {0: "slow", 1: "fast"}
+    for plan in plans:
+        assert plan.finish_at_ns - plan.exec_at_ns == planned_ns(name, classes[plan.slot_id], len(plan.request_ids))
+        if name != "triton":  # deadline-aware: predicted to meet recv + SLO on its own slot
+            assert plan.finish_at_ns <= min(plan.request_ids) * GAP_NS + 100 * MS
+    assert {plan.slot_id for plan in plans} == ({1} if name == "nexus" else {0, 1})  # nexus: one slot until 30 s
+
+
+@pytest.mark.parametrize("name", [*SLO_AWARE, "triton"])
+def test_without_classes_or_in_slowest_mode_batches_are_unchanged(name: str) -> None:
+    before = mixed_run(name, PER_SLOT, classes=False, slot_classes=("", ""))
+    assert before == mixed_run(name, SLOWEST, classes=True, slot_classes=("slow", "fast"))
+    assert before == mixed_run(name, PER_SLOT, classes=True, slot_classes=("", ""))
+    assert before == mixed_run(name, PER_SLOT, classes=False, slot_classes=("slow", "fast"))

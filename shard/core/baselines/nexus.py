@@ -10,6 +10,12 @@ Faithful quirks kept: one slot per model at max batch until the first epoch; no 
 model has a full 30 s history; estimates are the last EWMA sample; a slot polls every 50 us when
 it finds no work. `nexus-warm` primes the history with the workload's rate and plans at t = 0,
 as if the system had been running at that load for a while; it is reported under its own name.
+
+Mixed fleets (issue 16, `per_slot` mode): planning is per class. Each slot plan carries its slot's
+class, and every batch size, duty cycle and throughput planned for it comes from the model's
+profile for that class (`NexusModel.on`), so a fast slot plans larger batches, a higher
+throughput and hence a larger routing weight. Its executor's sliding window and predicted finish
+use the same class. In `slowest` mode every slot plans with `ModelConfig.profile`, as before.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from shard.core.baselines.nexus_plan import (
     find_best_slot,
     prepare_load,
 )
-from shard.core.config import CoreConfig, ModelConfig
+from shard.core.baselines.slot_classes import class_latencies, slot_class_of
+from shard.core.config import CoreConfig, ModelConfig, SlotProfiles
 from shard.core.events import BatchCompleted, DispatchFailed, RequestArrived, Shutdown, SlotAdded, SlotRemoved, WakeUp
 from shard.core.latency import LatencyModel
 from shard.core.policy import ModelStats
@@ -93,18 +100,26 @@ class _Route:
         raise AssertionError("DRR found no slot in 2n steps")
 
 
+def nexus_model(model: ModelConfig, slot_profiles: SlotProfiles) -> NexusModel:
+    """The model on its raw profile (as the reference), with a variant per slot class."""
+    base = NexusModel.from_latency(model.name, model.slo_ns, LatencyModel(model.profile, monotone=False))
+    base.classes = {
+        name: NexusModel.from_latency(model.name, model.slo_ns, latency)
+        for name, latency in class_latencies(model, slot_profiles, monotone=False).items()
+    }
+    return base
+
+
 class NexusPolicy:
     deadline_margin_ns = 0  # every batch meets recv + SLO by its own estimate
 
     def __init__(self, models: list[ModelConfig], *, name: str = "nexus", warm: bool = False,
-                 resp_ns: int = CoreConfig().resp_ns) -> None:
+                 resp_ns: int = CoreConfig().resp_ns, slot_profiles: SlotProfiles = SlotProfiles.PER_SLOT) -> None:
         self.name = name
         self.resp_ns = resp_ns  # for the shell's plans; Nexus itself plans without a reply margin
         self._warm = warm
-        self._models = {
-            m.name: NexusModel.from_latency(m.name, m.slo_ns, LatencyModel(m.profile, monotone=False))
-            for m in models
-        }
+        self._slot_profiles = slot_profiles
+        self._models = {m.name: nexus_model(m, slot_profiles) for m in models}
         self._slo_ns = {m.name: m.slo_ns for m in models}
         self._hint = {m.name: m.rate_hint_rps for m in models}
         self._plans: dict[int, SlotPlan] = {}
@@ -135,7 +150,8 @@ class NexusPolicy:
                     self._run_executor(executor, now_ns)
             case SlotAdded():
                 if event.slot_id not in self._plans:
-                    self._plans[event.slot_id] = SlotPlan(event.slot_id)
+                    slot_class = slot_class_of(event.slot_class, self._slot_profiles)
+                    self._plans[event.slot_id] = SlotPlan(event.slot_id, slot_class=slot_class)
                     self._executors[event.slot_id] = _Executor(event.slot_id)
             case SlotRemoved():
                 self._on_slot_removed(event.slot_id)
@@ -217,7 +233,8 @@ class NexusPolicy:
 
     # ---- the slot executor --------------------------------------------------------------
     def _run_executor(self, executor: _Executor, now_ns: int) -> None:
-        """Round robin from the current model: run the first non-empty sliding-window batch."""
+        """Round robin from the current model: run the first non-empty sliding-window batch,
+        sized and timed on this slot's class."""
         plan = self._plans.get(executor.slot_id)
         if plan is None or executor.running is not None:
             return
@@ -225,9 +242,9 @@ class NexusPolicy:
         for step in range(len(table)):
             index = (executor.rr_index + step) % len(table)
             name = table[index]
-            batch = self._sliding_window(executor, name, plan.batches[name], now_ns)
+            model = self._models[name].on(plan.slot_class)
+            batch = self._sliding_window(executor, model, plan.batches[name], now_ns)
             if batch:
-                model = self._models[name]
                 plan_id = next(self._plan_ids)
                 finish = now_ns + int(model.l(len(batch)) * 1000)
                 executor.running = plan_id
@@ -236,11 +253,13 @@ class NexusPolicy:
                 return
         executor.idle_since_ns = now_ns
 
-    def _sliding_window(self, executor: _Executor, name: str, batch_plan: int, now_ns: int) -> list[int]:
+    def _sliding_window(self, executor: _Executor, model: NexusModel, batch_plan: int, now_ns: int) -> list[int]:
+        """Early drop: take up to the planned batch in EDF order, dropping requests that would
+        miss their deadline at that batch's finish on this slot (`model` is the slot's variant)."""
+        name = model.name
         queue = executor.queues.get(name)
         if not queue:
             return []
-        model = self._models[name]
         size = min(batch_plan, len(queue))
         if size == 0:
             return []
@@ -342,7 +361,8 @@ class NexusPolicy:
         self._allocate(unassigned)
 
     def _update_throughput(self, slot: SlotPlan, model: NexusModel, workload: float) -> float:
-        inst = compute_batch_size(model, workload)
+        """Re-plan the model's instance on the slot (on its class) for `workload`."""
+        inst = compute_batch_size(model.on(slot.slot_class), workload)
         if inst is None:
             return slot.instances[model.name].throughput
         slot.instances[model.name] = inst
@@ -359,7 +379,7 @@ class NexusPolicy:
         slot.instances.clear()
         slot.recompute()
         for inst in instances:
-            trial = SlotPlan(slot.slot_id, dict(slot.instances))
+            trial = SlotPlan(slot.slot_id, dict(slot.instances), slot_class=slot.slot_class)
             trial.recompute()
             prepared = prepare_load(trial, inst.model, inst.workload)
             if prepared is None:

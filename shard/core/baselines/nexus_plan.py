@@ -1,6 +1,10 @@
 """Nexus's batch-aware planning math (reference §4.1): per-model batch plans, squishy bin
 packing on a slot, best-fit placement. Pure functions and small records; the policy in
-`nexus.py` owns the state and the clock. Times here are microseconds, as in the reference."""
+`nexus.py` owns the state and the clock. Times here are microseconds, as in the reference.
+
+Mixed fleets (issue 16): a `SlotPlan` carries its slot's class and a `NexusModel` its per-class
+variants, so every plan made for a slot (batch, duty, throughput) uses that slot's class: see
+`NexusModel.on`. With no classes every variant is the model itself."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ class NexusModel:
     forward_us: list[float]  # index b; index 0 unused; out of range = 3600 s
     pre_post_us: float
     batch_size_max: int
+    classes: dict[str, NexusModel] = field(default_factory=dict)  # per slot class; empty: one profile
 
     @classmethod
     def from_latency(cls, name: str, slo_ns: int, latency: LatencyModel) -> NexusModel:
@@ -29,6 +34,11 @@ class NexusModel:
             pre_post_us=latency.pre_post_ns / 1000,
             batch_size_max=latency.batch_size_max,
         )
+
+    def on(self, slot_class: str) -> NexusModel:
+        """This model as planned on a slot of `slot_class`; itself (the slowest profile) for ""
+        or a class without a profile. A variant's own `classes` is empty, so `on` is idempotent."""
+        return self.classes.get(slot_class, self)
 
     def l(self, b: int) -> float:  # noqa: E743 - the reference's name
         return self.forward_us[b] if 1 <= b <= self.batch_size_max else 3600e6
@@ -89,6 +99,7 @@ class SlotPlan:
     occupancy: float = 0.0
     overload: bool = False
     batches: dict[str, int] = field(default_factory=dict)  # planned batch per model; kept on unload
+    slot_class: str = ""  # the class its instances are planned with (issue 16)
 
     def recompute(self) -> None:
         duty, exec_us, overload, batches = calc_cycle(list(self.instances.values()))
@@ -120,10 +131,11 @@ def calc_cycle(instances: list[Instance]) -> tuple[float, float, bool, dict[str,
 
 
 def prepare_load(slot: SlotPlan, model: NexusModel, workload: float) -> tuple[float, Instance] | None:
-    """PrepareLoadModel: (new occupancy, instance) if the model fits on the slot, else None."""
+    """PrepareLoadModel: (new occupancy, instance) if the model fits on the slot, else None.
+    The instance is planned on the slot's class."""
     if model.name in slot.instances or slot.occupancy >= 1:
         return None
-    inst = compute_batch_size(model, workload)
+    inst = compute_batch_size(model.on(slot.slot_class), workload)
     if inst is None:
         return None
     if slot.instances and slot.duty_us > 0 and inst.max_duty_us >= slot.duty_us and workload > 0:

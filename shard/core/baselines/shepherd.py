@@ -13,6 +13,11 @@ Modes (reported by name):
   head, and re-triggers the preempted batch's model.
 Constants are Shepherd's own (Dctrl 25 us, Ddata 75 us per request), deadlines are recv + SLO
 with no response margin, and estimates use l(b) without pre/post (reference §4.2).
+
+Mixed fleets (issue 16, `per_slot` mode): BatchGen runs for one slot at a time, so it uses that
+slot's class table throughout: the "Line 4" drop, the feasible batch and the predicted finish.
+A fast slot thus takes a larger batch (and drops less) than a slow one; a request is dropped when
+it cannot finish alone on the slot being offered, as Shepherd's per-GPU BatchGen would.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import bisect
 from itertools import count, pairwise
 
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, PreemptBatch, Step
-from shard.core.config import CoreConfig, ModelConfig
+from shard.core.baselines.slot_classes import class_latencies, slot_class_of
+from shard.core.config import CoreConfig, ModelConfig, SlotProfiles
 from shard.core.events import BatchCompleted, DispatchFailed, RequestArrived, Shutdown, SlotAdded, SlotRemoved, WakeUp
 from shard.core.latency import LatencyModel
 from shard.core.policy import ModelStats
@@ -38,16 +44,32 @@ class _Running:
         self.entries = entries
 
 
-class _Model:
-    __slots__ = ("forward_ns", "monotone", "name", "queue", "slo_ns")
+class _Table:
+    """l(b) on one slot class, raw as the reference's, and whether it never decreases (then the
+    feasible size is a binary search rather than a scan)."""
 
-    def __init__(self, model: ModelConfig) -> None:
-        self.name = model.name
-        self.slo_ns = model.slo_ns
-        latency = LatencyModel(model.profile, monotone=False)  # raw profile, as the reference
+    __slots__ = ("forward_ns", "monotone")
+
+    def __init__(self, latency: LatencyModel) -> None:
         self.forward_ns = latency.forward_ns
         self.monotone = all(a <= b for a, b in pairwise(self.forward_ns))
+
+
+class _Model:
+    __slots__ = ("by_class", "name", "queue", "slo_ns", "slowest")
+
+    def __init__(self, model: ModelConfig, slot_profiles: SlotProfiles) -> None:
+        self.name = model.name
+        self.slo_ns = model.slo_ns
+        self.slowest = _Table(LatencyModel(model.profile, monotone=False))  # raw profile, as the reference
+        self.by_class = {
+            name: _Table(latency) for name, latency in class_latencies(model, slot_profiles, monotone=False).items()
+        }
         self.queue: list[Entry] = []  # sorted by (deadline, id)
+
+    def table(self, slot_class: str) -> _Table:
+        """The table a slot of this class is planned with; the slowest for "" or an unknown class."""
+        return self.by_class.get(slot_class, self.slowest)
 
 
 class ShepherdPolicy:
@@ -64,6 +86,7 @@ class ShepherdPolicy:
         data_ns: int = 75_000,
         queue_len_max: int = 100_000,
         resp_ns: int = CoreConfig().resp_ns,
+        slot_profiles: SlotProfiles = SlotProfiles.PER_SLOT,
     ) -> None:
         self.name = name
         self.resp_ns = resp_ns  # for the shell's plans; Shepherd itself plans without a reply margin
@@ -72,8 +95,10 @@ class ShepherdPolicy:
         self._ctrl_ns = ctrl_ns
         self._data_ns = data_ns
         self._queue_len_max = queue_len_max
-        self._models = {m.name: _Model(m) for m in models}
+        self._models = {m.name: _Model(m, slot_profiles) for m in models}
+        self._slot_profiles = slot_profiles
         self._slots: dict[int, _Running | None] = {}
+        self._classes: dict[int, str] = {}  # slot -> the class its batches are planned with
         self._rank: dict[int, int] = {}  # slot -> place in the preference order
         self._plan_ids = count(1)
         self._actions: list = []
@@ -88,12 +113,14 @@ class ShepherdPolicy:
             case SlotAdded():
                 if event.slot_id not in self._slots:
                     self._slots[event.slot_id] = None
+                    self._classes[event.slot_id] = slot_class_of(event.slot_class, self._slot_profiles)
                     # Arrivals offer slots in this order: keep it the preference order (issue 13).
                     self._rank[event.slot_id] = event.slot_id if event.rank is None else event.rank
                     self._slots = dict(sorted(self._slots.items(), key=lambda item: self._rank[item[0]]))
                     self._on_idle(event.slot_id, now_ns)
             case SlotRemoved():
                 self._slots.pop(event.slot_id, None)
+                self._classes.pop(event.slot_id, None)
                 self._rank.pop(event.slot_id, None)
             case Shutdown():
                 for model in self._models.values():
@@ -125,12 +152,14 @@ class ShepherdPolicy:
         changed = [model.name]
         while changed:
             name = changed.pop(0)
-            idle_has_nothing = False
+            empty_classes: list[str] = []  # an idle slot of these classes found no batch
             for slot_id, running in list(self._slots.items()):
                 if running is None:
-                    if idle_has_nothing:
-                        continue  # same queues as the idle slot just tried: no batch either
-                    idle_has_nothing = not self._offer(slot_id, running, name, changed, now_ns)
+                    slot_class = self._classes[slot_id]
+                    if slot_class in empty_classes:
+                        continue  # same queues and table as the idle slot just tried: no batch either
+                    if not self._offer(slot_id, running, name, changed, now_ns):
+                        empty_classes.append(slot_class)
                 elif self._could_preempt(running, name):
                     self._offer(slot_id, running, name, changed, now_ns)
 
@@ -147,7 +176,7 @@ class ShepherdPolicy:
         Returns whether BatchGen found a batch."""
         old = len(running.entries) if running else 0
         candidates = [name] if running is None or running.model == name else [name, running.model]
-        best = self._batch_gen(now_ns, running, candidates)
+        best = self._batch_gen(now_ns, running, candidates, self._classes[slot_id])
         if best is None:
             return False
         model_name, size = best
@@ -172,27 +201,32 @@ class ShepherdPolicy:
         self._on_idle(slot_id, now_ns)
 
     def _on_idle(self, slot_id: int, now_ns: int) -> None:
-        best = self._batch_gen(now_ns, None, list(self._models))
+        best = self._batch_gen(now_ns, None, list(self._models), self._classes[slot_id])
         if best is not None:
             self._assign(slot_id, best[0], best[1], None, now_ns)
 
     # ---- BatchGen -----------------------------------------------------------------------
-    def _batch_gen(self, now_ns: int, running: _Running | None, names: list[str]) -> tuple[str, int] | None:
-        """The model with the largest feasible batch (ties: first in order), and its size."""
+    def _batch_gen(
+        self, now_ns: int, running: _Running | None, names: list[str], slot_class: str
+    ) -> tuple[str, int] | None:
+        """The model with the largest feasible batch (ties: first in order) on a slot of
+        `slot_class`, and its size."""
         best: tuple[str, int] | None = None
         for name in names:
             model = self._models[name]
-            self._drop_expired(model, now_ns)
+            table = model.table(slot_class)
+            self._drop_expired(model, table, now_ns)
             extra = running.entries if running is not None and running.model == name else []
-            size = self._feasible_size(model, extra, now_ns)
+            size = self._feasible_size(model, table, extra, now_ns)
             if size and (best is None or size > best[1]):
                 best = (name, size)
         return best
 
-    def _drop_expired(self, model: _Model, now_ns: int) -> None:
-        """"Line 4": requests that cannot finish even alone are dropped (see the module note)."""
+    def _drop_expired(self, model: _Model, table: _Table, now_ns: int) -> None:
+        """"Line 4": requests that cannot finish even alone on the offered slot's class are
+        dropped (see the module note)."""
         queue = model.queue
-        limit = now_ns + self._ctrl_ns + self._data_ns + model.forward_ns[1]
+        limit = now_ns + self._ctrl_ns + self._data_ns + table.forward_ns[1]
         dropped: list[int] = []
         if self._fixed:
             k = 0
@@ -206,14 +240,15 @@ class ShepherdPolicy:
         if dropped:
             self._actions.append(DropRequests(model.name, dropped, DropReason.DEADLINE))
 
-    def _feasible_size(self, model: _Model, extra: list[Entry], now_ns: int) -> int:
+    def _feasible_size(self, model: _Model, table: _Table, extra: list[Entry], now_ns: int) -> int:
         """Greedy over S = extra ++ queue in deadline order: the longest prefix whose earliest
-        deadline holds at that batch size (the earliest deadline is S's first, S being sorted)."""
+        deadline holds at that batch size on the offered slot's class (the earliest deadline is
+        S's first, S being sorted)."""
         total = len(extra) + len(model.queue)
         if total == 0:
             return 0
         head = min(extra[0][0] if extra else model.queue[0][0], model.queue[0][0] if model.queue else extra[0][0])
-        forward = model.forward_ns
+        forward = table.forward_ns
         top = min(total, len(forward) - 2)
         base = now_ns + self._ctrl_ns
 
@@ -222,7 +257,7 @@ class ShepherdPolicy:
 
         if not fits(1):
             return 0
-        if not model.monotone:
+        if not table.monotone:
             b = 1
             while b < top and fits(b + 1):
                 b += 1
@@ -238,6 +273,7 @@ class ShepherdPolicy:
 
     # ---- assignment ---------------------------------------------------------------------
     def _assign(self, slot_id: int, name: str, size: int, preempted: _Running | None, now_ns: int) -> None:
+        """Run the batch BatchGen sized for this slot; its finish is predicted on the slot's class."""
         model = self._models[name]
         if preempted is not None:
             self._actions.append(PreemptBatch(slot_id, preempted.plan_id))
@@ -246,7 +282,7 @@ class ShepherdPolicy:
         entries = model.queue[:size]
         del model.queue[:size]
         exec_at = now_ns + self._ctrl_ns + self._data_ns * size
-        finish_at = exec_at + model.forward_ns[size]
+        finish_at = exec_at + model.table(self._classes[slot_id]).forward_ns[size]
         plan_id = next(self._plan_ids)
         self._slots[slot_id] = _Running(plan_id, name, entries)
         self._actions.append(

@@ -9,6 +9,10 @@ deadlines or latency: it never predicts whether a batch will meet its SLO.
 Defaults stand in for a careful operator: the max batch is the largest whose run time fits half
 the SLO budget (Nexus's rule), the max queue delay is the slack left when that batch runs, and
 the queue timeout is the wait after which even a batch of one cannot meet the SLO.
+
+Mixed fleets (issue 16, `per_slot` mode): the settings stay on `ModelConfig.profile`, the slowest
+(an operator configures one dynamic batcher per model, and Triton is SLO-blind), so a batch is the
+same size on every slot; only its predicted finish uses the class of the slot that runs it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from itertools import count
 import msgspec
 
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, Step
+from shard.core.baselines.slot_classes import class_latencies, slot_class_of
 from shard.core.config import CoreConfig, ModelConfig, SlotChoice
 from shard.core.events import BatchCompleted, DispatchFailed, RequestArrived, Shutdown, SlotAdded, SlotRemoved, WakeUp
 from shard.core.latency import LatencyModel
@@ -49,11 +54,12 @@ def default_settings(model: ModelConfig, config: CoreConfig) -> TritonModelSetti
 
 
 class _Model:
-    __slots__ = ("latency", "name", "queue", "settings")
+    __slots__ = ("by_class", "latency", "name", "queue", "settings")
 
-    def __init__(self, model: ModelConfig, settings: TritonModelSettings) -> None:
+    def __init__(self, model: ModelConfig, settings: TritonModelSettings, config: CoreConfig) -> None:
         self.name = model.name
         self.latency = LatencyModel(model.profile)
+        self.by_class = class_latencies(model, config.slot_profiles, monotone=True)  # finish per slot only
         self.settings = settings
         self.queue: deque[tuple[int, int]] = deque()  # (recv_ns, request_id), FIFO
 
@@ -74,12 +80,13 @@ class TritonPolicy:
         self.resp_ns = config.resp_ns
         settings = settings or {}
         self._models = {
-            m.name: _Model(m, settings.get(m.name) or default_settings(m, config)) for m in models
+            m.name: _Model(m, settings.get(m.name) or default_settings(m, config), config) for m in models
         }
         self._free: deque[int] = deque()  # free slots, longest idle first
         self._rank: dict[int, tuple[int, int]] = {}  # slot -> (rank, slot): with slot_choice preferred,
         self._preferred = config.slot_choice is SlotChoice.PREFERRED  # the lowest-ranked free slot goes first
         self._slots: dict[int, int | None] = {}  # slot -> running plan id
+        self._classes: dict[int, str] = {}  # slot -> the class its finish is predicted with
         self._plan_ids = count(1)
         self._actions: list = []
 
@@ -96,9 +103,11 @@ class TritonPolicy:
                 if event.slot_id not in self._slots:
                     self._slots[event.slot_id] = None
                     self._free.append(event.slot_id)
+                    self._classes[event.slot_id] = slot_class_of(event.slot_class, self.config.slot_profiles)
                     self._rank[event.slot_id] = (event.slot_id if event.rank is None else event.rank, event.slot_id)
             case SlotRemoved():
                 self._rank.pop(event.slot_id, None)
+                self._classes.pop(event.slot_id, None)
                 if self._slots.pop(event.slot_id, 0) is None:
                     self._free.remove(event.slot_id)
             case Shutdown():
@@ -176,6 +185,8 @@ class TritonPolicy:
         return best
 
     def _dispatch(self, model: _Model, slot_id: int, now_ns: int) -> None:
+        """Send the ready batch (sized by the settings alone) to `slot_id`; its finish is
+        predicted on that slot's class."""
         settings = model.settings
         size = min(len(model.queue), settings.batch_size_max)
         fitting = [p for p in settings.preferred_batch_sizes if p <= size]
@@ -183,7 +194,7 @@ class TritonPolicy:
             size = max(fitting)
         batch = [model.queue.popleft()[1] for _ in range(size)]
         exec_at = now_ns + self.config.ctrl_ns + self.config.data_ns * size
-        finish_at = exec_at + model.latency.exec(size)
+        finish_at = exec_at + model.by_class.get(self._classes[slot_id], model.latency).exec(size)
         plan_id = next(self._plan_ids)
         self._slots[slot_id] = plan_id
         self._actions.append(DispatchBatch(plan_id, slot_id, model.name, batch, exec_at, finish_at))
