@@ -40,7 +40,7 @@ from shard.core.ownership import (
     plan_release,
     plan_transition,
 )
-from shard.service.specs import ClassedSpec, claimable_class, classed_spec
+from shard.service.specs import ClassedSpec, claimable_class, classed_spec, uncovered
 
 log = structlog.get_logger("shard")
 HANDOVER_GRACE_S = 1.0
@@ -241,13 +241,19 @@ class AssignmentFollower:
 
     async def _slot_class(self, slot: str) -> str | None:
         """The slot's class if every model held plans it safely (specs.claimable_class), read from
-        what its agent published now: a class that joined after a model did is seen here."""
+        what its agent published now. A held model whose profiles do not cover it (the class
+        joined after the model did) has its profiles read again and replaced first."""
         agent = self.shard.agent_of_slot(slot)
         if agent is None:
             return None
-        held = self.shard.model_configs
-        names = sorted(held) or sorted(self.shard.slot_models.get(slot, ()))
-        return claimable_class({name: await self._published(name, agent) for name in names}, held)
+        names = sorted(self.shard.model_configs) or sorted(self.shard.slot_models.get(slot, ()))
+        published = {name: await self._published(name, agent) for name in names}
+        for name in uncovered(published, self.shard.model_configs):
+            fresh = await self._spec(name)
+            if fresh is not None and fresh.model_config() != self.shard.model_configs[name]:
+                self.shard.metrics.assignment_steps["refresh_model"] += 1
+                await self.shard.refresh_model(fresh)
+        return claimable_class(published, self.shard.model_configs)
 
     async def _claim(self, agent_id: str | None, slot: str) -> bool:
         if agent_id is None:

@@ -243,6 +243,24 @@ class ShardService:
         await self._subscribe_model(spec.name)
         log.info("model_gained", shard=self.entry.id, model=spec.name)
 
+    async def refresh_model(self, classed: ClassedSpec) -> None:
+        """New profiles for a model held (a slower slot class joined after it did). The core keeps
+        a model's profiles while it holds it, so the model leaves the core and comes straight back
+        with the new ones, both decided before anything is awaited, so no request falls between.
+        What it had queued is handed back to its subject, which this shard still takes, and is
+        planned again; batches already sent run on."""
+        name = classed.spec.name
+        if name not in self.specs:
+            return
+        model = classed.model_config()
+        now = self.clock.now_ns()
+        removed = self.policy.handle(ModelRemoved(name), now)
+        added = self.policy.handle(ModelAdded(model), now)
+        self.specs[name], self.model_configs[name] = classed.spec, model
+        await self._apply_async(removed)
+        await self._apply_async(added)
+        log.info("model_profiles_refreshed", shard=self.entry.id, model=name, classes=sorted(model.class_profiles))
+
     async def remove_model(self, name: str) -> None:
         """Stop taking its requests (finishing the ones already delivered), then hand back what
         it still holds: re-published to the model's subject, the new owner answers them."""

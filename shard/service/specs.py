@@ -75,6 +75,14 @@ def plans_safely(config: ModelConfig, slot_class: str, published: ModelProfile) 
     return all(getattr(merged, f) == getattr(config.profile, f) for f in fields)
 
 
+def uncovered(published: Mapping[str, ModelSpec | None], held: Mapping[str, ModelConfig]) -> list[str]:
+    """The held models whose profiles in the core do not cover what an agent published for them
+    (its class joined after they did): their profiles must be read again before its slot joins."""
+    return [name for name, spec in published.items()
+            if spec is not None and spec.profile is not None and name in held
+            and not plans_safely(held[name], spec.profile.device, spec.profile)]
+
+
 def claimable_class(published: Mapping[str, ModelSpec | None], held: Mapping[str, ModelConfig]) -> str | None:
     """The class a slot joins the core with, from what its agent published per model (`published`:
     each model the shard holds, or holding none, each the slot runs); None while it would be

@@ -4,8 +4,12 @@ the slot's class."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import jax
 import msgspec
 import pytest
+from nats.js.errors import KeyNotFoundError
 
 from gpu_agent.agent import Agent
 from gpu_agent.runners import SleepRunner, jax_device_class, sleep_class, slot_class
@@ -14,7 +18,10 @@ from runtime.status import format_status
 from schemas.model import ModelSpec, TensorSpec
 from schemas.profile import profile_from_sleep_spec
 from schemas.status_report import AgentStatus, SlotStatus
-from shard.service.specs import claimable_class, classed_spec, plans_safely
+from shard.core.config import ModelConfig
+from shard.service.follower import AssignmentFollower
+from shard.service.metrics import ASSIGNMENT_STEPS
+from shard.service.specs import ClassedSpec, claimable_class, classed_spec, plans_safely
 from tests.factories import RESNET
 
 X = [TensorSpec(name="x", datatype="FP32", shape=[-1, 1])]
@@ -36,7 +43,8 @@ def test_a_class_is_the_configured_name_else_the_device_kind_else_the_sleep_spee
     assert sleep_class(1.0) == "sleep" and sleep_class(0.5) == "sleep@0.5x" and sleep_class(2) == "sleep@2x"
     assert slot_class("h200-pool", 0.5, []) == "h200-pool"
     assert slot_class("", 0.5, [SleepRunner("m", RESNET, 8, 100)]) == "sleep@0.5x"
-    assert jax_device_class() == "cpu"  # the tests run JAX on the CPU; on a GPU: "NVIDIA H200"
+    device = jax.devices()[0]  # "cpu" here; on a GPU "NVIDIA H200", where str(device) is "cuda:0" for any model
+    assert jax_device_class() == device.device_kind
 
 
 def test_a_slow_sleep_agent_sleeps_and_publishes_its_scaled_profile_under_its_class() -> None:
@@ -93,3 +101,62 @@ def test_status_shows_each_slot_class() -> None:
     header = next(line for line in table.splitlines() if line.startswith("slot "))
     assert "class" in header
     assert "sleep@0.5x" in table and "NVIDIA H100 80… " in table
+
+
+class FakeState:
+    """The state bucket's `get` over what agents published (`profiles.<model>.<agent>`)."""
+
+    def __init__(self, published: dict[str, ModelSpec]) -> None:
+        self.published = published
+
+    async def get(self, key: str) -> SimpleNamespace:
+        if key not in self.published:
+            raise KeyNotFoundError
+        return SimpleNamespace(value=msgspec.json.encode(self.published[key]))
+
+
+class FakeShard:
+    """What the follower reads and calls on its shard; `refresh_model` as the service does it."""
+
+    def __init__(self, config: ClusterConfig, held: dict[str, ModelConfig], slots: set[str]) -> None:
+        self.config, self.model_configs, self._slots = config, held, slots
+        self.slot_models = config.slot_models()
+        self.metrics = SimpleNamespace(assignment_steps=dict.fromkeys(ASSIGNMENT_STEPS, 0))
+        self.refreshed: list[list[str]] = []
+
+    def agent_of_slot(self, slot: str) -> str:
+        return self.config.agent_of_slot(slot)
+
+    def usable_slots(self) -> set[str]:
+        return self._slots
+
+    async def refresh_model(self, classed: ClassedSpec) -> None:
+        self.model_configs[classed.spec.name] = classed.model_config()
+        self.refreshed.append(sorted(classed.class_profiles))
+
+
+async def slot_class_of(slot: str, held: dict[str, ModelConfig], published: dict[str, ModelSpec]) -> FakeShard:
+    two = msgspec.convert({"models": [{"name": "m", "kind": RESNET, "slo_ms": 100}], "shards": [{"id": "s"}],
+                           "agents": [{"id": "fast", "slots": [{"id": "f0", "models": ["m"]}]},
+                                      {"id": "slow", "speed": 0.5, "slots": [{"id": "s0", "models": ["m"]}]}]},
+                          ClusterConfig)
+    shard = FakeShard(two, held, {"f0"})
+    follower = AssignmentFollower.__new__(AssignmentFollower)
+    follower.shard, follower.buckets = shard, SimpleNamespace(state=FakeState(published))
+    shard.found = await follower._slot_class(slot)
+    return shard
+
+
+@pytest.mark.asyncio
+async def test_a_slower_class_that_joins_later_has_the_held_model_profiles_read_again() -> None:
+    """The model joined with the fast class only; the slow agent published later. Its slot is
+    claimed only after the model's profiles were read again with both classes."""
+    held = {"m": classed_spec([("sleep", spec("sleep"))]).model_config()}
+    both = {"profiles.m.fast": spec("sleep"), "profiles.m.slow": spec("sleep@0.5x", 0.5)}
+    shard = await slot_class_of("s0", dict(held), both)
+    assert shard.found == "sleep@0.5x" and shard.refreshed == [["sleep", "sleep@0.5x"]]
+    assert shard.metrics.assignment_steps["refresh_model"] == 1
+    shard = await slot_class_of("s0", dict(held), {"profiles.m.fast": spec("sleep")})  # not published yet
+    assert shard.found is None and shard.refreshed == []
+    shard = await slot_class_of("f0", dict(held), both)  # a known class: nothing to read again
+    assert shard.found == "sleep" and shard.refreshed == []
