@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+import msgspec
 import nats
 import pytest
 
 from gpu_agent.agent import Agent
 from runtime.status import format_status, gather_status
+from shard.service.specs import classed_spec
 from tests.integration.conftest import running_cluster
 from tests.integration.test_serving import reply_ledger
 
@@ -97,3 +99,31 @@ async def test_a_fast_and_a_slow_class_each_run_at_their_speed_and_status_shows_
         # with the slowest and the fast slot's batches are not larger. Then this is an assertion.
         pytest.xfail(f"per-slot planning: slow batches {mean_batch['sleep-slow']:.1f} > fast "
                      f"{mean_batch['sleep-fast']:.1f}")
+
+
+async def test_a_model_given_new_class_profiles_under_load_still_answers_every_request_once(nats_server,
+                                                                                            tmp_path) -> None:
+    """What a coordinated shard does when a slower class joins after a model (follower.py): the
+    model leaves the core and comes back with the new profiles; what it had queued is handed back
+    to its own subject and served."""
+    async with running_cluster(MIXED_CONFIG, nats_server.url, tmp_path) as (client, shards, _agents):
+        shard = shards[0]
+        held = shard.model_configs["resnet_sleep"]
+        slower = msgspec.structs.replace(held.class_profiles["sleep@0.5x"].at_speed(0.5), device="sleep@0.25x")
+        fresh = classed_spec([(cls, msgspec.structs.replace(shard.specs["resnet_sleep"], profile=p))
+                              for cls, p in [*held.class_profiles.items(), ("sleep@0.25x", slower)]])
+
+        async def refresh() -> None:
+            await asyncio.sleep(1.0)
+            while not shard.pending:  # requests queued in the core, none sent yet: they are handed back
+                await asyncio.sleep(0.001)
+            await shard.refresh_model(fresh)
+
+        total = 600
+        (replies, statuses), _ = await asyncio.gather(send(client.nc, total, rate=300.0), refresh())
+        handed_back = shard.metrics.outcomes["resnet_sleep", "handed_back"]
+    assert sorted(shard.model_configs["resnet_sleep"].class_profiles) == ["sleep", "sleep@0.25x", "sleep@0.5x"]
+    assert len(replies) == total and max(replies.values()) == 1, "a request went unanswered or twice"
+    assert set(statuses) <= {"200", "504"}, statuses
+    assert statuses["200"] >= 0.9 * total, (statuses, handed_back)
+    assert handed_back > 0
