@@ -45,7 +45,7 @@ from gpu_agent.decisions import (
 )
 from gpu_agent.fencing import SlotOwner, decide_claim
 from gpu_agent.metrics import AgentMetrics
-from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_runner
+from gpu_agent.runners import JaxRunner, Runner, SleepRunner, bucket_for, make_runner, slot_class
 from runtime.clock import Clock, MonotonicClock
 from runtime.cluster_config import AgentEntry, ClusterConfig
 from runtime.connect import connect_service, flush_ordered
@@ -109,7 +109,8 @@ class Agent:
         self.runners: dict[str, Runner] = {}
         for name in names:
             entry = config.model(name)
-            self.runners[name] = make_runner(name, entry.kind, entry.batch_size_max, entry.slo_ms)
+            self.runners[name] = make_runner(name, entry.kind, entry.batch_size_max, entry.slo_ms, self.entry.speed)
+        self.slot_class = slot_class(self.entry.slot_class, self.entry.speed, self.runners.values())
         self.slots = {s.id: _Slot(s.id, s.models, self.entry.plan_queue_max) for s in self.entry.slots}
         self.stats = {name: ModelCounters() for name in names}  # Triton's statistics (runtime/stats.py)
         self.plan_subscriptions: dict[str, object] = {}
@@ -148,7 +149,7 @@ class Agent:
     def status(self) -> AgentStatus:
         now_ns = self.clock.now_ns()
         return AgentStatus(
-            agent_id=self.entry.id, device=self.info().slots[0].device if self.slots else "",
+            agent_id=self.entry.id, device=self.slot_class,
             slots=[SlotStatus(slot_id=s.slot_id, models=s.models, plans_queued=s.queue.qsize(),
                               executions=s.executions, owner=s.owner, epoch=s.epoch,
                               busy_fraction=s.busy_fraction(now_ns)) for s in self.slots.values()],
@@ -161,25 +162,22 @@ class Agent:
 
         The published profile adds the agent's own cost per request (decoding, validating,
         encoding and sending the reply), measured here, so the scheduler plans with what a
-        batch really takes on this agent, not only the model's forward pass."""
+        batch really takes on this agent, not only the model's forward pass. Its `device` is
+        this agent's slot class: shards keep one profile per class (issue 16)."""
         for runner in self.runners.values():
             started_ns = self.clock.now_ns()
             runner.load()
             per_request_us = measure_request_overhead_us(runner)
-            runner.profile = runner.profile.plus_per_item(per_request_us)
-            log.info("model_loaded", model=runner.name, compile_count=runner.compile_count,
+            runner.profile = msgspec.structs.replace(runner.profile.plus_per_item(per_request_us),
+                                                     device=self.slot_class)
+            log.info("model_loaded", model=runner.name, slot_class=self.slot_class, compile_count=runner.compile_count,
                      per_request_us=round(per_request_us, 1),
                      seconds=round((self.clock.now_ns() - started_ns) / 1e9, 2))
 
     def info(self) -> AgentInfo:
-        device = "sleep"
-        if any(isinstance(r, JaxRunner) for r in self.runners.values()):
-            import jax
-
-            device = str(jax.devices()[0])
         return AgentInfo(
             agent_id=self.entry.id,
-            slots=[SlotInfo(slot_id=s.slot_id, agent_id=self.entry.id, device=device, models=s.models)
+            slots=[SlotInfo(slot_id=s.slot_id, agent_id=self.entry.id, device=self.slot_class, models=s.models)
                    for s in self.slots.values()],
             models=[r.spec() for r in self.runners.values()],
         )
@@ -247,8 +245,7 @@ class Agent:
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(settings.heartbeat_ttl_s / 3)))
 
     async def _heartbeat(self) -> None:
-        device = self.info().slots[0].device if self.slots else ""
-        beat = AgentHeartbeat(agent_id=self.entry.id, device=device, slots=[
+        beat = AgentHeartbeat(agent_id=self.entry.id, device=self.slot_class, slots=[
             AgentSlot(slot_id=s.slot_id, models=s.models, owner=s.owner, epoch=s.epoch, plans_open=len(s.open))
             for s in self.slots.values()],
             memory_bytes={k: int(v) for k, v in self._metrics_state()["memory"].items()})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import jax
@@ -80,7 +81,7 @@ class JaxRunner:
             mean, std = per_bucket[bucket_for(b, self.buckets)]
             means.append(mean)
             stds.append(std)
-        return ModelProfile(profile_id=f"{self.name}:{self.model.kind}", device=str(jax.devices()[0]),
+        return ModelProfile(profile_id=f"{self.name}:{self.model.kind}", device=jax_device_class(),
                             forward_mean_us=means, forward_std_us=stds).monotone()
 
     def run_padded(self, inputs: dict[str, np.ndarray], bucket: int) -> dict[str, np.ndarray]:
@@ -108,17 +109,20 @@ SLEEP_OUTPUTS = [TensorSpec(name="y", datatype="FP32", shape=[-1, 1])]
 @dataclass
 class SleepRunner:
     """`sleep:<slope_us>,<intercept_us>`: waits its profiled time and echoes its input. It runs
-    through the same agent code path as a JAX model; the agent awaits `duration_s`."""
+    through the same agent code path as a JAX model; the agent awaits `duration_s`. `speed`
+    fakes a device that many times as fast (issue 16: a mixed fleet without mixed GPUs): it
+    sleeps the scaled time and publishes the scaled profile."""
 
     name: str
     spec_text: str
     batch_size_max: int
     slo_ms: float
+    speed: float = 1.0
     compile_count: int = 0
     profile: ModelProfile | None = None
 
     def load(self, repeats: int = 0) -> None:
-        self.profile = profile_from_sleep_spec(self.spec_text, self.batch_size_max)
+        self.profile = profile_from_sleep_spec(self.spec_text, self.batch_size_max).at_speed(self.speed)
         self._model_profile = self.profile  # what it sleeps; `profile` may gain the agent's own costs
 
     def duration_s(self, batch_size: int) -> float:
@@ -136,10 +140,38 @@ class SleepRunner:
 Runner = JaxRunner | SleepRunner
 
 
-def make_runner(name: str, kind: str, batch_size_max: int, slo_ms: float) -> Runner:
-    """`kind` is a zoo name (mlp, cnn, encoder) or a sleep spec."""
-    if kind.startswith(("sleep:", "sleep#")):
-        return SleepRunner(name=name, spec_text=kind, batch_size_max=batch_size_max, slo_ms=slo_ms)
+def is_sleep_kind(kind: str) -> bool:
+    return kind.startswith(("sleep:", "sleep#"))
+
+
+def make_runner(name: str, kind: str, batch_size_max: int, slo_ms: float, speed: float = 1.0) -> Runner:
+    """`kind` is a zoo name (mlp, cnn, encoder) or a sleep spec; `speed` applies to sleep only
+    (the cluster config refuses it elsewhere: a real device runs at its own speed)."""
+    if is_sleep_kind(kind):
+        return SleepRunner(name=name, spec_text=kind, batch_size_max=batch_size_max, slo_ms=slo_ms, speed=speed)
     if kind not in ZOO:
         raise ValueError(f"unknown model kind {kind!r}; zoo models: {', '.join(ZOO)} or sleep:<slope>,<intercept>")
     return JaxRunner(name=name, model=ZOO[kind], batch_size_max=batch_size_max, slo_ms=slo_ms)
+
+
+def jax_device_class() -> str:
+    """The kind of JAX's default device ("NVIDIA H200", "cpu"): what a slot's speed depends on.
+    `str(device)` would not do: it is "cuda:0" on every GPU model."""
+    return jax.devices()[0].device_kind
+
+
+def sleep_class(speed: float) -> str:
+    """`sleep` at speed 1, else `sleep@0.5x`: sleep slots of one speed form one class."""
+    return "sleep" if speed == 1.0 else f"sleep@{speed:g}x"
+
+
+def slot_class(configured: str, speed: float, runners: Iterable[Runner]) -> str:
+    """The class of an agent's slots (issue 16), the `device` it reports everywhere (info,
+    heartbeat, status, published profiles) and the key of its models' per-class profiles: the
+    configured name if any, else the JAX device kind where it runs a JAX model, else the sleep
+    speed's class."""
+    if configured:
+        return configured
+    if any(isinstance(r, JaxRunner) for r in runners):
+        return jax_device_class()
+    return sleep_class(speed)

@@ -47,6 +47,12 @@ class AgentEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     slots: list[SlotEntry]
     plan_queue_max: Annotated[int, Meta(ge=1)] = 64
     metrics_port: MetricsPort = None  # Prometheus endpoint (see MetricsPort)
+    # A mixed fleet (issue 16) without mixed GPUs: sleep models here run `speed` times as fast as
+    # their spec says (0.5: twice as slow). Only for agents that run sleep models alone.
+    speed: Annotated[float, Meta(gt=0, le=1000)] = 1.0
+    # The class of this agent's slots: shards keep a profile per class. "": the JAX device kind,
+    # or for sleep agents `sleep` (speed 1) or `sleep@<speed>x`.
+    slot_class: Text = ""
 
 
 class ShardEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -120,6 +126,7 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
         models = {m.name for m in self.models}
         if len(models) != len(self.models):
             raise ValueError("model names must be unique")
+        _check_speeds(self.agents, {m.name: m.kind for m in self.models})
         slots: dict[str, set[str]] = {}
         for agent in self.agents:
             for slot in agent.slots:
@@ -180,6 +187,19 @@ class ClusterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     def agent_of_slot(self, slot_id: str) -> str:
         return next(a.id for a in self.agents for s in a.slots if s.id == slot_id)
+
+
+def _check_speeds(agents: list[AgentEntry], kinds: dict[str, str]) -> None:
+    """A speed fakes a faster or slower device for sleep models; a JAX model runs at the speed of
+    the device it is on, so an agent with one cannot be given another."""
+    for agent in agents:
+        if agent.speed == 1.0:
+            continue
+        real = sorted({m for slot in agent.slots for m in slot.models
+                       if not kinds.get(m, "sleep:").startswith(("sleep:", "sleep#"))})
+        if real:
+            raise ValueError(f"agent {agent.id} has speed {agent.speed:g}, but a speed applies to sleep "
+                             f"models only and it runs {real}")
 
 
 def metrics_on_free_ports(config: ClusterConfig) -> ClusterConfig:

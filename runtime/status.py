@@ -112,18 +112,24 @@ def format_status(shards: list[ShardStatus], agents: list[AgentStatus],
         for m in s.models:
             lines.append(f"{m.name:<16}{s.shard_id:<14}{m.rate_rps:>9.1f}{m.pending:>9}{m.target_batch_size:>8}"
                          f"{m.received:>10}{m.dispatched:>12}{m.dropped:>9}")
-    lines += ["", f"{'slot':<14}{'state':<10}{'agent':<14}{'owner':<12}{'busy':>6}{'queued':>8}{'executions':>12}"
-                  "  models"]
+    lines += ["", f"{'slot':<14}{'state':<10}{'agent':<14}{'class':<16}{'owner':<12}{'busy':>6}{'queued':>8}"
+                  f"{'executions':>12}  models"]
     running = set()
     for a in agents:
         for slot in a.slots:
             running.add(slot.slot_id)
             lines.append(f"{slot.slot_id:<14}{states.get(slot.slot_id, 'active'):<10}{a.agent_id:<14}"
-                         f"{(slot.owner or '-'):<12}{slot.busy_fraction:>6.0%}{slot.plans_queued:>8}"
-                         f"{slot.executions:>12}  {', '.join(slot.models)}")
+                         f"{_cell(a.device or '-', 16)}{(slot.owner or '-'):<12}{slot.busy_fraction:>6.0%}"
+                         f"{slot.plans_queued:>8}{slot.executions:>12}  {', '.join(slot.models)}")
     for slot_id in sorted(set(states) - running):  # not running: no agent answers for it
-        lines.append(f"{slot_id:<14}{states[slot_id]:<10}{'-':<14}{'-':<12}")
+        lines.append(f"{slot_id:<14}{states[slot_id]:<10}{'-':<14}{'-':<16}{'-':<12}")
     return "\n".join([*lines, "", *metrics_lines(metrics_endpoints(shards, agents, coordinators or []))])
+
+
+def _cell(text: str, width: int) -> str:
+    """`text` in a column of `width`, cut short with room for a space (a device kind such as
+    "NVIDIA H100 80GB HBM3" is longer than most columns)."""
+    return (text if len(text) < width else text[:width - 2] + "…").ljust(width)
 
 
 def metrics_endpoints(shards: list[ShardStatus], agents: list[AgentStatus],

@@ -3,7 +3,12 @@ bucket, reads the assignment, and applies each new epoch in the order shard/core
 plans: slots lost stop at once; models lost that every remaining slot runs keep being served for
 a grace period (the new owner subscribes meanwhile), then drain and hand back what is still
 queued; models gained are subscribed; slots gained are claimed from their agents with the epoch
-before use. What each slot can run comes from the cluster config, not from a KV listing."""
+before use. What each slot can run comes from the cluster config, not from a KV listing.
+
+In a mixed fleet (issue 16) each slot joins the core with its class (its agent's device, as its
+published profiles name it). A model joins only once every slot held has a profile for it; a slot
+joins only once every model held has profiles that cover its class. Until then the step waits
+and is tried again, as a model without a profile is: the core never plans a slot with a guess."""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from shard.core.ownership import (
     plan_release,
     plan_transition,
 )
-from shard.service.specs import slowest_spec
+from shard.service.specs import ClassedSpec, claimable_class, classed_spec, uncovered
 
 log = structlog.get_logger("shard")
 HANDOVER_GRACE_S = 1.0
@@ -196,11 +201,7 @@ class AssignmentFollower:
                     steps["add_model"] += 1
                     await shard.add_model(spec)
                 case ClaimSlot(slot=slot):
-                    if await self._claim(self.shard.agent_of_slot(slot), slot):
-                        steps["claim_slot"] += 1
-                        await shard.add_slot(slot, rank=preference_order(assignment.slots).index(slot))
-                    else:
-                        steps["claim_refused"] += 1
+                    await self._claim_slot(slot, preference_order(assignment.slots).index(slot), new_epoch)
         graceful = sorted(transition.releasing - self._releasing)
         self._releasing = set(transition.releasing)
         if graceful:
@@ -220,6 +221,39 @@ class AssignmentFollower:
                 self.shard.metrics.assignment_steps["remove_model"] += 1
                 self._releasing.discard(step.model)
                 await self.shard.remove_model(step.model)
+
+    async def _claim_slot(self, slot: str, rank: int, new_epoch: bool) -> None:
+        """Claim the slot and add it to the core with its class; deferred (tried again) while the
+        profiles of the models held do not cover its class."""
+        steps = self.shard.metrics.assignment_steps
+        slot_class = await self._slot_class(slot)
+        if slot_class is None:
+            steps["claim_deferred"] += 1
+            if new_epoch:
+                log.warning("slot_class_without_profile", shard=self.shard.entry.id, slot=slot, epoch=self.epoch,
+                            models=sorted(self.shard.model_configs))
+            return
+        if await self._claim(self.shard.agent_of_slot(slot), slot):
+            steps["claim_slot"] += 1
+            await self.shard.add_slot(slot, rank=rank, slot_class=slot_class)
+        else:
+            steps["claim_refused"] += 1
+
+    async def _slot_class(self, slot: str) -> str | None:
+        """The slot's class if every model held plans it safely (specs.claimable_class), read from
+        what its agent published now. A held model whose profiles do not cover it (the class
+        joined after the model did) has its profiles read again and replaced first."""
+        agent = self.shard.agent_of_slot(slot)
+        if agent is None:
+            return None
+        names = sorted(self.shard.model_configs) or sorted(self.shard.slot_models.get(slot, ()))
+        published = {name: await self._published(name, agent) for name in names}
+        for name in uncovered(published, self.shard.model_configs):
+            fresh = await self._spec(name)
+            if fresh is not None and fresh.model_config() != self.shard.model_configs[name]:
+                self.shard.metrics.assignment_steps["refresh_model"] += 1
+                await self.shard.refresh_model(fresh)
+        return claimable_class(published, self.shard.model_configs)
 
     async def _claim(self, agent_id: str | None, slot: str) -> bool:
         if agent_id is None:
@@ -241,20 +275,31 @@ class AssignmentFollower:
             log.warning("claim_refused", shard=self.shard.entry.id, slot=slot, reason=reply.reason)
         return reply.ok
 
-    async def _spec(self, name: str) -> ModelSpec | None:
+    async def _spec(self, name: str) -> ClassedSpec | None:
         """The model's spec with the slowest profile among the agents that host it (reference
-        §2.2), read key by key (`profiles.<model>.<agent>`): a listing can miss keys."""
-        specs: list[ModelSpec] = []
+        §2.2) and the slowest per class (each profile names its agent's class as its device).
+        None until every slot held has its agent's profile: the core could not plan it otherwise."""
+        published: dict[str, ModelSpec] = {}
         for agent in self.shard.config.agents:
-            if not any(name in slot.models for slot in agent.slots):
-                continue
-            key = f"profiles.{name}.{agent.id}"
-            try:
-                entry = await self.buckets.state.get(key)
-            except KeyNotFoundError:
-                continue
-            try:
-                specs.append(model_spec_decoder.decode(entry.value))
-            except msgspec.DecodeError as error:
-                count_undecodable("profile", key, error)
-        return slowest_spec(specs)
+            if any(name in slot.models for slot in agent.slots):
+                spec = await self._published(name, agent.id)
+                if spec is not None and spec.profile is not None:
+                    published[agent.id] = spec
+        held_agents = {self.shard.agent_of_slot(slot) for slot in self.shard.usable_slots()}
+        if not held_agents <= set(published):
+            return None
+        return classed_spec((spec.profile.device, spec) for spec in published.values())
+
+    async def _published(self, name: str, agent_id: str) -> ModelSpec | None:
+        """What the agent published for the model, read by key (`profiles.<model>.<agent>`): a
+        listing can miss keys."""
+        key = f"profiles.{name}.{agent_id}"
+        try:
+            entry = await self.buckets.state.get(key)
+        except KeyNotFoundError:
+            return None
+        try:
+            return model_spec_decoder.decode(entry.value)
+        except msgspec.DecodeError as error:
+            count_undecodable("profile", key, error)
+            return None

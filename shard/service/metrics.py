@@ -49,7 +49,8 @@ OUTCOMES = ("dispatched", "dropped", "rejected", "bad_request", "unavailable", "
 
 PLAN_REFUSALS = ("slot_cannot_run_model", "too_large")
 BATCH_OUTCOMES = ("opened", "refused")  # batch messages (batched ingress): split into requests, or refused whole
-ASSIGNMENT_STEPS = ("remove_slot", "remove_model", "add_model", "claim_slot", "claim_refused", "slot_refused")
+ASSIGNMENT_STEPS = ("remove_slot", "remove_model", "add_model", "claim_slot", "claim_refused", "slot_refused",
+                    "claim_deferred", "refresh_model")
 
 
 class ShardMetrics:

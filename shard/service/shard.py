@@ -84,7 +84,7 @@ from shard.service.publish import (
     take_requests,
 )
 from shard.service.slot_watch import SlotWatch
-from shard.service.specs import agent_infos, slowest_spec
+from shard.service.specs import ClassedSpec, agent_infos, classed_spec
 
 log = structlog.get_logger("shard")
 
@@ -108,6 +108,7 @@ class ShardService:
         self.metrics_endpoint: MetricsEndpoint | None = None
         self.follower = None
         self.specs: dict[str, ModelSpec] = {}
+        self.model_configs: dict[str, ModelConfig] = {}  # what the core was given, per model held
         self.slot_index = {slot: i for i, slot in enumerate(self.entry.slots)}
         self.slot_names = list(self.entry.slots)
         self.slot_models = config.slot_models()  # what each slot can run: a plan elsewhere is refused
@@ -138,13 +139,17 @@ class ShardService:
             self.policy = make_policy(self.policy_name, [], core)
         else:
             wanted = {self.config.agent_of_slot(s) for s in self.slot_names}
-            self.specs = self._model_specs(await agent_infos(self.nc, self.prefix, wanted, agents_timeout_s))
-            models = [ModelConfig(name=n, slo_ns=int(s.slo_ms * 1e6), profile=s.profile) for n, s in self.specs.items()]
-            self.policy = make_policy(self.policy_name, models, core)
+            infos = await agent_infos(self.nc, self.prefix, wanted, agents_timeout_s)
+            classed = self._model_specs(infos)
+            self.specs = {name: c.spec for name, c in classed.items()}
+            self.model_configs = {name: c.model_config() for name, c in classed.items()}
+            self.policy = make_policy(self.policy_name, list(self.model_configs.values()), core)
             now = self.clock.now_ns()
             ranked = preference_order(self.slot_names)
+            classes = {slot.slot_id: slot.device for info in infos.values() for slot in info.slots}
             for slot in self.slot_names:
-                self._apply(self.policy.handle(SlotAdded(self.slot_index[slot], rank=ranked.index(slot)), now))
+                self._apply(self.policy.handle(SlotAdded(self.slot_index[slot], rank=ranked.index(slot),
+                                                         slot_class=classes.get(slot, "")), now))
             for model in self.entry.models:
                 await self._subscribe_model(model)
         await self._subscribe()
@@ -163,14 +168,16 @@ class ShardService:
         log.info("shard_ready", shard=self.entry.id, models=list(self.specs), slots=self.slot_names,
                  policy=self.policy_name, coordinated=self.config.dynamic)
 
-    def _model_specs(self, infos: dict[str, AgentInfo]) -> dict[str, ModelSpec]:
-        """Each model's spec, with the slowest profile among this shard's slots (reference §2.2)."""
-        specs: dict[str, ModelSpec] = {}
+    def _model_specs(self, infos: dict[str, AgentInfo]) -> dict[str, ClassedSpec]:
+        """Each model's spec, with the slowest profile among this shard's slots (reference §2.2)
+        and the slowest per slot class (an agent's slots share its device, so its class)."""
+        specs: dict[str, ClassedSpec] = {}
         for name in self.entry.models:
-            spec = slowest_spec(s for info in infos.values() for s in info.models if s.name == name)
+            spec = classed_spec((info.slots[0].device if info.slots else "", s)
+                                for info in infos.values() for s in info.models if s.name == name)
             if spec is None:
                 raise ValueError(f"no agent of shard {self.entry.id} reports model {name}")
-            specs[name] = msgspec.structs.replace(spec, profile=spec.profile.monotone())
+            specs[name] = spec
         return specs
 
     async def _subscribe(self) -> None:
@@ -223,16 +230,36 @@ class ShardService:
         await flush_ordered(self.nc)
 
     # ---- ownership changes (a coordinator moves models and slots) -----------------------
-    async def add_model(self, spec: ModelSpec) -> None:
+    async def add_model(self, classed: ClassedSpec) -> None:
+        spec = classed.spec
         if spec.name in self.specs:
             self._released.discard(spec.name)
             return
         self.specs[spec.name] = spec
         self._released.discard(spec.name)
-        model = ModelConfig(name=spec.name, slo_ns=int(spec.slo_ms * 1e6), profile=spec.profile.monotone())
+        model = classed.model_config()
+        self.model_configs[spec.name] = model
         await self._apply_async(self.policy.handle(ModelAdded(model), self.clock.now_ns()))
         await self._subscribe_model(spec.name)
         log.info("model_gained", shard=self.entry.id, model=spec.name)
+
+    async def refresh_model(self, classed: ClassedSpec) -> None:
+        """New profiles for a model held (a slower slot class joined after it did). The core keeps
+        a model's profiles while it holds it, so the model leaves the core and comes straight back
+        with the new ones, both decided before anything is awaited, so no request falls between.
+        What it had queued is handed back to its subject, which this shard still takes, and is
+        planned again; batches already sent run on."""
+        name = classed.spec.name
+        if name not in self.specs:
+            return
+        model = classed.model_config()
+        now = self.clock.now_ns()
+        removed = self.policy.handle(ModelRemoved(name), now)
+        added = self.policy.handle(ModelAdded(model), now)
+        self.specs[name], self.model_configs[name] = classed.spec, model
+        await self._apply_async(removed)
+        await self._apply_async(added)
+        log.info("model_profiles_refreshed", shard=self.entry.id, model=name, classes=sorted(model.class_profiles))
 
     async def remove_model(self, name: str) -> None:
         """Stop taking its requests (finishing the ones already delivered), then hand back what
@@ -247,18 +274,20 @@ class ShardService:
             await self.weigh_ingress()
             return
         del self.specs[name]
+        self.model_configs.pop(name, None)
         await self._apply_async(self.policy.handle(ModelRemoved(name), self.clock.now_ns()))
         log.info("model_released", shard=self.entry.id, model=name)
 
-    async def add_slot(self, slot_id: str, rank: int | None = None) -> None:
-        """`rank`: the slot's place in the cluster's preference order (schemas.control.preference_order)."""
+    async def add_slot(self, slot_id: str, rank: int | None = None, slot_class: str = "") -> None:
+        """`rank`: the slot's place in the cluster's preference order (schemas.control.preference_order);
+        `slot_class`: its agent's device class, which every held model's profiles cover (specs.py)."""
         if slot_id not in self.slot_index:
             self.slot_index[slot_id] = len(self.slot_names)
             self.slot_names.append(slot_id)
         self.watch.forget(slot_id)
         self._owned.add(slot_id)
-        await self._apply_async(self.policy.handle(SlotAdded(self.slot_index[slot_id], rank=rank),
-                                                   self.clock.now_ns()))
+        await self._apply_async(self.policy.handle(SlotAdded(self.slot_index[slot_id], rank=rank,
+                                                             slot_class=slot_class), self.clock.now_ns()))
 
     async def remove_slot(self, slot_id: str) -> None:
         if slot_id not in self._owned:
