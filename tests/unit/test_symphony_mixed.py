@@ -38,7 +38,7 @@ def by_class(run: MixedRun) -> dict[str, list[int]]:
     return sizes
 
 
-def dispatches(step) -> list[DispatchBatch]:  # noqa: ANN001 - Step
+def dispatches(step) -> list[DispatchBatch]:
     return [a for a in step.actions if isinstance(a, DispatchBatch)]
 
 
