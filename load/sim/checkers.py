@@ -8,13 +8,17 @@
 - no plan is predicted to take less than its batch's true E(b) on the slot it runs on (at noise 0):
   in a mixed fleet (issue 16) a plan predicted against a faster device than its slot's would
   meet its deadline on paper only, so this makes the deadline check mean "on the slot it runs on".
+  The baselines that estimate with l(b) alone, without pre/post (Shepherd and Clockwork,
+  reference §4.2; Nexus's l(b)), are held to the slot's true l(b) instead (`PLANS_FORWARD_ONLY`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-TrueExec = Callable[[int, int, int], int]  # (slot, model index, batch size) -> E(b) ns on that slot
+TrueExec = Callable[[int, int, int], int]  # (slot, model index, batch size) -> least ns on that slot
+
+PLANS_FORWARD_ONLY = frozenset({"shepherd", "shepherd-fixed", "clockwork", "nexus", "nexus-warm"})
 
 
 class InvariantViolation(AssertionError):

@@ -23,7 +23,7 @@ from functools import reduce
 from heapq import heappop, heappush, heappushpop
 
 from load.schedule import Schedule, build_schedule
-from load.sim.checkers import Checker
+from load.sim.checkers import PLANS_FORWARD_ONLY, Checker
 from load.sim.outcomes import DROPPED, NOREPLY, PENDING, OutcomeLedger
 from load.sim.partition import epoch_assignment, partitioned_shards
 from load.sim.records import EpochSample, ShardSpec, SimEvent, SimOptions, SimRun
@@ -135,7 +135,8 @@ class Kernel:
             model_names=self.names,
             batch_size_max=self.slots.batch_size_max(),
             deadline_margin_ns=self.policies[0].deadline_margin_ns,
-            true_exec_ns=self.slots.true_exec_ns,
+            true_exec_ns=(self.slots.true_forward_ns if self.policies[0].name in PLANS_FORWARD_ONLY
+                          else self.slots.true_exec_ns),
         )
 
     def slot_added(self, slot_id: int, free_at_ns: int = 0) -> SlotAdded:

@@ -69,6 +69,10 @@ class FakeSlots:
         """E(b) on this slot without noise: the least a plan of that batch can take there."""
         return self.exec_of(slot_id)[model_index].exec(batch_size)
 
+    def true_forward_ns(self, slot_id: int, model_index: int, batch_size: int) -> int:
+        """l(b) on this slot without noise (E(b) less pre and post)."""
+        return self.exec_of(slot_id)[model_index].forward(batch_size)
+
     def add(self, slot_id: int, free_ns: int) -> None:
         self.free_ns[slot_id] = free_ns
 
