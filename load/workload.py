@@ -240,9 +240,8 @@ def build_classes(workload: Workload, profiles: dict[str, ModelProfile],
 def with_slot_speeds(loaded: LoadedWorkload, speeds: list[float]) -> LoadedWorkload:
     """The same workload on a fleet of these speeds (one per slot; the slot count follows)."""
     workload = msgspec.structs.replace(loaded.workload, slots=len(speeds), slot_speeds=list(speeds),
-                                       slot_classes=[])
-    workload.__post_init__()  # replace() does not validate
-    slot_classes, class_profiles = build_classes(workload, loaded.profiles, Path("."))
+                                       slot_classes=[])  # validated by __post_init__
+    slot_classes, class_profiles = build_classes(workload, loaded.profiles, base_dir=Path("."))  # reads no file
     return LoadedWorkload(workload=workload, profiles=loaded.profiles, slot_classes=slot_classes,
                           class_profiles=class_profiles)
 
