@@ -35,7 +35,7 @@ from load.sim.outcomes import DROPPED, SUCCESS, TIMEOUT
 from load.sim.records import ShardSpec, SimOptions
 from load.workload import LoadedWorkload
 from shard.core.actions import DispatchBatch
-from shard.core.events import SlotAdded, SlotRemoved
+from shard.core.events import SlotRemoved
 from shard.core.policies import make_policy
 
 _AUTOSCALE_SEQ = 1 << 40  # slot changes the actuator pushes sort after injected ones at one instant
@@ -110,13 +110,14 @@ class AutoscaleKernel(Kernel):
     def __init__(self, loaded: LoadedWorkload, policy_name: str, options: SimOptions,
                  config: AutoscaleConfig, pool: int, fixed: int = 0) -> None:
         schedule = build_schedule(loaded.workload, scale=options.scale, seed=options.seed)
-        models = model_configs(loaded, options.scale)
+        models = model_configs(loaded, options.scale, pool)
         policy = make_policy(policy_name, models, options.core)
         self.config, self.pool, self.fixed = config, pool, fixed
         self.state = AutoscaleState()
         self.act = _Actuator(schedule.window_ns)
         first = fixed or self._first_slots(loaded, models, options, config)
-        super().__init__([ShardSpec(policy, [m.name for m in models], list(range(first)))], models, schedule, options)
+        super().__init__([ShardSpec(policy, [m.name for m in models], list(range(first)))], models, schedule, options,
+                         loaded.slot_classes)
         for slot in range(first):
             self.act.serving.add(slot)
             self.act.provision(slot, 0)
@@ -185,7 +186,7 @@ class AutoscaleKernel(Kernel):
             act.draining.discard(slot)
             act.serving.add(slot)
             self.owner[slot] = 0
-            self._settle(0, self.handles[0](SlotAdded(slot, self.slots.free_at_ns(slot, now_ns)), now_ns), now_ns)
+            self._settle(0, self.handles[0](self.slot_added(slot, self.slots.free_at_ns(slot, now_ns)), now_ns), now_ns)
             return
         act.provision(slot, now_ns)
         ready_ns = now_ns + int(self.config.cold_start_s * NS_PER_S)
@@ -218,7 +219,7 @@ class AutoscaleKernel(Kernel):
             self.owner[slot_id] = 0
             if not self.slots.is_up(slot_id):
                 self.slots.add(slot_id, now_ns)
-            return 0, self.handles[0](SlotAdded(slot_id, now_ns), now_ns)
+            return 0, self.handles[0](self.slot_added(slot_id, now_ns), now_ns)
         if kind == "release":
             if slot_id not in act.draining:
                 return None  # taken back while draining

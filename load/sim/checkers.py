@@ -4,10 +4,21 @@
 - no slot runs two planned batches at once;
 - no batch exceeds its model's profiled maximum (or is empty);
 - a policy that promises deadlines (`deadline_margin_ns`) only dispatches batches predicted to
-  finish by every member's recv + SLO - margin.
+  finish by every member's recv + SLO - margin;
+- no plan is predicted to take less than its batch's true E(b) on the slot it runs on (at noise 0):
+  in a mixed fleet (issue 16) a plan predicted against a faster device than its slot's would
+  meet its deadline on paper only, so this makes the deadline check mean "on the slot it runs on".
+  The baselines that estimate with l(b) alone, without pre/post (Shepherd and Clockwork,
+  reference §4.2; Nexus's l(b)), are held to the slot's true l(b) instead (`PLANS_FORWARD_ONLY`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+TrueExec = Callable[[int, int, int], int]  # (slot, model index, batch size) -> least ns on that slot
+
+PLANS_FORWARD_ONLY = frozenset({"shepherd", "shepherd-fixed", "clockwork", "nexus", "nexus-warm"})
 
 
 class InvariantViolation(AssertionError):
@@ -24,6 +35,7 @@ class Checker:
         model_names: list[str],
         batch_size_max: list[int],
         deadline_margin_ns: int | None,
+        true_exec_ns: TrueExec | None = None,
     ) -> None:
         self.recv_ns = recv_ns
         self.slo_ns = slo_ns_of_request
@@ -31,6 +43,7 @@ class Checker:
         self.model_names = model_names
         self.batch_size_max = batch_size_max
         self.margin_ns = deadline_margin_ns
+        self.true_exec_ns = true_exec_ns
         self.arrived = bytearray(len(recv_ns))
         self.finished = bytearray(len(recv_ns))
         self.planned_free_ns: dict[int, int] = {}  # slot -> when its last plan ends (known best)
@@ -59,6 +72,8 @@ class Checker:
             self.fail(f"plan {plan_id}: starts at {exec_at_ns} before it was sent at {now_ns}")
         if finish_at_ns < exec_at_ns:
             self.fail(f"plan {plan_id}: finishes before it starts")
+        if self.true_exec_ns is not None:
+            self._check_duration(plan_id, slot_id, model_index, len(request_ids), finish_at_ns - exec_at_ns)
         if exec_at_ns < self.planned_free_ns.get(slot_id, exec_at_ns):
             self.fail(
                 f"plan {plan_id}: slot {slot_id} starts at {exec_at_ns} while busy until "
@@ -77,6 +92,13 @@ class Checker:
                     )
         self.plan_requests[plan_id] = list(request_ids)
         self.plan_interval[plan_id] = (slot_id, exec_at_ns, finish_at_ns)
+
+    def _check_duration(self, plan_id: int, slot_id: int, model_index: int, size: int, predicted_ns: int) -> None:
+        true_ns = self.true_exec_ns(slot_id, model_index, size)
+        if predicted_ns < true_ns:
+            self.fail(f"plan {plan_id}: predicted to take {predicted_ns} ns for a batch of {size} of "
+                      f"{self.model_names[model_index]}, but slot {slot_id} takes {true_ns} ns "
+                      f"(planned with a faster device's profile)")
 
     def on_completed(self, slot_id: int, plan_id: int, finished_at_ns: int) -> None:
         """A measured completion replaces the prediction (slots with noise finish early or late)."""

@@ -13,7 +13,7 @@ from load.bound import analytic_bound
 from load.sim.records import SimOptions
 from load.sim.report import SimReport
 from load.sim.search import CapacityResult, MinSlotsResult, capacity, min_slots, run_report
-from load.workload import load_workload
+from load.workload import classes_of_slots, load_workload, slot_mix
 from shard.core.config import CoreConfig
 from shard.core.policies import DEFAULT_POLICY, POLICIES
 
@@ -152,7 +152,7 @@ def _capacity(args: argparse.Namespace) -> int:
         print(msgspec.json.encode(result).decode())
     else:
         print(
-            f"{result.policy} on {result.workload} ({result.slots} slots): capacity_scale "
+            f"{result.policy} on {result.workload} ({_slots_text(result.slots, result.slot_mix)}): capacity_scale "
             f"{result.capacity_scale:.3f} = {result.fraction_of_bound:.3f} of the bound "
             f"({result.bound_scale:.3f}); goodput {result.goodput_rps:.1f} rps; worst model bad rate "
             f"{result.worst_model_bad_rate:.2%} (limit {result.max_bad_rate:.2%})"
@@ -185,6 +185,7 @@ class CompareRow(msgspec.Struct, kw_only=True):
 class Comparison(msgspec.Struct, kw_only=True):
     workload: str
     slots: int
+    slot_mix: str = ""  # a mixed fleet's classes, e.g. "4x1.0 + 4x0.5"; "" when homogeneous
     bound_scale: float
     min_slots_scale: float
     rows: list[CompareRow]
@@ -208,8 +209,8 @@ def compare(workload: str, policies: list[str], options: SimOptions, *, min_slot
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(_compare_one, workload, p, options, scale, max_bad_rate) for p in policies]
         rows = [f.result() for f in futures]
-    return Comparison(workload=loaded.workload.name, slots=slots, bound_scale=bound_scale,
-                      min_slots_scale=scale, rows=rows)
+    return Comparison(workload=loaded.workload.name, slots=slots, slot_mix=slot_mix(classes_of_slots(loaded, slots)),
+                      bound_scale=bound_scale, min_slots_scale=scale, rows=rows)
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -322,7 +323,8 @@ def format_run(report: SimReport) -> str:
 def format_comparison(result: Comparison) -> str:
     eager = next((r for r in result.rows if r.policy == "eager"), None)
     lines = [
-        f"workload {result.workload}: {result.slots} slots, bound_scale {result.bound_scale:.3f}; "
+        f"workload {result.workload}: {_slots_text(result.slots, result.slot_mix)}, "
+        f"bound_scale {result.bound_scale:.3f}; "
         f"min-slots at scale {result.min_slots_scale:.3f}",
         f"{'policy':<16}{'capacity':>10}{'of bound':>10}{'vs eager':>10}{'goodput/s':>11}"
         f"{'worst model':>13}{'min slots':>11}{'bound':>7}{'vs eager':>10}",
@@ -342,3 +344,8 @@ def format_comparison(result: Comparison) -> str:
             f"{cap.goodput_rps:>11.1f}{cap.worst_model_bad_rate:>13.2%}{slots:>11}{mins.bound_slots:>7}{slots_vs:>10}"
         )
     return "\n".join(lines)
+
+
+def _slots_text(slots: int, mix: str) -> str:
+    """ "8 slots", or in a mixed fleet "8 slots 4x1.0 + 4x0.5"."""
+    return f"{slots} slots {mix}" if mix else f"{slots} slots"

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import random
 import time
+from functools import reduce
 from heapq import heappop, heappush, heappushpop
 
 from load.schedule import Schedule, build_schedule
-from load.sim.checkers import Checker
+from load.sim.checkers import PLANS_FORWARD_ONLY, Checker
 from load.sim.outcomes import DROPPED, NOREPLY, PENDING, OutcomeLedger
 from load.sim.partition import epoch_assignment, partitioned_shards
 from load.sim.records import EpochSample, ShardSpec, SimEvent, SimOptions, SimRun
 from load.sim.slots import FakeSlots, PlanKey
-from load.workload import LoadedWorkload
+from load.workload import LoadedWorkload, classes_of_slots
+from schemas.profile import ModelProfile
 from shard.core.actions import DispatchBatch, DropReason, DropRequests, PreemptBatch, Step
 from shard.core.config import ModelConfig
 from shard.core.events import SHUTDOWN, WAKE_UP, BatchCompleted, RequestArrived, SlotAdded, SlotRemoved
@@ -42,49 +44,55 @@ __all__ = ["Kernel", "ShardSpec", "SimEvent", "SimOptions", "SimRun", "model_con
 EPOCH, ARRIVAL, COMPLETION, SLOT_CHANGE, WAKE = 0, 1, 2, 3, 4
 
 
-def model_configs(loaded: LoadedWorkload, scale: float) -> list[ModelConfig]:
-    """The core's view of a workload's models; each rate hint is its bench mean at `scale`."""
-    return [
-        ModelConfig(
-            name=m.name,
-            slo_ns=int(m.slo_ms * 1e6),
-            profile=loaded.profiles[m.name],
-            rate_hint_rps=m.bench_mean_rps * scale,
-        )
-        for m in loaded.workload.models
-    ]
+def model_configs(loaded: LoadedWorkload, scale: float, slots: int | None = None) -> list[ModelConfig]:
+    """The core's view of a workload's models; each rate hint is its bench mean at `scale`.
+
+    In a mixed fleet of `slots` slots (default: the workload's) each model carries its profile
+    per class present and, as `profile`, the slowest of them (reference §2.2; the core makes it
+    monotone, as it does any profile). A homogeneous fleet's configs are what they always were."""
+    present = list(dict.fromkeys(classes_of_slots(loaded, slots or loaded.workload.slots)))
+    configs = []
+    for m in loaded.workload.models:
+        by_class = {c: loaded.class_profiles[c][m.name] for c in present}
+        profile = reduce(ModelProfile.merge_slowest, by_class.values()) if by_class else loaded.profiles[m.name]
+        configs.append(ModelConfig(name=m.name, slo_ns=int(m.slo_ms * 1e6), profile=profile, class_profiles=by_class,
+                                   rate_hint_rps=m.bench_mean_rps * scale))
+    return configs
 
 
 def simulate(loaded: LoadedWorkload, policy_name: str, options: SimOptions = SimOptions()) -> SimRun:
     workload = loaded.workload
     slots = options.slots or workload.slots
     schedule = build_schedule(workload, scale=options.scale, seed=options.seed)
-    models = model_configs(loaded, options.scale)
+    models = model_configs(loaded, options.scale, slots)
     if options.shards <= 1:
         policy = make_policy(policy_name, models, options.core)
-        return run_policy(policy, models, slots, schedule, options)
+        return run_policy(policy, models, slots, schedule, options, loaded.slot_classes)
     shards = partitioned_shards(models, slots, options, policy_name)
-    return run_shards(shards, models, schedule, options)
+    return run_shards(shards, models, schedule, options, loaded.slot_classes)
 
 
 def run_policy(policy: Policy, models: list[ModelConfig], slots: int, schedule: Schedule,
-               options: SimOptions) -> SimRun:
+               options: SimOptions, slot_classes: list[str] = ()) -> SimRun:
     """The whole workload on one policy that owns every slot."""
-    return run_shards([ShardSpec(policy, [m.name for m in models], list(range(slots)))], models, schedule, options)
+    return run_shards([ShardSpec(policy, [m.name for m in models], list(range(slots)))], models, schedule, options,
+                      slot_classes)
 
 
-def run_shards(shards: list[ShardSpec], models: list[ModelConfig], schedule: Schedule, options: SimOptions) -> SimRun:
+def run_shards(shards: list[ShardSpec], models: list[ModelConfig], schedule: Schedule, options: SimOptions,
+               slot_classes: list[str] = ()) -> SimRun:
     """Drive every shard's policy on one clock: arrivals go to the model's shard, completions to
     the shard that dispatched the plan, wake-ups to the shard that asked; at each epoch
-    (`options.epoch_s`) slots move between shards as the coordinator's algorithm says."""
-    return Kernel(shards, models, schedule, options).run()
+    (`options.epoch_s`) slots move between shards as the coordinator's algorithm says.
+    `slot_classes` is a mixed fleet's class pattern (slot i: `[i % len]`; empty: homogeneous)."""
+    return Kernel(shards, models, schedule, options, slot_classes).run()
 
 
 class Kernel:
     """One simulation run: the event heap and the loop over it."""
 
     def __init__(self, shards: list[ShardSpec], models: list[ModelConfig], schedule: Schedule,
-                 options: SimOptions) -> None:
+                 options: SimOptions, slot_classes: list[str] = ()) -> None:
         self.shards = shards
         self.models = models
         self.schedule = schedule
@@ -108,7 +116,8 @@ class Kernel:
         self.recv_ns = schedule.times_ns.tolist()
         self.model_of = schedule.model_index.tolist()
         self.ledger = OutcomeLedger(self.recv_ns)
-        self.slots = FakeSlots([m.profile for m in models], schedule.window_ns, options.noise, schedule.seed)
+        self.slots = FakeSlots([m.profile for m in models], schedule.window_ns, options.noise, schedule.seed,
+                               slot_classes=list(slot_classes), class_profiles=_true_profiles(models, slot_classes))
         self.checker = self._checker() if options.checks else None
         self.epoch_ns = int(options.epoch_s * 1e9)
         self.epochs: list[EpochSample] = []
@@ -126,7 +135,13 @@ class Kernel:
             model_names=self.names,
             batch_size_max=self.slots.batch_size_max(),
             deadline_margin_ns=self.policies[0].deadline_margin_ns,
+            true_exec_ns=(self.slots.true_forward_ns if self.policies[0].name in PLANS_FORWARD_ONLY
+                          else self.slots.true_exec_ns),
         )
+
+    def slot_added(self, slot_id: int, free_at_ns: int = 0) -> SlotAdded:
+        """The event for a slot joining a shard, naming its class in a mixed fleet."""
+        return SlotAdded(slot_id, free_at_ns, slot_class=self.slots.class_of(slot_id))
 
     def run(self) -> SimRun:
         started = time.process_time()
@@ -161,7 +176,7 @@ class Kernel:
         epoch go on the heap."""
         for slot_id, k in sorted(self.owner.items()):
             self.slots.add(slot_id, 0)
-            self._settle(k, self.handles[k](SlotAdded(slot_id), 0), 0)
+            self._settle(k, self.handles[k](self.slot_added(slot_id), 0), 0)
         if self.recv_ns:
             heappush(self.heap, (self.recv_ns[0], ARRIVAL, 0, None))
         changes = sorted((int(e.at_s * 1e9), e.kind, e.slot_id) for e in self.options.slot_events)
@@ -284,7 +299,7 @@ class Kernel:
             return None
         self.slots.add(slot_id, now_ns)
         k = self.owner[slot_id]
-        return k, self.handles[k](SlotAdded(slot_id), now_ns)
+        return k, self.handles[k](self.slot_added(slot_id), now_ns)
 
     def _epoch(self, now_ns: int) -> None:
         """An epoch: the coordinator's algorithm re-allocates slots from measured rates; the next
@@ -302,7 +317,7 @@ class Kernel:
             self.held[old] -= 1
             self.held[k] += 1
             free_ns = self.slots.free_at_ns(slot_id, now_ns)
-            self._settle(k, self.handles[k](SlotAdded(slot_id, free_ns), now_ns), now_ns)
+            self._settle(k, self.handles[k](self.slot_added(slot_id, free_ns), now_ns), now_ns)
 
     def _apply(self, actions: list, now_ns: int, k: int) -> None:
         for action in actions:
@@ -333,3 +348,8 @@ class Kernel:
         self.ledger.judge(request_ids, self.slo_ns[m], finish_ns)
         self.dispatched += 1
         heappush(self.heap, (finish_ns, COMPLETION, self.dispatched, key))
+
+
+def _true_profiles(models: list[ModelConfig], slot_classes: list[str]) -> dict[str, list[ModelProfile]]:
+    """Per class in the pattern, every model's profile on it (by model index): what its slots run."""
+    return {c: [m.class_profiles.get(c, m.profile) for m in models] for c in dict.fromkeys(slot_classes)}

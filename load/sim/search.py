@@ -12,7 +12,7 @@ from load.bound import analytic_bound
 from load.sim.kernel import simulate
 from load.sim.records import SimOptions
 from load.sim.report import SimReport, summarize
-from load.workload import LoadedWorkload
+from load.workload import LoadedWorkload, classes_of_slots, slot_mix
 
 Progress = Callable[[str], None]
 
@@ -28,6 +28,7 @@ class CapacityResult(msgspec.Struct, kw_only=True):
     fraction_of_bound: float
     worst_model_bad_rate: float
     probes: list[tuple[float, float]]  # (scale, bad rate)
+    slot_mix: str = ""  # a mixed fleet's classes, e.g. "4x1.0 + 4x0.5"; "" when homogeneous
 
 
 class MinSlotsResult(msgspec.Struct, kw_only=True):
@@ -110,6 +111,7 @@ def capacity(
         fraction_of_bound=low / bound_scale if bound_scale else 0.0,
         worst_model_bad_rate=best.worst_model_bad_rate if best else 1.0,
         probes=probes,
+        slot_mix=slot_mix(classes_of_slots(loaded, slots)),
     )
 
 

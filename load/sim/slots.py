@@ -2,10 +2,12 @@
 they ran and how busy they were over the bench window.
 
 A plan runs from max(planned start, the slot's previous finish) for the true E(b) of the model's
-profile, times an optional noise factor (seeded); without noise it finishes exactly when the
-policy predicted (reference §3.1). A cancelled plan (preempted, or lost with its slot) stops at
-max(now, its start): its batch record is cut there and the time it will not run leaves the busy
-total. The slots neither judge requests (load.sim.outcomes) nor schedule completions (the kernel).
+profile on the slot's class (a mixed fleet's slot i has class `slot_classes[i % len]`), times an
+optional noise factor (seeded); without noise it finishes exactly when the policy predicted
+(reference §3.1; in a mixed fleet planned with the slowest profile, a faster slot finishes early).
+A cancelled plan (preempted, or lost with its slot) stops at max(now, its start): its batch
+record is cut there and the time it will not run leaves the busy total. The slots neither judge
+requests (load.sim.outcomes) nor schedule completions (the kernel).
 """
 
 from __future__ import annotations
@@ -33,8 +35,12 @@ class Plan(msgspec.Struct, frozen=True, gc=False):
 class FakeSlots:
     """Every slot of one simulation, whichever shard owns it (a moved slot keeps its work)."""
 
-    def __init__(self, profiles: list[ModelProfile], window_ns: tuple[int, int], noise: float, seed: int) -> None:
+    def __init__(self, profiles: list[ModelProfile], window_ns: tuple[int, int], noise: float, seed: int, *,
+                 slot_classes: list[str] = (), class_profiles: dict[str, list[ModelProfile]] | None = None) -> None:
         self.true_exec = [LatencyModel(profile, monotone=False) for profile in profiles]
+        self.slot_classes = list(slot_classes)
+        self.exec_by_class = {c: [LatencyModel(p, monotone=False) for p in by_model]
+                              for c, by_model in (class_profiles or {}).items()}
         self.window_start_ns, self.window_end_ns = window_ns
         self.noise = noise
         self.noise_rng = np.random.default_rng([seed, 7_777])
@@ -45,8 +51,27 @@ class FakeSlots:
         self.busy_ns_by_slot: dict[int, int] = {}  # the same, per slot
 
     def batch_size_max(self) -> list[int]:
-        """Each model's largest batch, by model index."""
-        return [latency.batch_size_max for latency in self.true_exec]
+        """Each model's largest batch, by model index (in a mixed fleet, on any class)."""
+        tables = [self.true_exec, *self.exec_by_class.values()]
+        return [max(t[m].batch_size_max for t in tables) for m in range(len(self.true_exec))]
+
+    def class_of(self, slot_id: int) -> str:
+        """The slot's class in a mixed fleet; "" in a homogeneous one."""
+        pattern = self.slot_classes
+        return pattern[slot_id % len(pattern)] if pattern else ""
+
+    def exec_of(self, slot_id: int) -> list[LatencyModel]:
+        """The true latency of every model (by index) on this slot."""
+        pattern = self.slot_classes
+        return self.exec_by_class[pattern[slot_id % len(pattern)]] if pattern else self.true_exec
+
+    def true_exec_ns(self, slot_id: int, model_index: int, batch_size: int) -> int:
+        """E(b) on this slot without noise: the least a plan of that batch can take there."""
+        return self.exec_of(slot_id)[model_index].exec(batch_size)
+
+    def true_forward_ns(self, slot_id: int, model_index: int, batch_size: int) -> int:
+        """l(b) on this slot without noise (E(b) less pre and post)."""
+        return self.exec_of(slot_id)[model_index].forward(batch_size)
 
     def add(self, slot_id: int, free_ns: int) -> None:
         self.free_ns[slot_id] = free_ns
@@ -63,7 +88,7 @@ class FakeSlots:
     def run(self, key: PlanKey, slot_id: int, model_index: int, request_ids: list[int], exec_at_ns: int) -> int:
         """Start a plan on its slot; returns when it really finishes."""
         start_ns = max(exec_at_ns, self.free_ns[slot_id])
-        duration_ns = self.true_exec[model_index].exec(len(request_ids))
+        duration_ns = self.exec_of(slot_id)[model_index].exec(len(request_ids))
         if self.noise:
             duration_ns = int(duration_ns * max(0.2, 1.0 + self.noise * self.noise_rng.standard_normal()))
         finish_ns = start_ns + duration_ns

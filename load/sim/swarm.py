@@ -1,6 +1,10 @@
 """Swarm testing (STYLE §6): one seed draws a whole configuration (models, profiles, SLOs,
 slots, burstiness, policy and its switches, slot loss, noise) and runs it under the checkers.
-A failure names the command that replays it: `symphony sim fuzz --seed N`."""
+A failure names the command that replays it: `symphony sim fuzz --seed N`.
+
+The slot speeds of a mixed fleet (issue 16) and the slot_profiles mode come from a generator of
+their own, `random.Random(f"{seed}:speeds")`, so every draw of the main generator, and so every
+seed recorded before mixed fleets, is what it was."""
 
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ import msgspec
 
 from load.sim.kernel import simulate
 from load.sim.records import SimEvent, SimOptions
-from load.workload import LoadedWorkload, ModelWorkload, Segment, Workload
+from load.workload import LoadedWorkload, ModelWorkload, Segment, Workload, with_slot_speeds
 from schemas.profile import profile_from_sleep_spec
-from shard.core.config import CoreConfig, DropPolicy, SchedulableCondition
+from shard.core.config import CoreConfig, DropPolicy, SchedulableCondition, SlotProfiles
 from shard.core.policies import POLICIES
 
 
@@ -68,8 +72,22 @@ def draw_case(seed: int) -> SwarmCase:
         slots=slots, scale=1.0, noise=rng.choice([0.0, 0.0, 0.05]), checks=True, core=core,
         slot_events=slot_events,
     )
-    return SwarmCase(seed=seed, policy=policy, loaded=LoadedWorkload(workload=workload, profiles=profiles),
-                     options=options)
+    loaded = LoadedWorkload(workload=workload, profiles=profiles)
+    speeds, mode = draw_fleet(seed, slots)
+    if speeds:
+        loaded = with_slot_speeds(loaded, speeds)
+        options = msgspec.structs.replace(options, core=msgspec.structs.replace(core, slot_profiles=mode))
+    return SwarmCase(seed=seed, policy=policy, loaded=loaded, options=options)
+
+
+def draw_fleet(seed: int, slots: int) -> tuple[list[float], SlotProfiles]:
+    """A mixed fleet for half the seeds: each slot's speed from {1, 0.5, 0.25}, and the
+    slot_profiles mode; ([], the default) for a homogeneous fleet. Its own generator (module doc)."""
+    rng = random.Random(f"{seed}:speeds")
+    if rng.random() < 0.5:
+        return [], SlotProfiles.PER_SLOT
+    speeds = [rng.choice([1.0, 0.5, 0.25]) for _ in range(slots)]
+    return speeds, rng.choice(list(SlotProfiles))
 
 
 def run_swarm_seed(seed: int) -> str | None:

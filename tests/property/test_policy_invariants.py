@@ -1,7 +1,10 @@
 """Property tests: on random workloads every policy gives every request exactly one outcome,
 never overlaps batches on a slot, never exceeds a profile's max batch, and (for the policies
-that promise it) only dispatches batches predicted to meet their deadline. Same seed, same run.
-The checkers live in `load.sim.checkers`, outside the engine."""
+that promise it) only dispatches batches predicted to meet their deadline, on the slot it runs on
+(a mixed fleet's slots differ in speed). Same seed, same run. The checkers live in
+`load.sim.checkers`, outside the engine."""
+
+import random
 
 import msgspec
 from hypothesis import HealthCheck, given, settings
@@ -9,9 +12,9 @@ from hypothesis import strategies as st
 
 from load.sim.kernel import SimOptions, simulate
 from load.sim.swarm import draw_case, run_swarm_seed
-from load.workload import LoadedWorkload, ModelWorkload, Segment, Workload
+from load.workload import LoadedWorkload, ModelWorkload, Segment, Workload, with_slot_speeds
 from schemas.profile import profile_from_sleep_spec
-from shard.core.config import CoreConfig, DropPolicy, SlotChoice
+from shard.core.config import CoreConfig, DropPolicy, SlotChoice, SlotProfiles
 from shard.core.policies import POLICIES
 
 models_strategy = st.lists(
@@ -59,6 +62,25 @@ def test_every_policy_keeps_the_invariants(models, slots, seed, policy, drop, ch
     second = simulate(loaded, policy, options)
     assert first.outcome == second.outcome
     assert first.batches == second.batches
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    models=models_strategy,
+    slots=st.integers(2, 6),
+    seed=st.integers(0, 10_000),
+    policy=st.sampled_from(sorted(POLICIES)),
+    mode=st.sampled_from(list(SlotProfiles)),
+)
+def test_every_policy_keeps_the_invariants_on_a_mixed_fleet(models, slots, seed, policy, mode) -> None:
+    """Slot speeds from {1, 0.5, 0.25}, drawn from the seed's own `:speeds` generator (as the swarm
+    draws them)."""
+    rng = random.Random(f"{seed}:speeds")
+    loaded = with_slot_speeds(_loaded(models, slots, seed), [rng.choice([1.0, 0.5, 0.25]) for _ in range(slots)])
+    options = SimOptions(checks=True, core=CoreConfig(slot_profiles=mode))
+    first = simulate(loaded, policy, options)
+    assert all(code != 0 for code in first.outcome)
+    assert first.batches == simulate(loaded, policy, options).batches
 
 
 @settings(max_examples=30, deadline=None)

@@ -49,3 +49,21 @@ def test_plans_from_different_shards_with_the_same_id_are_kept_apart() -> None:
     fake.run((1, 1), 1, 0, [2], exec_at_ns=0)
     assert fake.plans_running_after(1, now_ns=0) == [(1, 1)]
     assert fake.complete((0, 1)).request_ids == [1]
+
+
+def test_a_mixed_fleets_slots_run_their_own_class_profile() -> None:
+    fast, slow = resnet_profile(), resnet_profile(batch_size_max=8).at_speed(0.5)
+    fake = FakeSlots([slow], (0, 1_000 * MS), noise=0.0, seed=1, slot_classes=["fast", "slow"],
+                     class_profiles={"fast": [fast], "slow": [slow]})
+    for slot in range(3):
+        fake.add(slot, 0)
+    assert [fake.class_of(s) for s in range(3)] == ["fast", "slow", "fast"]  # the pattern repeats
+    assert fake.run((0, 1), 0, 0, [1, 2, 3, 4], exec_at_ns=0) == E4_NS
+    assert fake.run((0, 2), 1, 0, [5, 6, 7, 8], exec_at_ns=0) == 2 * E4_NS
+    assert fake.true_exec_ns(2, 0, 1) == E1_NS and fake.true_exec_ns(1, 0, 1) == 2 * E1_NS
+    assert fake.batch_size_max() == [499]  # the largest any class runs
+
+
+def test_a_homogeneous_fleet_has_no_class() -> None:
+    fake = slots()
+    assert fake.class_of(0) == "" and fake.true_exec_ns(0, 0, 4) == E4_NS
