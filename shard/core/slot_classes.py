@@ -49,9 +49,13 @@ class SlotClasses:
 def class_latency(model: ModelState, name: str) -> LatencyModel:
     """The model's latency on class `name`: its profile for that class, else the slowest."""
     profile = model.config.class_profiles.get(name)
-    if profile is None or profile == model.config.profile:
+    if profile is None:
         return model.profile_latency
-    return LatencyModel(profile)
+    latency = LatencyModel(profile)
+    same = model.profile_latency
+    if latency.exec_ns == same.exec_ns and latency.forward_ns == same.forward_ns:
+        return same  # the same numbers (a one-class fleet names its class): plan exactly as before
+    return latency
 
 
 def fit_classes(model: ModelState, classes: SlotClasses, config: CoreConfig) -> None:
