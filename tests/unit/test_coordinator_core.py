@@ -191,3 +191,70 @@ def test_merged_profiles_follow_every_update_and_withdrawal_as_a_full_merge_woul
             full[name] = each if name not in full else full[name].merge_slowest(each)
         merged = c._inputs(None, S).profiles
         assert merged == full and list(merged) == list(full)
+
+
+# ---- mixed fleets (issue 16): slot classes by device -------------------------------------------
+
+SLOW = profile_from_sleep_spec("sleep:1000,60000", 32)  # a batch of one takes 61 ms on the slow class
+MIXED_MODELS = [ModelSettings(name="loose", slo_ms=500, kind="sleep:1000,60000", batch_size_max=32),
+                ModelSettings(name="tight", slo_ms=50, kind="sleep:1000,60000", batch_size_max=32)]
+MIXED_AGENTS = {"fast": ("h200", ["z0", "z1"]), "slow": ("t4", ["a0", "a1", "a2", "a3"])}  # slow ones first by name
+
+
+def join_mixed(c: core.CoordinatorCore, now_ns: int, revision: int = 1) -> None:
+    for shard in ("shard-0", "shard-1"):
+        beat = ShardHeartbeat(shard_id=shard, models={"loose": ModelLoad(rate_rps=20, pending=0),
+                                                      "tight": ModelLoad(rate_rps=20, pending=0)})
+        c.handle(core.MemberUpdate(key=f"shard.{shard}", heartbeat=beat, revision=revision), now_ns)
+    for agent, (device, slots) in MIXED_AGENTS.items():
+        beat = AgentHeartbeat(agent_id=agent, device=device,
+                              slots=[AgentSlot(slot_id=s, models=["loose", "tight"]) for s in slots])
+        c.handle(core.MemberUpdate(key=f"agent.{agent}", heartbeat=beat, revision=revision), now_ns)
+        for name in ("loose", "tight"):
+            profile = SLOW if agent == "slow" else SLOW.at_speed(2.0)
+            c.handle(core.ProfileUpdate(model=name, agent=agent, profile=profile), now_ns)
+
+
+def test_profiles_are_merged_per_device_class_besides_the_slowest_over_all() -> None:
+    c = core.CoordinatorCore("c0", MIXED_MODELS, TIMING, core=CoreConfig(), placement=PlacementConfig(), now_ns=0)
+    join_mixed(c, 0)
+    inputs = c._inputs(None, S)
+    assert inputs.profiles["tight"].forward_mean_us == SLOW.forward_mean_us  # merged: device "slowest"
+    assert inputs.class_profiles["tight"] == {"h200": SLOW.at_speed(2.0), "t4": SLOW}
+
+
+def test_a_model_that_misses_its_slo_on_the_slow_class_gets_only_fast_slots() -> None:
+    """`tight` (50 ms SLO) cannot run a batch of one in time on the slow class (61 ms), and can
+    on the fast one (30.5 ms): its shard holds only fast slots; `loose` gets the slow ones."""
+    c = core.CoordinatorCore("c0", MIXED_MODELS, TIMING, core=CoreConfig(), placement=PlacementConfig(), now_ns=0)
+    join_mixed(c, 0)
+    lead(c, 0)
+    first = epoch(c, 3 * S, None)
+    assert first is not None
+    tight, loose = first.models["tight"], first.models["loose"]
+    assert tight != loose
+    assert {s for s, shard in first.slots.items() if shard == tight} <= {"z0", "z1"}
+    assert {s for s, shard in first.slots.items() if shard == loose} >= {"a0", "a1", "a2", "a3"}
+
+
+def test_one_device_class_decides_as_the_homogeneous_fleet_did() -> None:
+    """Every agent on one device: the per-class profiles equal the merged ones and every
+    epoch's assignment is the one a coordinator without class profiles writes."""
+    def run(classes: bool) -> list:
+        c = new_core()
+        join(c, 0)
+        for agent, model in (("jax", "jax_model"), ("sleep", "sleep_model")):
+            c.handle(core.ProfileUpdate(model=model, agent=agent, profile=profile_from_sleep_spec(
+                "sleep:800,3000", 32)), 0)
+        lead(c, 0)
+        if not classes:
+            c._merged_profiles = lambda: (core.CoordinatorCore._merged_profiles(c)[0], {})  # type: ignore[method-assign]
+        written, current = [], None
+        for k in range(6):
+            now = 3 * S + k * TIMING.epoch_ns
+            join(c, now, revision=k + 2)
+            current = epoch(c, now, current, revision=1) or current
+            written.append(current)
+        return written
+
+    assert run(True) == run(False)
