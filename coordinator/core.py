@@ -30,9 +30,9 @@ from coordinator.epoch import (
     EpochInputs,
     ModelSettings,
     decide_epoch,
-    demand_slots,
     fleet_for_autoscaler,
     membership_of,
+    model_demands,
     shard_rates,
     slot_classes,
 )
@@ -49,7 +49,7 @@ from coordinator.slots import (
     phases_from_status,
     present_slots,
 )
-from schemas.control import Assignment, AutoscaleStatus, freshest, preference_order
+from schemas.control import AgentHeartbeat, Assignment, AutoscaleStatus, freshest, preference_order
 from schemas.profile import ModelProfile
 from shard.core.config import CoreConfig
 
@@ -360,12 +360,14 @@ class CoordinatorCore:
         self._watches_started_ns = now_ns
         return [Note(event=why, level="warning", fields={"member": member} if member else {}), RestartWatches()]
 
-    def _merged_profiles(self) -> tuple[dict[str, ModelProfile], dict[str, dict[str, ModelProfile]]]:
+    def _merged_profiles(self, agents: dict[str, AgentHeartbeat]) -> tuple[dict[str, ModelProfile],
+                                                                          dict[str, dict[str, ModelProfile]]]:
         """The slowest profile per model (reference §2.2), in model order, and per model the
-        slowest of each slot class. Only models whose profiles (or whose agents' devices)
-        changed are merged again, folding their agents' profiles in agent order as a full merge
-        would, so the result is the same profile for profile."""
-        devices = {agent: beat.device for agent, beat in self.view.agents().items()}
+        slowest of each slot class (`agents`: the live ones, whose devices name the classes).
+        Only models whose profiles (or whose agents' devices) changed are merged again, folding
+        their agents' profiles in agent order as a full merge would, so the result is the same
+        profile for profile."""
+        devices = {agent: beat.device for agent, beat in agents.items()}
         if devices != self._devices:
             changed = {a for a in devices.keys() | self._devices.keys() if devices.get(a) != self._devices.get(a)}
             self._stale.update(m for m, agents in self._agents_of.items() if not agents.isdisjoint(changed))
@@ -378,22 +380,26 @@ class CoordinatorCore:
                 self._agents_of.pop(model, None)
                 continue
             profiles = [self.profiles[(model, agent)] for agent in agents]
+            classes = [devices.get(agent) or profile.device for agent, profile in zip(agents, profiles, strict=True)]
+            self._by_class[model] = merge_by_class(list(zip(classes, profiles, strict=True)))
+            if len(self._by_class[model]) == 1:  # one class: its merge is the merge over all, fold for fold
+                self._merged[model] = next(iter(self._by_class[model].values()))
+                continue
             merged = profiles[0]
             for profile in profiles[1:]:
                 merged = merged.merge_slowest(profile)
             self._merged[model] = merged
-            classes = [devices.get(agent) or profile.device for agent, profile in zip(agents, profiles, strict=True)]
-            self._by_class[model] = merge_by_class(list(zip(classes, profiles, strict=True)))
         self._stale.clear()
         ordered = sorted(self._merged)
         return {model: self._merged[model] for model in ordered}, {model: self._by_class[model] for model in ordered}
 
     def _inputs(self, previous: Assignment | None, now_ns: int, previous_written: bool = True) -> EpochInputs:
-        merged, by_class = self._merged_profiles()
+        agents = self.view.agents()
+        merged, by_class = self._merged_profiles(agents)
         shards = self.view.shards()
         return EpochInputs(
             shards=shards,
-            agents=self.view.agents(),
+            agents=agents,
             drains=frozenset(self.drains),
             rates=self.rates.update(shards, now_ns, previous.splits if previous else None),
             previous=previous,
@@ -451,7 +457,9 @@ class CoordinatorCore:
         present = present_slots(inputs.agents, seen)
         rates = shard_rates(inputs.shards)
         self._slot_classes.update(slot_classes(inputs.agents))
-        worth, hosts = fleet_for_autoscaler(self.models, inputs, rates, self.core, self._slot_classes)
+        demands = model_demands(self.models, rates, inputs.profiles, self.core)
+        worth, hosts = fleet_for_autoscaler(self.models, inputs, {d.name: d.demand for d in demands}, self.core,
+                                            self._slot_classes)
         # The shards' preference order (natural: gpu-2 before gpu-10), so that the autoscaler drains
         # the slots the shards pack least work onto; plain sorted() disagreed past 9 slots. In a
         # mixed fleet the faster classes first (`rank_slots`), so the slow slots are let go first.
@@ -466,7 +474,7 @@ class CoordinatorCore:
         elif phases is None:
             phases = SlotPhases()
         phases = observe(phases, present, held_slots(inputs.shards, self.latest), now_ns)
-        demand = demand_slots(self.models, rates, inputs.profiles, self.core)
+        demand = sum(d.rate_rps * d.cost_s for d in demands)  # epoch.demand_slots
         signal = autoscale_signal(inputs.shards, demand, phases, present, len(ranked), now_ns, (ranked, worth))
         decision, self.autoscale_state = decide(self.autoscale, self.autoscale_state, signal)
         self.phases = apply_target(phases, ranked, decision.target_slots, present, now_ns, hosts,

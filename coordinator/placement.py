@@ -23,7 +23,7 @@ import math
 
 import msgspec
 
-from schemas.control import Assignment, preference_order
+from schemas.control import Assignment
 
 
 class ModelDemand(msgspec.Struct, frozen=True, kw_only=True):
@@ -145,8 +145,8 @@ def _desired(models: list[ModelDemand], config: PlacementConfig, slots: list[str
         return 0
     if weights is None:
         return math.ceil(total / config.target_utilization - 1e-9)
-    ranked = rank_slots(preference_order(slots), weights)
-    return weighted_count(total / config.target_utilization, [weights.get(s, 1.0) for s in ranked])
+    # Fastest first, as `rank_slots` orders them; which of equal slots comes first changes no count.
+    return weighted_count(total / config.target_utilization, sorted((weights.get(s, 1.0) for s in slots), reverse=True))
 
 
 def rank_slots(ranked: list[str], weights: dict[str, float]) -> list[str]:

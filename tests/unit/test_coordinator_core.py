@@ -248,7 +248,8 @@ def test_one_device_class_decides_as_the_homogeneous_fleet_did() -> None:
                 "sleep:800,3000", 32)), 0)
         lead(c, 0)
         if not classes:
-            c._merged_profiles = lambda: (core.CoordinatorCore._merged_profiles(c)[0], {})  # type: ignore[method-assign]
+            c._merged_profiles = lambda agents: (  # type: ignore[method-assign]
+                core.CoordinatorCore._merged_profiles(c, agents)[0], {})
         written, current = [], None
         for k in range(6):
             now = 3 * S + k * TIMING.epoch_ns
