@@ -4,8 +4,13 @@ empty, that keep models where they are, and writes by compare-and-swap."""
 
 import random
 
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from coordinator import core
-from coordinator.epoch import ModelSettings
+from coordinator.demand import class_speeds
+from coordinator.epoch import EpochInputs, ModelSettings, decide_epoch, model_configs, shard_rates, slot_classes
 from coordinator.membership import ReadOutcome
 from coordinator.placement import PlacementConfig
 from schemas.control import AgentHeartbeat, AgentSlot, Assignment, ModelLoad, ShardHeartbeat
@@ -259,3 +264,53 @@ def test_one_device_class_decides_as_the_homogeneous_fleet_did() -> None:
         return written
 
     assert run(True) == run(False)
+
+
+@st.composite
+def mixed_fleet(draw: st.DrawFn) -> tuple:
+    """Models with random SLOs and linear profiles, agents of random device classes (speeds
+    0.5-3x) hosting random subsets of the models, each reporting its class's profile, and
+    shards that report random rates."""
+    speed_of = {"slow": 0.5, "mid": 1.0, "fast": draw(st.sampled_from([1.5, 3.0]))}
+    names = [f"m{i}" for i in range(draw(st.integers(1, 5)))]
+    models = [ModelSettings(name=n, slo_ms=draw(st.sampled_from([8.0, 25.0, 100.0])), kind="sleep:1000,5000",
+                            batch_size_max=16) for n in names]
+    base = {n: profile_from_sleep_spec(f"sleep:{draw(st.integers(100, 2000))},{draw(st.integers(1000, 12000))}", 16)
+            for n in names}
+    agents, profiles = {}, []
+    for a in range(draw(st.integers(1, 5))):
+        device = draw(st.sampled_from(sorted(speed_of)))
+        slots = [AgentSlot(slot_id=f"g{a}s{k}", models=sorted(draw(st.sets(st.sampled_from(names), min_size=1))))
+                 for k in range(draw(st.integers(1, 3)))]
+        agents[f"agent-{a}"] = AgentHeartbeat(agent_id=f"agent-{a}", device=device, slots=slots)
+        for n in sorted({m for s in slots for m in s.models}):
+            profiles.append((n, device, base[n].at_speed(speed_of[device])))
+    merged: dict[str, ModelProfile] = {}
+    for n, _device, p in profiles:
+        merged[n] = merged[n].merge_slowest(p) if n in merged else p
+    by_class = {n: core.merge_by_class([(d, p) for m, d, p in profiles if m == n]) for n in merged}
+    shards = {f"shard-{i}": ShardHeartbeat(shard_id=f"shard-{i}", models={
+        n: ModelLoad(rate_rps=draw(st.sampled_from([0.0, 50.0, 500.0])), pending=0) for n in names})
+        for i in range(draw(st.integers(1, 3)))}
+    return models, EpochInputs(shards=shards, agents=agents, drains=frozenset(), previous=None,
+                               rates=shard_rates(shards), profiles=merged, class_profiles=by_class)
+
+
+@settings(max_examples=150, deadline=None)
+@given(mixed_fleet())
+def test_a_mixed_fleet_gets_a_valid_assignment_and_no_model_on_a_class_that_misses_its_slo(case: tuple) -> None:
+    models, inputs = case
+    decision = decide_epoch(models, inputs, core=CoreConfig(), placement=PlacementConfig(), coordinator_id="c0")
+    assert decision.reason == "changed" and not decision.errors, decision.errors
+    configs = {m.name: m for m in model_configs(models, inputs.profiles, inputs.class_profiles)}
+    classes = slot_classes(inputs.agents)
+    served = decision.assignment.models_by_shard()
+    for slot, shard in decision.assignment.slots.items():
+        for name in served.get(shard, ()):
+            speeds = class_speeds(configs[name], CoreConfig())
+            assert speeds.get(classes[slot], 1.0) > 0, f"{name} on {slot} ({classes[slot]}): {speeds}"
+    one_class = {a: msgspec.structs.replace(beat, device="mid") for a, beat in inputs.agents.items()}
+    if all(len(by) == 1 for by in inputs.class_profiles.values()):
+        plain = msgspec.structs.replace(inputs, class_profiles={}, agents=one_class)
+        again = decide_epoch(models, plain, core=CoreConfig(), placement=PlacementConfig(), coordinator_id="c0")
+        assert again == decision, "one class per model: decided as without classes"
