@@ -314,3 +314,31 @@ def test_a_mixed_fleet_gets_a_valid_assignment_and_no_model_on_a_class_that_miss
         plain = msgspec.structs.replace(inputs, class_profiles={}, agents=one_class)
         again = decide_epoch(models, plain, core=CoreConfig(), placement=PlacementConfig(), coordinator_id="c0")
         assert again == decision, "one class per model: decided as without classes"
+
+
+def test_the_autoscaler_counts_fast_slots_as_more_and_ranks_them_first() -> None:
+    """Two fast slots (2x) and four slow ones, a load that keeps 2.8 slow slots busy at 70%:
+    four slow slots' worth, which two fast slots cover. The fast slots are kept, the slow ones
+    drained, though by name they come first."""
+    from coordinator.autoscale import AutoscaleConfig
+
+    settings_ = [ModelSettings(name="loose", slo_ms=500, kind="sleep:1000,60000", batch_size_max=32)]
+    slots = ["a0", "a1", "a2", "a3", "z0", "z1"]
+    c = core.CoordinatorCore("c0", settings_, TIMING, core=CoreConfig(), placement=PlacementConfig(), now_ns=0,
+                             autoscale=AutoscaleConfig(target_utilization=0.7, min_slots=1, down_cooldown_s=0,
+                                                       down_window_s=0), slots=slots)
+    for agent, (device, names) in MIXED_AGENTS.items():
+        beat = AgentHeartbeat(agent_id=agent, device=device,
+                              slots=[AgentSlot(slot_id=s, models=["loose"]) for s in names])
+        c.view.observe(f"agent.{agent}", beat, 1, now_ns=0)
+        c.handle(core.ProfileUpdate(model="loose", agent=agent,
+                                    profile=SLOW if agent == "slow" else SLOW.at_speed(2.0)), 0)
+    per_slot = 1 / (SLOW.forward_mean_us[31] / 32 / 1e6)  # requests a slow slot serves a second at batch 32
+    shard = ShardHeartbeat(shard_id="shard-0", models={"loose": ModelLoad(rate_rps=2.8 * per_slot, pending=0)})
+    c.view.observe("shard.shard-0", shard, 1, now_ns=0)
+    inputs = c._inputs(None, S)
+    c._autoscale(inputs, now_ns=S)
+    status = c.autoscale_status
+    assert 3.9 < status.need_slots < 4.1, status.need_slots  # in reference (slow) slots
+    assert status.target_slots == 2
+    assert status.active == ["z0", "z1"] and status.draining == ["a0", "a1", "a2", "a3"]
