@@ -12,6 +12,10 @@ from shard.core.config import CoreConfig, ModelConfig
 from shard.core.latency import LatencyModel
 from shard.core.target_batch import best_batch, estimate_target_batch_size, max_batch_with_full_budget
 
+# Classes within this of the reference count as the reference: agents on the same hardware measure
+# a few percent apart, and weights that followed that noise would move slots for nothing.
+SPEED_SAME = 0.05
+
 
 def model_demand(model: ModelConfig, rate_rps: float, config: CoreConfig, hosts: list[str]) -> ModelDemand:
     """Rate x per-request cost at the target batch the core would use at that rate."""
@@ -30,26 +34,27 @@ def class_speeds(model: ModelConfig, config: CoreConfig) -> dict[str, float]:
     """Slot class -> how many reference slots one slot of that class is worth for this model
     (issue 16): the reference (slowest merged) profile's per-request cost over the class's,
     each at its own best batch (shard.core.target_batch.best_batch), so a faster class that
-    also fits larger batches in the SLO counts both. 0.0: the class cannot meet the SLO at any
-    batch while another class can, so the model must not be placed there. Empty without class
-    profiles (a homogeneous fleet): every slot is worth one."""
+    also fits larger batches in the SLO counts both. A profile that meets the SLO at no batch
+    is costed at a batch of one (the batch its demand is estimated at then). 0.0: the class
+    cannot meet the SLO while another class can, so the model must not be placed there; a
+    model that meets it nowhere is placed as before, on every host. Empty without class
+    profiles (a homogeneous fleet): every slot is worth one; within `SPEED_SAME` of one, one."""
     if not model.class_profiles:
         return {}
     if all(p == model.profile for p in model.class_profiles.values()):  # one class, or classes alike
         return dict.fromkeys(sorted(model.class_profiles), 1.0)
-    costs = {c: _best_cost_ns(p, model, config) for c, p in sorted(model.class_profiles.items())}
+    best = {c: _best_cost_ns(p, model, config) for c, p in sorted(model.class_profiles.items())}
+    fits = any(cost is not None for cost in best.values())
     reference = _best_cost_ns(model.profile, model, config)
-    if reference is None:  # the slowest class misses the SLO: compare with its batch of one
-        reference = float(LatencyModel(model.profile).exec_ns[1])
-    fits = any(cost is not None for cost in costs.values())
+    reference = _batch_of_one_ns(model.profile) if reference is None else reference
     speeds = {}
-    for name, cost in costs.items():
-        if cost is None:
-            speeds[name] = 0.0 if fits else 1.0  # fits nowhere: placed as before, on every host
-        elif cost == reference:
-            speeds[name] = 1.0
-        else:
-            speeds[name] = reference / cost
+    for name, cost in best.items():
+        if cost is None and fits:
+            speeds[name] = 0.0
+            continue
+        cost = _batch_of_one_ns(model.class_profiles[name]) if cost is None else cost
+        speed = reference / cost if cost > 0 and reference > 0 else 1.0  # a profile of zeros: no yardstick
+        speeds[name] = 1.0 if abs(speed - 1.0) <= SPEED_SAME else speed
     return speeds
 
 
@@ -58,3 +63,7 @@ def _best_cost_ns(profile: ModelProfile, model: ModelConfig, config: CoreConfig)
     latency = LatencyModel(profile)
     best = best_batch(latency, model.slo_ns, config.resp_ns, config.ctrl_ns, config.data_ns)
     return latency.exec_ns[best] / best if best > 0 else None
+
+
+def _batch_of_one_ns(profile: ModelProfile) -> float:
+    return float(LatencyModel(profile).exec_ns[1])

@@ -342,3 +342,21 @@ def test_the_autoscaler_counts_fast_slots_as_more_and_ranks_them_first() -> None
     assert 3.9 < status.need_slots < 4.1, status.need_slots  # in reference (slow) slots
     assert status.target_slots == 2
     assert status.active == ["z0", "z1"] and status.draining == ["a0", "a1", "a2", "a3"]
+
+
+def test_classes_a_few_percent_apart_count_as_one_and_a_class_that_misses_the_slo_as_none() -> None:
+    """Agents on the same hardware measure a few percent apart: that noise is no speed."""
+    from shard.core.config import ModelConfig
+
+    def config(slo_ms: float, **classes: ModelProfile) -> ModelConfig:
+        merged = SLOW
+        for p in classes.values():
+            merged = merged.merge_slowest(p)
+        return ModelConfig(name="m", slo_ns=int(slo_ms * 1e6), profile=merged, class_profiles=classes)
+
+    assert class_speeds(config(500, a=SLOW, b=SLOW.at_speed(1.03)), CoreConfig()) == {"a": 1.0, "b": 1.0}
+    fast = class_speeds(config(500, a=SLOW, b=SLOW.at_speed(2.0)), CoreConfig())
+    assert fast["a"] == 1.0 and 1.99 < fast["b"] < 2.01
+    assert class_speeds(config(50, a=SLOW, b=SLOW.at_speed(2.0)), CoreConfig())["a"] == 0.0
+    nowhere = class_speeds(config(20, a=SLOW, b=SLOW.at_speed(2.0)), CoreConfig())
+    assert nowhere["a"] == 1.0 and 1.99 < nowhere["b"] < 2.01, "fits nowhere: on every host, at a batch of one"
