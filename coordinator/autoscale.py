@@ -23,6 +23,12 @@ Around either rule:
 `cold_start_s` is the actuator's delay before an added slot serves; the decision counts
 starting slots and does not wait for them.
 
+Mixed fleets (issue 16): `demand` is in reference slots (the slowest profile's slot-seconds);
+with the slots' weights (the reference slots each is worth) in the order the actuator would hold
+them, the slot count is the fewest of those whose weights cover the need. Without weights (a
+homogeneous fleet) it is ceil(need), as before. `hpa` measures busy time on the slots
+themselves, so its need is a slot count already.
+
 Which slots: `choose_slots` keeps the most preferred (the core packs work onto them, see
 shard.core.matcher) and drains the least preferred; a draining slot takes no new plans, finishes
 what it has, and only then is released, so scale-down loses and duplicates nothing.
@@ -34,9 +40,11 @@ import math
 
 import msgspec
 
+from coordinator.placement import weighted_count
 from schemas.autoscale import AutoscaleConfig
 
-__all__ = ["AutoscaleConfig", "AutoscaleDecision", "AutoscaleSignal", "AutoscaleState", "choose_slots", "decide"]
+__all__ = ["AutoscaleConfig", "AutoscaleDecision", "AutoscaleSignal", "AutoscaleState", "choose_slots", "decide",
+           "hold_order"]
 
 class AutoscaleSignal(msgspec.Struct, frozen=True, kw_only=True):
     """One epoch's measurements. Slot counts are slot-seconds per second."""
@@ -48,6 +56,8 @@ class AutoscaleSignal(msgspec.Struct, frozen=True, kw_only=True):
     active: int  # serving (not draining)
     starting: int = 0  # asked for, not serving yet (cold start)
     total: int = 0  # slots that exist, active or not (0: unknown; max_slots then caps alone)
+    # Mixed fleets: reference slots each slot is worth, in `hold_order` (empty: one each).
+    weights: tuple[float, ...] = ()
 
 
 class AutoscaleState(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,7 +79,8 @@ def decide(config: AutoscaleConfig, state: AutoscaleState,
     """The slots to hold after this epoch, and the state for the next one."""
     current = signal.active + signal.starting
     need = _need(config, signal)
-    raw = _clamp(config, signal, math.ceil(need - 1e-9))
+    weighted = signal.weights and config.rule != "hpa"
+    raw = _clamp(config, signal, weighted_count(need, list(signal.weights)) if weighted else math.ceil(need - 1e-9))
     reason = "hold"
     if signal.bad_rate > config.pressure_bad_rate and signal.starting == 0 and signal.active > 0:
         pressed = _clamp(config, signal, signal.active + max(1, math.ceil(config.pressure_step * signal.active)))
@@ -132,3 +143,14 @@ def choose_slots(ranked: list[str], target: int, serving: set[str], starting: se
     excess = len(held) - target
     order = [s for s in reversed(held) if s in starting] + [s for s in reversed(held) if s in serving]
     return [], order[:excess]
+
+
+def hold_order(ranked: list[str], serving: set[str], starting: set[str], draining: set[str]) -> list[str]:
+    """Every slot in the order `choose_slots` holds them: serving and starting in preference
+    order, then draining, then the rest. Scaling up to k takes the first k of these, scaling down
+    keeps them but for starting slots (drained first), so the weights of the first k are the
+    capacity a target of k buys (near enough while slots are starting)."""
+    held = [s for s in ranked if s in serving or s in starting]
+    warm = [s for s in ranked if s in draining and s not in serving and s not in starting]
+    cold = [s for s in ranked if s not in serving and s not in starting and s not in draining]
+    return held + warm + cold

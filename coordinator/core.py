@@ -26,9 +26,18 @@ import enum
 import msgspec
 
 from coordinator.autoscale import AutoscaleConfig, AutoscaleState, decide
-from coordinator.epoch import EpochInputs, ModelSettings, decide_epoch, demand_slots, membership_of, shard_rates
+from coordinator.epoch import (
+    EpochInputs,
+    ModelSettings,
+    decide_epoch,
+    fleet_for_autoscaler,
+    membership_of,
+    model_demands,
+    shard_rates,
+    slot_classes,
+)
 from coordinator.membership import Heartbeat, MemberView, ReadOutcome
-from coordinator.placement import PlacementConfig
+from coordinator.placement import PlacementConfig, rank_slots
 from coordinator.rates import RateMemory
 from coordinator.slots import (
     SlotPhases,
@@ -40,7 +49,7 @@ from coordinator.slots import (
     phases_from_status,
     present_slots,
 )
-from schemas.control import Assignment, AutoscaleStatus, freshest, preference_order
+from schemas.control import AgentHeartbeat, Assignment, AutoscaleStatus, freshest, preference_order
 from schemas.profile import ModelProfile
 from shard.core.config import CoreConfig
 
@@ -201,6 +210,11 @@ class CoordinatorCore:
         # The slowest profile per model, merged again only for models whose profiles changed
         # since: merging every agent's profile at every epoch took half of it at 500 models.
         self._merged: dict[str, ModelProfile] = {}
+        # Issue 16: the slowest per model and slot class (an agent's class: the device its
+        # heartbeat reports, else its profile's), and the classes they were merged with.
+        self._by_class: dict[str, dict[str, ModelProfile]] = {}
+        self._devices: dict[str, str] = {}  # agent -> device, as of the last merge
+        self._slot_classes: dict[str, str] = {}  # slot -> device of its agent, as last seen
         self._agents_of: dict[str, set[str]] = {}  # model -> agents that reported a profile of it
         self._stale: set[str] = set()  # models whose merged profile is out of date
         self.latest: Assignment | None = None  # the newest assignment written or seen
@@ -346,35 +360,53 @@ class CoordinatorCore:
         self._watches_started_ns = now_ns
         return [Note(event=why, level="warning", fields={"member": member} if member else {}), RestartWatches()]
 
-    def _merged_profiles(self) -> dict[str, ModelProfile]:
-        """The slowest profile per model (reference §2.2), in model order. Only models whose
-        profiles changed are merged again, folding their agents' profiles in agent order as a
-        full merge would, so the result is the same profile for profile."""
+    def _merged_profiles(self, agents: dict[str, AgentHeartbeat]) -> tuple[dict[str, ModelProfile],
+                                                                          dict[str, dict[str, ModelProfile]]]:
+        """The slowest profile per model (reference §2.2), in model order, and per model the
+        slowest of each slot class (`agents`: the live ones, whose devices name the classes).
+        Only models whose profiles (or whose agents' devices) changed are merged again, folding
+        their agents' profiles in agent order as a full merge would, so the result is the same
+        profile for profile."""
+        devices = {agent: beat.device for agent, beat in agents.items()}
+        if devices != self._devices:
+            changed = {a for a in devices.keys() | self._devices.keys() if devices.get(a) != self._devices.get(a)}
+            self._stale.update(m for m, agents in self._agents_of.items() if not agents.isdisjoint(changed))
+            self._devices = devices
         for model in self._stale:
             agents = sorted(self._agents_of.get(model, ()))
             if not agents:
                 self._merged.pop(model, None)
+                self._by_class.pop(model, None)
                 self._agents_of.pop(model, None)
                 continue
-            merged = self.profiles[(model, agents[0])]
-            for agent in agents[1:]:
-                merged = merged.merge_slowest(self.profiles[(model, agent)])
+            profiles = [self.profiles[(model, agent)] for agent in agents]
+            classes = [devices.get(agent) or profile.device for agent, profile in zip(agents, profiles, strict=True)]
+            self._by_class[model] = merge_by_class(list(zip(classes, profiles, strict=True)))
+            if len(self._by_class[model]) == 1:  # one class: its merge is the merge over all, fold for fold
+                self._merged[model] = next(iter(self._by_class[model].values()))
+                continue
+            merged = profiles[0]
+            for profile in profiles[1:]:
+                merged = merged.merge_slowest(profile)
             self._merged[model] = merged
         self._stale.clear()
-        return {model: self._merged[model] for model in sorted(self._merged)}
+        ordered = sorted(self._merged)
+        return {model: self._merged[model] for model in ordered}, {model: self._by_class[model] for model in ordered}
 
     def _inputs(self, previous: Assignment | None, now_ns: int, previous_written: bool = True) -> EpochInputs:
-        merged = self._merged_profiles()
+        agents = self.view.agents()
+        merged, by_class = self._merged_profiles(agents)
         shards = self.view.shards()
         return EpochInputs(
             shards=shards,
-            agents=self.view.agents(),
+            agents=agents,
             drains=frozenset(self.drains),
             rates=self.rates.update(shards, now_ns, previous.splits if previous else None),
             previous=previous,
             previous_written=previous_written,
             latest_epoch=self.latest.epoch if self.latest else 0,
             profiles=merged,
+            class_profiles=by_class,
         )
 
     # ---- epochs ---------------------------------------------------------------------------------
@@ -423,9 +455,15 @@ class CoordinatorCore:
             return inputs, []
         seen = {agent: self.view.members[f"agent.{agent}"].seen_ns for agent in inputs.agents}
         present = present_slots(inputs.agents, seen)
+        rates = shard_rates(inputs.shards)
+        self._slot_classes.update(slot_classes(inputs.agents))
+        demands = model_demands(self.models, rates, inputs.profiles, self.core)
+        worth, hosts = fleet_for_autoscaler(self.models, inputs, {d.name: d.demand for d in demands}, self.core,
+                                            self._slot_classes)
         # The shards' preference order (natural: gpu-2 before gpu-10), so that the autoscaler drains
-        # the slots the shards pack least work onto; plain sorted() disagreed past 9 slots.
-        ranked = preference_order(set(self.slots) | set(present))
+        # the slots the shards pack least work onto; plain sorted() disagreed past 9 slots. In a
+        # mixed fleet the faster classes first (`rank_slots`), so the slow slots are let go first.
+        ranked = rank_slots(preference_order(set(self.slots) | set(present)), worth)
         phases = self.phases
         seen = self.autoscale_seen
         if seen is not None and seen.coordinator != self.id and (
@@ -436,10 +474,9 @@ class CoordinatorCore:
         elif phases is None:
             phases = SlotPhases()
         phases = observe(phases, present, held_slots(inputs.shards, self.latest), now_ns)
-        demand = demand_slots(self.models, shard_rates(inputs.shards), inputs.profiles, self.core)
-        signal = autoscale_signal(inputs.shards, demand, phases, present, len(ranked), now_ns)
+        demand = sum(d.rate_rps * d.cost_s for d in demands)  # epoch.demand_slots
+        signal = autoscale_signal(inputs.shards, demand, phases, present, len(ranked), now_ns, (ranked, worth))
         decision, self.autoscale_state = decide(self.autoscale, self.autoscale_state, signal)
-        hosts = {slot.slot_id: frozenset(slot.models) for beat in inputs.agents.values() for slot in beat.slots}
         self.phases = apply_target(phases, ranked, decision.target_slots, present, now_ns, hosts,
                                    cap=self.autoscale.max_slots)
         self.autoscale_seq += 1
@@ -476,6 +513,15 @@ class CoordinatorCore:
     def _epoch_done(self, now_ns: int) -> None:
         self._last_epoch_ns = now_ns
         self._membership_done = self._epoch_membership
+
+
+def merge_by_class(profiles: list[tuple[str, ModelProfile]]) -> dict[str, ModelProfile]:
+    """(slot class, profile) pairs, in agent order -> the slowest profile of each class, folded
+    in that order (a fleet of one class gets the very profile the merge over all agents gives)."""
+    merged: dict[str, ModelProfile] = {}
+    for name, profile in profiles:
+        merged[name] = merged[name].merge_slowest(profile) if name in merged else profile
+    return {name: merged[name] for name in sorted(merged)}
 
 
 def _phases_of(status: AutoscaleStatus) -> tuple:

@@ -11,14 +11,25 @@ Rules the decision keeps (issue 11 §1):
 - Epochs never go back: the floor is the highest epoch anyone reported.
 - The new assignment is checked before it is written (`assignment_errors`): every model and
   slot on a live shard, every slot of a live agent, a shard's slots hosting all its models.
+- Mixed fleets (issue 16): a slot's class is its agent's `device`. Demand stays in reference
+  slot-seconds (the slowest profile); each class is worth what its profiles say
+  (`coordinator.demand.class_speeds`), and a model that meets its SLO on some classes only is
+  placed on those. A fleet of one class decides exactly as before.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from coordinator.demand import model_demand
-from coordinator.placement import PlacementConfig, piece_names, plan_assignment, split_counts
+from coordinator.demand import class_speeds, model_demand
+from coordinator.placement import (
+    ModelDemand,
+    PlacementConfig,
+    base_model,
+    piece_names,
+    plan_assignment,
+    split_counts,
+)
 from schemas.control import AgentHeartbeat, Assignment, ShardHeartbeat
 from schemas.profile import ModelProfile, profile_from_sleep_spec
 from shard.core.config import CoreConfig, ModelConfig
@@ -47,6 +58,7 @@ class EpochInputs(msgspec.Struct, frozen=True, kw_only=True):
     latest_epoch: int = 0  # the highest epoch this coordinator wrote or saw
     rates: dict[str, float] = {}  # planning rate per model (coordinator/rates.py)
     profiles: dict[str, ModelProfile] = {}  # slowest measured profile per model
+    class_profiles: dict[str, dict[str, ModelProfile]] = {}  # model -> slot class -> slowest of that class
 
 
 class EpochDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,9 +88,10 @@ def decide_epoch(models: list[ModelSettings], inputs: EpochInputs, *, core: Core
     if not live:
         return EpochDecision(assignment=None, reason="no_live_shards")
     hosts = slot_hosts(inputs.agents)
-    configs = model_configs(models, inputs.profiles)
+    configs = model_configs(models, inputs.profiles, inputs.class_profiles)
     previous = inputs.previous
-    new = next_assignment(configs, inputs.rates, live, hosts, previous, core=core, placement=placement)
+    new = next_assignment(configs, inputs.rates, live, hosts, previous, core=core, placement=placement,
+                          slot_classes=slot_classes(inputs.agents))
     floor = max([previous.epoch if previous else 0, inputs.latest_epoch]
                 + [beat.epoch for beat in inputs.shards.values()])
     new = msgspec.structs.replace(new, coordinator=coordinator_id, epoch=max(new.epoch, floor + 1))
@@ -92,10 +105,79 @@ def decide_epoch(models: list[ModelSettings], inputs: EpochInputs, *, core: Core
     return EpochDecision(assignment=new, reason="changed")
 
 
-def model_configs(models: list[ModelSettings], profiles: dict[str, ModelProfile]) -> list[ModelConfig]:
-    """Each model with its measured profile (the slowest among its agents), else its fallback."""
-    return [ModelConfig(name=m.name, slo_ns=int(m.slo_ms * 1e6), profile=profiles.get(m.name) or m.fallback_profile())
+def model_configs(models: list[ModelSettings], profiles: dict[str, ModelProfile],
+                  class_profiles: dict[str, dict[str, ModelProfile]] | None = None) -> list[ModelConfig]:
+    """Each model with its measured profile (the slowest among its agents), else its fallback,
+    and the slowest per slot class (`class_profiles`, where measured)."""
+    by_class = class_profiles or {}
+    return [ModelConfig(name=m.name, slo_ns=int(m.slo_ms * 1e6), profile=profiles.get(m.name) or m.fallback_profile(),
+                        class_profiles=by_class.get(m.name, {}) if m.name in profiles else {})
             for m in models]
+
+
+def slot_classes(agents: dict[str, AgentHeartbeat]) -> dict[str, str]:
+    """slot -> its class: the device its agent reports (every slot of an agent is one class)."""
+    return {slot.slot_id: beat.device for beat in agents.values() for slot in beat.slots}
+
+
+def fleet_speeds(models: list[ModelConfig], core: CoreConfig) -> dict[str, dict[str, float]]:
+    """model -> slot class -> speed (`class_speeds`); empty when every speed is one (a
+    homogeneous fleet, which then takes today's arithmetic everywhere)."""
+    speeds = {m.name: class_speeds(m, core) for m in models}
+    mixed = any(v != 1.0 for by_class in speeds.values() for v in by_class.values())
+    return {name: by_class for name, by_class in speeds.items() if by_class} if mixed else {}
+
+
+def placeable_hosts(hosts: dict[str, frozenset[str]], classes: dict[str, str],
+                    speeds: dict[str, dict[str, float]]) -> dict[str, frozenset[str]]:
+    """`hosts` without the models a slot's class cannot serve within their SLO (speed 0): a
+    model that fits only some classes stays on those. Slots of one class hosting the same
+    models are filtered together, once (a per-slot filter took half a second an epoch at
+    1,000 slots)."""
+    barred = {(m, name) for m, by_class in speeds.items() for name, speed in by_class.items() if speed <= 0}
+    if not barred:
+        return hosts
+    filtered: dict[tuple[frozenset[str], str], frozenset[str]] = {}
+    result = {}
+    for slot, models in hosts.items():
+        key = (models, classes.get(slot, ""))
+        if key not in filtered:
+            filtered[key] = frozenset(m for m in models if (m, key[1]) not in barred)
+        result[slot] = filtered[key]
+    return result
+
+
+def slot_weights(demands: dict[str, float], speeds: dict[str, dict[str, float]],
+                 classes: dict[str, str]) -> dict[str, float] | None:
+    """slot -> the reference slots it is worth: its class's speed averaged over the models with
+    a profile on that class, harmonically and weighted by their demand (reference slot-seconds
+    over the class's own slot-seconds for that mix). None when every slot is worth one."""
+    reference: dict[str, float] = {}
+    own: dict[str, float] = {}
+    for model in sorted(speeds):
+        demand = demands.get(model, 0.0)
+        for name, speed in speeds[model].items():
+            if speed > 0 and demand > 0:
+                reference[name] = reference.get(name, 0.0) + demand
+                own[name] = own.get(name, 0.0) + demand / speed
+    worth = {name: reference[name] / own[name] for name in reference}
+    weights = {slot: worth.get(name, 1.0) for slot, name in classes.items()}
+    return weights if any(w != 1.0 for w in weights.values()) else None
+
+
+def fleet_for_autoscaler(models: list[ModelSettings], inputs: EpochInputs, demands: dict[str, float], core: CoreConfig,
+                         classes: dict[str, str]) -> tuple[dict[str, float], dict[str, frozenset[str]]]:
+    """What the autoscaler needs of a mixed fleet: slot -> reference slots it is worth (empty:
+    one each), for every slot whose class is known (`classes`, remembered beyond its agent's
+    life so that a stopped slot keeps its place in the order), and slot -> the models it may be
+    given (a slot that cannot meet a model's SLO is no host of it when choosing what to keep).
+    `demands`: model -> reference slots it keeps busy (`ModelDemand.demand`), the weights' mix."""
+    hosts = slot_hosts(inputs.agents)
+    configs = model_configs(models, inputs.profiles, inputs.class_profiles)
+    speeds = fleet_speeds(configs, core)
+    if not speeds:
+        return {}, hosts
+    return slot_weights(demands, speeds, classes) or {}, placeable_hosts(hosts, classes, speeds)
 
 
 def shard_rates(shards: dict[str, ShardHeartbeat]) -> dict[str, float]:
@@ -114,17 +196,25 @@ def demand_slots(models: list[ModelSettings], rates: dict[str, float], profiles:
                  core: CoreConfig) -> float:
     """The autoscaler's signal: slot-seconds per second the load needs, rate x per-request cost
     at the batch the core aims for at that rate (coordinator/demand.py), summed over models."""
-    demands = [model_demand(m, rates.get(m.name, 0.0), core, []) for m in model_configs(models, profiles)]
-    return sum(d.rate_rps * d.cost_s for d in demands)
+    return sum(d.rate_rps * d.cost_s for d in model_demands(models, rates, profiles, core))
+
+
+def model_demands(models: list[ModelSettings], rates: dict[str, float], profiles: dict[str, ModelProfile],
+                  core: CoreConfig) -> list[ModelDemand]:
+    """Each model's demand at its rate, on its reference profile, in `models` order."""
+    return [model_demand(m, rates.get(m.name, 0.0), core, []) for m in model_configs(models, profiles)]
 
 
 def next_assignment(models: list[ModelConfig], rates: dict[str, float], shards: list[str],
                     hosts: dict[str, frozenset[str]], previous: Assignment | None, *, core: CoreConfig,
-                    placement: PlacementConfig) -> Assignment:
+                    placement: PlacementConfig, slot_classes: dict[str, str] | None = None) -> Assignment:
     """Rates, profiles (in `models`), live shards, what each slot runs and the previous
     assignment -> the next one (its epoch is the previous one's + 1). The one way from rates to
     an assignment: the live coordinator and the simulator both call it, with the shards' core
-    configuration."""
+    configuration. `slot_classes` (slot -> class, the keys of `ModelConfig.class_profiles`):
+    a mixed fleet, placed by speed; None or one class: every slot worth one."""
+    speeds = fleet_speeds(models, core) if slot_classes else {}
+    hosts = placeable_hosts(hosts, slot_classes or {}, speeds)
     by_model = models_hosted(hosts)
     hosts_of = {m.name: list(by_model.get(m.name, ())) for m in models}
     counts = split_counts(previous, rates, {name: len(h) for name, h in hosts_of.items()}, len(shards), placement)
@@ -132,7 +222,13 @@ def next_assignment(models: list[ModelConfig], rates: dict[str, float], shards: 
     for m in models:
         share = model_demand(m, rates.get(m.name, 0.0) / counts[m.name], core, hosts_of[m.name])
         demands += [msgspec.structs.replace(share, name=piece) for piece in piece_names(m.name, counts[m.name])]
-    return plan_assignment(previous, demands, shards, sorted(hosts), placement)
+    weights = None
+    if speeds:
+        totals: dict[str, float] = {}
+        for d in demands:
+            totals[base_model(d.name)] = totals.get(base_model(d.name), 0.0) + d.demand
+        weights = slot_weights(totals, speeds, {s: c for s, c in (slot_classes or {}).items() if s in hosts})
+    return plan_assignment(previous, demands, shards, sorted(hosts), placement, weights)
 
 
 def models_hosted(hosts: dict[str, frozenset[str]]) -> dict[str, list[str]]:

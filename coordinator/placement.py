@@ -8,6 +8,12 @@ that host all of them (the shard's core treats its slots as interchangeable). Sl
 the expected number of late requests lowest (each shard an M/M/c queue of batches, Erlang C;
 or, on request, plain shares of demand), at least one per shard with models; current owners
 keep their slots where the quota allows.
+
+Mixed fleets (issue 16): demand is in reference slot-seconds (on the slowest profile), and each
+slot has a weight, the reference slots it is worth (coordinator/epoch.py `slot_weights`). Quotas
+are then in reference slots, a shard fills its quota by summed weight, and desired slots are the
+fewest, fastest first, whose weights cover the demand. Without weights (every slot worth one)
+each of these is today's integer arithmetic, decision for decision.
 """
 
 from __future__ import annotations
@@ -107,22 +113,24 @@ def _piece_index(piece: str) -> int:
 
 def plan_assignment(
     previous: Assignment | None, models: list[ModelDemand], shards: list[str], slots: list[str],
-    config: PlacementConfig = PlacementConfig(),
+    config: PlacementConfig = PlacementConfig(), weights: dict[str, float] | None = None,
 ) -> Assignment:
+    """`weights`: slot -> reference slots it is worth (None: one each, a homogeneous fleet)."""
     shards = sorted(shards)
     epoch = (previous.epoch if previous else 0) + 1
     if not shards:
-        return Assignment(epoch=epoch, desired_slots=_desired(models, config), surplus_slots=0)
+        return Assignment(epoch=epoch, desired_slots=_desired(models, config, slots, weights), surplus_slots=0)
     placement = place_models(pieces_of(previous), models, shards, config)
     demand = {s: 0.0 for s in shards}
     by_name = {m.name: m for m in models}
     for model, shard in placement.items():
         demand[shard] += by_name[model].demand
     busy = sorted(set(placement.values()))
-    quota = (delay_quotas(placement, by_name, busy, len(slots)) if config.quotas == "delay"
-             else _quotas(demand, busy, len(slots)))
-    owners = allocate_slots(previous.slots if previous else {}, placement, by_name, demand, slots, quota)
-    desired = _desired(models, config)
+    capacity = len(slots) if weights is None else max(1, round(sum(weights.get(s, 1.0) for s in slots)))
+    quota = (delay_quotas(placement, by_name, busy, capacity) if config.quotas == "delay"
+             else _quotas(demand, busy, capacity))
+    owners = allocate_slots(previous.slots if previous else {}, placement, by_name, demand, slots, quota, weights)
+    desired = _desired(models, config, slots, weights)
     model_shards, splits = merge_pieces(placement)
     return Assignment(
         epoch=epoch, models=model_shards, slots=owners, demand=demand, desired_slots=desired,
@@ -130,9 +138,35 @@ def plan_assignment(
     )
 
 
-def _desired(models: list[ModelDemand], config: PlacementConfig) -> int:
+def _desired(models: list[ModelDemand], config: PlacementConfig, slots: list[str],
+             weights: dict[str, float] | None) -> int:
     total = sum(m.rate_rps * m.cost_s for m in models)
-    return math.ceil(total / config.target_utilization - 1e-9) if total > 0 else 0
+    if total <= 0:
+        return 0
+    if weights is None:
+        return math.ceil(total / config.target_utilization - 1e-9)
+    # Fastest first, as `rank_slots` orders them; which of equal slots comes first changes no count.
+    return weighted_count(total / config.target_utilization, sorted((weights.get(s, 1.0) for s in slots), reverse=True))
+
+
+def rank_slots(ranked: list[str], weights: dict[str, float]) -> list[str]:
+    """`ranked` (preference order) with the slots worth more first, so that the fast slots are
+    the ones kept busy and the slow ones the ones let go; equal weights keep `ranked` as it is."""
+    if not weights:
+        return list(ranked)
+    return sorted(ranked, key=lambda s: -weights.get(s, 1.0))
+
+
+def weighted_count(need: float, weights: list[float]) -> int:
+    """The fewest of the first slots whose weights sum to `need` reference slots; past the end
+    of `weights`, slots worth one each (slots that do not exist yet count as reference ones).
+    With every weight 1.0 this is ceil(need), the same integer a homogeneous fleet computes."""
+    covered = 0.0
+    for count, weight in enumerate(weights):
+        if covered >= need - 1e-9:
+            return count
+        covered += weight
+    return len(weights) + max(0, math.ceil(need - covered - 1e-9))
 
 
 def _common_hosts(members: list[ModelDemand]) -> set[str] | None:
@@ -298,9 +332,12 @@ def _rebalance(members: dict[str, list[ModelDemand]], load: dict[str, float], sh
 def allocate_slots(
     previous: dict[str, str], placement: dict[str, str], models: dict[str, ModelDemand],
     demand: dict[str, float], slots: list[str], quota: dict[str, int] | None = None,
+    weights: dict[str, float] | None = None,
 ) -> dict[str, str]:
     """Every slot to a shard whose models it hosts, up to each shard's quota (default: in
-    proportion to demand); what no quota takes goes where demand per slot is highest."""
+    proportion to demand); what no quota takes goes where demand per slot is highest. A quota
+    counts the slots' `weights` (reference slots; None: one each), so a shard whose quota is two
+    is full with one slot twice as fast; with weights of one the sums are exact integers."""
     busy_shards = sorted({s for s in placement.values()})
     if not busy_shards or not slots:
         return {}
@@ -309,28 +346,31 @@ def allocate_slots(
     eligible = {shard: (_common_hosts(members[shard]) or set()) & known for shard in busy_shards}
     quota = quota or _quotas(demand, busy_shards, len(slots))
     owners: dict[str, str] = {}
-    count = {s: 0 for s in busy_shards}
+    weight = weights or {}
+    count = {s: 0.0 for s in busy_shards}  # the weight each shard holds
     # 1. keep current owners while within quota
     for slot in sorted(slots):
         shard = previous.get(slot)
-        if shard in eligible and slot in eligible[shard] and count[shard] < quota[shard]:
+        if shard in eligible and slot in eligible[shard] and count[shard] < quota[shard] - 1e-9:
             owners[slot] = shard
-            count[shard] += 1
+            count[shard] += weight.get(slot, 1.0)
     # 2. fill quotas, most constrained shards first, from slots few others could use
     sharers = _sharers(eligible, busy_shards, slots)
     demand_of = {slot: len(sharers[slot]) for slot in slots}
     for shard in sorted(busy_shards, key=lambda s: (len(eligible[s]), s)):
         free = sorted((s for s in eligible[shard] if s not in owners), key=lambda s: (demand_of[s], s))
-        for slot in free[: max(0, quota[shard] - count[shard])]:
+        for slot in free:
+            if count[shard] >= quota[shard] - 1e-9:
+                break
             owners[slot] = shard
-            count[shard] += 1
+            count[shard] += weight.get(slot, 1.0)
     # 3. what is left goes where it is most needed per slot already held
     for slot in sorted(s for s in slots if s not in owners):
         candidates = sharers[slot]
         if candidates:
-            shard = max(candidates, key=lambda s: (demand[s] / (count[s] + 1), s))
+            shard = max(candidates, key=lambda s: (demand[s] / (count[s] + weight.get(slot, 1.0)), s))
             owners[slot] = shard
-            count[shard] += 1
+            count[shard] += weight.get(slot, 1.0)
     return owners
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import msgspec
 
-from coordinator.autoscale import AutoscaleSignal, choose_slots
+from coordinator.autoscale import AutoscaleSignal, choose_slots, hold_order
 from schemas.control import AgentHeartbeat, Assignment, AutoscaleStatus, ShardHeartbeat
 
 NOT_QUIET = -1  # a draining slot some shard still holds
@@ -140,15 +140,23 @@ def keep_hosts(drain: list[str], serving: set[str], hosts: dict[str, frozenset[s
 
 
 def autoscale_signal(shards: dict[str, ShardHeartbeat], demand: float, phases: SlotPhases,
-                     present: dict[str, SlotSeen], total: int, now_ns: int) -> AutoscaleSignal:
+                     present: dict[str, SlotSeen], total: int, now_ns: int,
+                     weighted: tuple[list[str], dict[str, float]] | None = None) -> AutoscaleSignal:
     """One epoch's measurements for `decide`: the demand, the shards' measured busy slot time,
-    and their bad fraction weighted by each shard's request rate."""
+    and their bad fraction weighted by each shard's request rate. `weighted`: a mixed fleet's
+    slots in preference order and the reference slots each is worth."""
     rates = {shard: sum(load.rate_rps for load in beat.models.values()) for shard, beat in shards.items()}
     answered = sum(rates.values())
     bad = sum(beat.bad_rate * rates[shard] for shard, beat in shards.items()) / answered if answered > 0 else 0.0
     busy = sum(beat.busy_slots for beat in shards.values())
+    serving = phases.serving(present)
+    weights: tuple[float, ...] = ()
+    if weighted is not None and weighted[1]:
+        ranked, worth = weighted
+        order = hold_order(ranked, serving, set(phases.starting), set(phases.draining))
+        weights = tuple(worth.get(slot, 1.0) for slot in order)
     return AutoscaleSignal(now_s=now_ns / 1e9, demand_slots=demand, busy_slots=busy, bad_rate=min(1.0, bad),
-                           active=len(phases.serving(present)), starting=len(phases.starting), total=total)
+                           active=len(serving), starting=len(phases.starting), total=total, weights=weights)
 
 
 def phases_from_status(status: AutoscaleStatus, now_ns: int) -> SlotPhases:

@@ -1,10 +1,11 @@
 """The autoscaler's decision: the two rules, deadline pressure, cool-down, the down window,
 hysteresis, clamps, and which slots start and drain."""
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.autoscale import AutoscaleConfig, AutoscaleSignal, AutoscaleState, choose_slots, decide
+from coordinator.autoscale import AutoscaleConfig, AutoscaleSignal, AutoscaleState, choose_slots, decide, hold_order
 
 CONFIG = AutoscaleConfig(target_utilization=0.5, min_slots=1, max_slots=16, down_cooldown_s=10, down_window_s=20)
 
@@ -101,3 +102,36 @@ def test_choose_slots_drains_the_least_preferred_and_takes_warm_ones_back_first(
     assert drain == ["s4", "s1"]  # a starting slot serves nothing yet: it goes first
     start, drain = choose_slots(ranked, 5, serving={"s0", "s1"}, starting=set(), draining={"s3"})
     assert start == ["s3", "s2", "s4"] and drain == []
+
+
+# ---- mixed fleets (issue 16) ----------------------------------------------------------------
+
+def test_the_need_in_reference_slots_becomes_the_fewest_slots_whose_weights_cover_it() -> None:
+    """3.2 reference slot-seconds at 50% need 6.4 reference slots: three slots twice as fast and
+    one slow one (2+2+2+1 = 7), where a homogeneous fleet needs seven."""
+    weights = (2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    mixed = msgspec.structs.replace(signal(0, demand=3.2, active=2), weights=weights)
+    decision, _ = decide(CONFIG, AutoscaleState(), mixed)
+    assert decision.target_slots == 4 and decision.need_slots == 3.2 / 0.5
+    ones = msgspec.structs.replace(signal(0, demand=3.2, active=2), weights=(1.0,) * 16)
+    assert decide(CONFIG, AutoscaleState(), ones)[0] == decide(CONFIG, AutoscaleState(), signal(0, 3.2, 2))[0]
+
+
+def test_hpa_measures_slots_themselves_and_ignores_weights() -> None:
+    hpa = msgspec.structs.replace(CONFIG, rule="hpa")
+    plain = signal(0, demand=0, active=4, busy=3.6)
+    mixed = msgspec.structs.replace(plain, weights=(2.0,) * 16)
+    assert decide(hpa, AutoscaleState(), mixed)[0] == decide(hpa, AutoscaleState(), plain)[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["serving", "starting", "draining", "idle"]), max_size=10), st.integers(0, 10))
+def test_scaling_up_takes_the_slots_in_hold_order(phases: list[str], target: int) -> None:
+    ranked = [f"gpu-{i}" for i in range(len(phases))]
+    by = {p: {s for s, q in zip(ranked, phases, strict=True) if q == p} for p in ("serving", "starting", "draining")}
+    order = hold_order(ranked, by["serving"], by["starting"], by["draining"])
+    assert sorted(order) == sorted(ranked)
+    held = len(by["serving"]) + len(by["starting"])
+    start, _ = choose_slots(ranked, target, by["serving"], by["starting"], by["draining"])
+    if target > held:
+        assert start == order[held:target]

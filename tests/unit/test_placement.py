@@ -5,8 +5,20 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from coordinator.placement import ModelDemand, PlacementConfig, delay_quotas, erlang_c, late_rate, plan_assignment
+from coordinator.placement import (
+    ModelDemand,
+    PlacementConfig,
+    allocate_slots,
+    delay_quotas,
+    erlang_c,
+    late_rate,
+    plan_assignment,
+    rank_slots,
+    weighted_count,
+)
 from schemas.control import Assignment
 
 ALL = [f"s{i}" for i in range(8)]
@@ -174,3 +186,74 @@ def test_delay_quotas_give_a_tied_slot_to_the_later_name() -> None:
     equal = {"a": model("a", 400.0), "b": model("b", 400.0), "c": model("c", 400.0)}
     assert delay_quotas({"a": "A", "b": "B"}, equal, ["A", "B"], 3) == {"A": 1, "B": 2}
     assert delay_quotas({"a": "A", "b": "B", "c": "C"}, equal, ["A", "B", "C"], 5) == {"A": 1, "B": 2, "C": 2}
+
+
+# ---- mixed fleets (issue 16): slots weighted by the reference slots they are worth ----------
+
+@st.composite
+def placement_case(draw: st.DrawFn) -> tuple:
+    """Models with random rates, costs, SLOs and hosts, shards, slots and maybe a previous
+    assignment (with owners that may no longer be live)."""
+    slots = [f"s{i}" for i in range(draw(st.integers(1, 14)))]
+    models = []
+    for i in range(draw(st.integers(1, 7))):
+        hosts = draw(st.lists(st.sampled_from(slots), min_size=1, unique=True))
+        models.append(model(f"m{i}", draw(st.floats(0, 3000)), cost=draw(st.floats(1e-5, 0.01)), hosts=sorted(hosts),
+                            slo_s=draw(st.sampled_from([0.05, 0.1, 0.5])), batch_s=draw(st.sampled_from([0.0, 0.01]))))
+    shards = [f"sh{i}" for i in range(draw(st.integers(0, 4)))]
+    previous = None
+    if draw(st.booleans()) and shards:
+        owners = ["sh0", "gone", *shards]
+        previous = Assignment(epoch=3, models={m.name: draw(st.sampled_from(owners)) for m in models},
+                              slots={s: draw(st.sampled_from(owners)) for s in slots})
+    quotas = draw(st.sampled_from(["delay", "demand"]))
+    return previous, models, shards, slots, PlacementConfig(quotas=quotas)
+
+
+@settings(max_examples=300, deadline=None)
+@given(placement_case())
+def test_weights_of_one_reproduce_the_homogeneous_assignment(case: tuple) -> None:
+    """Every slot worth one reference slot: the weighted arithmetic (quotas by summed weight,
+    desired slots by weighted count) decides exactly what the integer one does."""
+    previous, models, shards, slots, config = case
+    plain = plan_assignment(previous, models, shards, slots, config)
+    weighted = plan_assignment(previous, models, shards, slots, config, weights=dict.fromkeys(slots, 1.0))
+    assert weighted == plain
+
+
+@given(st.floats(0, 50), st.integers(0, 20))
+def test_weighted_count_of_ones_is_the_ceiling(need: float, slots: int) -> None:
+    assert weighted_count(need, [1.0] * slots) == math.ceil(need - 1e-9)
+
+
+def test_weighted_count_takes_the_first_slots_whose_weights_cover_the_need() -> None:
+    assert weighted_count(3.0, [2.0, 2.0, 1.0]) == 2
+    assert weighted_count(4.0, [2.0, 2.0, 1.0]) == 2
+    assert weighted_count(4.5, [2.0, 2.0, 1.0]) == 3
+    assert weighted_count(7.2, [2.0, 2.0, 1.0]) == 6, "past the slots listed, reference slots"
+    assert weighted_count(0.0, [2.0]) == 0
+
+
+def test_fast_slots_rank_first_and_equal_weights_keep_the_order() -> None:
+    ranked = ["gpu-1", "gpu-2", "gpu-10"]
+    assert rank_slots(ranked, {}) == ranked
+    assert rank_slots(ranked, dict.fromkeys(ranked, 1.0)) == ranked
+    assert rank_slots(ranked, {"gpu-1": 1.0, "gpu-2": 1.0, "gpu-10": 2.0}) == ["gpu-10", "gpu-1", "gpu-2"]
+
+
+def test_one_fast_slot_covers_the_demand_of_two_slow_ones() -> None:
+    """Desired slots: demand of 1.6 reference slots at 80% needs two slow slots or one twice as
+    fast. Quotas: a shard whose quota is two reference slots is full with the fast slot."""
+    slots = ["fast", "slow0", "slow1", "slow2"]
+    weights = {"fast": 2.0, "slow0": 1.0, "slow1": 1.0, "slow2": 1.0}
+    models = [model("m", 1600, cost=0.001, hosts=slots)]
+    assert plan_assignment(None, models, ["A"], slots).desired_slots == 2
+    mixed = plan_assignment(None, models, ["A"], slots, weights=weights)
+    assert mixed.desired_slots == 1 and mixed.surplus_slots == 3
+    pair = [model("a", 1000, hosts=slots), model("b", 1000, hosts=slots)]
+    owners = allocate_slots({}, {"a": "A", "b": "B"}, {m.name: m for m in pair}, {"A": 1.0, "B": 1.0},
+                            slots, {"A": 2, "B": 2}, weights)
+    held = {shard: sum(weights[s] for s, o in owners.items() if o == shard) for shard in ("A", "B")}
+    assert held["A"] >= 2 and held["B"] >= 2
+    counts = sorted(list(owners.values()).count(shard) for shard in ("A", "B"))
+    assert counts == [1, 3], "one shard holds the fast slot alone, the other the three slow ones"
