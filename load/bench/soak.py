@@ -13,17 +13,17 @@ writes summary.json, epochs.jsonl (every epoch, appended as seen) and soak.png.
 
 Rates. The mix is the demo's (load/demo.py DEMO_RATES); its scale is half of a capacity that was
 measured, not guessed. The analytic bound from the agents' profiles (load/bound.py) does not give
-that capacity on a small host: it puts the demo mix at 1.4% (JAX slots) and 6% (sleep slots) of
-the bound, while the host's CPUs, shared by the sender, the shards, the agents and nats-server,
-run out long before the slots do. Nor does a fixed fraction within SLO: deferred scheduling
-finishes near the deadline by design, so even a light load has a few late replies (measured: 1%
-at x0.5 on a quiet 2-core host, up to 5% while another job ran). So `--probe` measures where the
-quality falls off: the demo mix at PROBE_REFERENCE_SCALE sets the light-load fraction 200 within
-SLO, then rising scales (PROBE_STEP_S each) until a step loses more than PROBE_QUALITY_DROP_MAX
-of it or the sender falls behind; capacity is the last scale that passed. Without `--probe` the
-soak uses CAPACITY_SCALE, measured that way on the 2-core development host (see its comment).
-Soak rates are DEMO_RATES x capacity x 0.5 x `--rate-scale`; `--rate-scale 0` sends nothing and
-only watches epochs.
+that capacity on a small host: it puts the demo mix at 1.4% (JAX slots) and 6% (sleep slots; about
+8% since issue 16 made half of them half as fast) of the bound, while the host's CPUs, shared by
+the sender, the shards, the agents and nats-server, run out long before the slots do. Nor does a
+fixed fraction within SLO: deferred scheduling finishes near the deadline by design, so even a
+light load has a few late replies (measured: 1% at x0.5 on a quiet 2-core host, up to 5% while
+another job ran). So `--probe` measures where the quality falls off: the demo mix at
+PROBE_REFERENCE_SCALE sets the light-load fraction 200 within SLO, then rising scales (PROBE_STEP_S
+each) until a step loses more than PROBE_QUALITY_DROP_MAX of it or the sender falls behind;
+capacity is the last scale that passed. Without `--probe` the soak uses CAPACITY_SCALE, measured
+that way on the 2-core development host (see its comment). Soak rates are DEMO_RATES x capacity x
+0.5 x `--rate-scale`; `--rate-scale 0` sends nothing and only watches epochs.
 
 Memory. The load goes out in chunks of CHUNK_S seconds (each its own send_schedule, lined up on
 one wall-clock schedule so there is no gap between them); a chunk's result is reduced to a compact
