@@ -17,6 +17,7 @@ from gpu_agent.fencing import SlotOwner, decide_claim
 from load.sim.control_autoscale import PLAN_TICK_NS
 from load.sim.control_kv import MS, Entry, KVError, NotFound, S, WrongLast
 from schemas.control import AUTOSCALE_KEY, AgentHeartbeat, AgentSlot, Assignment, ModelLoad, ShardHeartbeat
+from schemas.profile import ModelProfile
 from shard.core.config import CoreConfig
 from shard.core.ownership import AddModel, ClaimSlot, Holding, apply_step, plan_release, plan_transition
 
@@ -361,7 +362,7 @@ class SimAgent(Process):
 
     def publish_profiles(self) -> None:
         """A mixed fleet's agents publish what they measured, `profiles.<model>.<agent>` in the
-        state bucket, each put retried until it lands (gpu_agent/agent.py `with_retries`). A
+        state bucket, each put retried until it lands (gpu_agent/agent.py retries it too). A
         homogeneous seed publishes nothing: its coordinators plan on the models' own profiles."""
         case = self.world.case
         if not case.devices:
@@ -371,7 +372,7 @@ class SimAgent(Process):
         for name in hosted:
             self._put_profile(f"profiles.{name}.{self.name}", case.profile(by_name[name], case.devices[self.name]))
 
-    def _put_profile(self, key: str, profile: object) -> None:
+    def _put_profile(self, key: str, profile: ModelProfile) -> None:
         def done(_result: object, error: Exception | None) -> None:
             if error is not None:
                 incarnation = self.incarnation
