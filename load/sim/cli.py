@@ -269,11 +269,13 @@ def _fuzz(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
-    from load.sim.control import run_control_seed
+    from load.sim.control import draw_case, run_case
 
-    failures = 0
+    failures = mixed = 0
     for seed in range(args.seed, args.seed + args.count):
-        result = run_control_seed(seed, duration_s=args.seconds, trace=args.trace)
+        case = draw_case(seed, duration_s=args.seconds)
+        mixed += bool(case.devices)
+        result = run_case(case, trace=args.trace)
         failures += not result.ok
         if args.json:
             print(msgspec.json.encode(result).decode())
@@ -283,9 +285,10 @@ def _control(args: argparse.Namespace) -> int:
             print(f"seed {seed}: FAIL\n  " + "\n  ".join(result.violations)
                   + f"\n  replay: symphony sim control --seed {seed} --trace", file=sys.stderr)
         elif args.count <= 20 or seed % 100 == 0:
-            print(f"seed {seed}: ok ({result.epochs_written} epochs, {result.model_moves} model moves)",
+            fleet = f", classes {'/'.join(case.speeds)}" if case.devices else ""
+            print(f"seed {seed}: ok ({result.epochs_written} epochs, {result.model_moves} model moves{fleet})",
                   file=sys.stderr)
-    print(f"{args.count - failures} of {args.count} seeds ok", file=sys.stderr)
+    print(f"{args.count - failures} of {args.count} seeds ok ({mixed} with a mixed fleet)", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -4,7 +4,9 @@ The coordinators run the live decision code (coordinator/core.py), the shards pl
 changes with the live planner (shard/core/ownership.py), the agents grant claims with the live
 fencing rule (gpu_agent/fencing.py); only the I/O around them is simulated. The checkers
 (load/sim/control_checks.py) watch the outcome. One seed draws the whole run; a failure names
-the command that replays it: `symphony sim control --seed N`.
+the command that replays it: `symphony sim control --seed N`. About a third of the seeds draw a
+mixed fleet (issue 16, `draw_classes`): agents of device classes that publish their profiles at
+their class's speed, which the coordinators place by.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from load.sim.control_actors import CLAIM_TIMEOUT_NS, SimAgent, SimCoordinator, 
 from load.sim.control_autoscale import AutoscaleCase, PlanTraffic, SimActuator, draw_autoscale
 from load.sim.control_checks import Checker, autoscale_bound_ns
 from load.sim.control_kv import MS, Anomalies, S, Sim, SimKV
+from schemas.profile import ModelProfile
 
 
 class ControlCase(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +37,15 @@ class ControlCase(msgspec.Struct, frozen=True, kw_only=True):
     duration_ns: int  # then every process comes back and the run settles, with no more faults
     autoscale: AutoscaleCase | None = None  # the autoscaler on, with an actuator, plans and a changing load
     shard_rps_max: float = 0.0  # > 0: models arriving faster are split across shards (issue 14)
+    # A mixed fleet (issue 16): agent -> its device class, and class -> how fast it runs each
+    # model against the model's nominal profile. Empty: one class ("sim"), no profiles published.
+    devices: dict[str, str] = {}
+    speeds: dict[str, float] = {}
+
+    def profile(self, model: ModelSettings, device: str) -> ModelProfile:
+        """What an agent of `device` measures for `model` (and publishes)."""
+        profile = model.fallback_profile().at_speed(self.speeds[device])
+        return msgspec.structs.replace(profile, device=device)
 
 
 class ControlResult(msgspec.Struct, kw_only=True):
@@ -232,14 +244,37 @@ def draw_case(seed: int, *, duration_s: float = 60.0) -> ControlCase:
         faults.append((int(t * S), rng.choice(FAULT_KINDS)))
         t += rng.expovariate(1 / (4 + 16 * (1 - intensity)))
     rates = {m.name: rng.choice([0.0, 20.0, 300.0, 2000.0]) for m in models}
+    devices, speeds = draw_classes(seed, sorted(slots))
     return ControlCase(seed=seed, models=models, rates=rates, slots=slots, shards=rng.randint(1, 4),
                        coordinators=rng.randint(1, 3), timing=timing, anomalies=anomalies, faults=faults,
                        duration_ns=duration_ns, autoscale=draw_autoscale(
                            seed, models, rates, sum(len(s) for s in slots.values()), duration_ns),
-                       shard_rps_max=random.Random(seed ^ SPLIT_SEED).choice([0.0, 0.0, 250.0, 900.0]))
+                       shard_rps_max=random.Random(seed ^ SPLIT_SEED).choice([0.0, 0.0, 250.0, 900.0]),
+                       devices=devices, speeds=speeds)
 
 
 SPLIT_SEED = 0x5B117  # the split budget draws from its own stream: the seeds drawn before it stay as they were
+
+# Issue 16: device classes and their speed against a model's nominal profile. At a quarter or a
+# tenth of the speed the tight-SLO models meet their SLO at no batch, so the coordinator must
+# keep them off those slots wherever a faster class hosts them (check 13).
+CLASS_SPEEDS = {"fast": 2.0, "base": 1.0, "slow": 0.25, "old": 0.1}
+CLASS_MIXES = [["fast", "base"], ["fast", "slow"], ["base", "slow"], ["fast", "base", "slow"], ["fast", "old"],
+               ["base", "old"], ["fast", "base", "old"]]
+MIXED_P = 0.4
+
+
+def draw_classes(seed: int, agents: list[str]) -> tuple[dict[str, str], dict[str, float]]:
+    """A mixed fleet for some seeds (agent -> device, device -> speed), else none. From its own
+    random stream, so a seed drawn homogeneous runs exactly as before the classes existed. Every
+    class drawn has an agent when there are enough agents; one agent is never mixed."""
+    rng = random.Random(f"{seed}:classes")
+    if len(agents) < 2 or rng.random() >= MIXED_P:
+        return {}, {}
+    names = rng.choice(CLASS_MIXES)
+    order = rng.sample(agents, len(agents))
+    devices = {agent: names[i] if i < len(names) else rng.choice(names) for i, agent in enumerate(order)}
+    return dict(sorted(devices.items())), {name: CLASS_SPEEDS[name] for name in sorted(set(devices.values()))}
 
 
 SETTLE_NS_MAX = 120 * S

@@ -17,6 +17,7 @@ from gpu_agent.fencing import SlotOwner, decide_claim
 from load.sim.control_autoscale import PLAN_TICK_NS
 from load.sim.control_kv import MS, Entry, KVError, NotFound, S, WrongLast
 from schemas.control import AUTOSCALE_KEY, AgentHeartbeat, AgentSlot, Assignment, ModelLoad, ShardHeartbeat
+from schemas.profile import ModelProfile
 from shard.core.config import CoreConfig
 from shard.core.ownership import AddModel, ClaimSlot, Holding, apply_step, plan_release, plan_transition
 
@@ -124,6 +125,9 @@ class SimCoordinator(Process):
                 event = core.AssignmentSeen(assignment=entry.value)
             elif key == AUTOSCALE_KEY and entry is not None:
                 event = core.AutoscaleSeen(status=entry.value)
+            elif key.startswith("profiles."):  # profiles.<model>.<agent>, as coordinator/service.py reads it
+                _, model, agent = key.split(".")
+                event = core.ProfileUpdate(model=model, agent=agent, profile=entry.value if entry else None)
             if event is not None:
                 self.arrive(incarnation, lambda: self.feed(event))
 
@@ -326,7 +330,9 @@ class SimAgent(Process):
         if self.world.traffic is not None:
             self.world.traffic.stopped.discard(self.name)  # started again, by the actuator or a fault
         self.open: dict[str, int] = {}  # slot -> plans received and not yet answered
+        self.failing = False  # the last heartbeat put failed
         self.every(self.world.case.timing.heartbeat_ttl_ns // 3, self.heartbeat)
+        self.publish_profiles()
 
     def crash(self) -> None:
         self.alive = False
@@ -338,11 +344,41 @@ class SimAgent(Process):
         self.crash()
 
     def heartbeat(self) -> None:
-        beat = AgentHeartbeat(agent_id=self.name, device="sim", slots=[
+        device = self.world.case.devices.get(self.name, "sim")
+        beat = AgentHeartbeat(agent_id=self.name, device=device, slots=[
             AgentSlot(slot_id=s, models=models, owner=self.owners[s].shard, epoch=self.owners[s].epoch,
                       plans_open=self.open.get(s, 0))
             for s, models in sorted(self.slots.items())])
-        self.kv(lambda: self.world.kv.buckets["members"].put(f"agent.{self.name}", beat), lambda _r, _e: None)
+        self.kv(lambda: self.world.kv.buckets["members"].put(f"agent.{self.name}", beat), self._beat_done)
+
+    def _beat_done(self, _result: object, error: Exception | None) -> None:
+        """As gpu_agent/agent.py does: after failed heartbeats, publish the profiles again (the
+        KV may have come back empty)."""
+        if error is not None:
+            self.failing = True
+        elif self.failing:
+            self.failing = False
+            self.publish_profiles()
+
+    def publish_profiles(self) -> None:
+        """A mixed fleet's agents publish what they measured, `profiles.<model>.<agent>` in the
+        state bucket, each put retried until it lands (gpu_agent/agent.py retries it too). A
+        homogeneous seed publishes nothing: its coordinators plan on the models' own profiles."""
+        case = self.world.case
+        if not case.devices:
+            return
+        hosted = sorted({m for models in self.slots.values() for m in models})
+        by_name = {m.name: m for m in case.models}
+        for name in hosted:
+            self._put_profile(f"profiles.{name}.{self.name}", case.profile(by_name[name], case.devices[self.name]))
+
+    def _put_profile(self, key: str, profile: ModelProfile) -> None:
+        def done(_result: object, error: Exception | None) -> None:
+            if error is not None:
+                incarnation = self.incarnation
+                self.world.sim.after(S, lambda: self.arrive(incarnation, lambda: self._put_profile(key, profile)))
+
+        self.kv(lambda: self.world.kv.buckets["state"].put(key, profile), done)
 
     def claim(self, slot: str, shard: str, epoch: int) -> bool:
         decision = decide_claim(self.owners[slot], shard, epoch)

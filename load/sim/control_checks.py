@@ -25,6 +25,10 @@ With the autoscaler on (issue 13; load/sim/control_autoscale.py):
     `drain_bound_ns` while the KV is up, a coordinator runs, a live shard exists and membership
     is unchanged. (With no live shard no assignment is written, as for check 3, and a slot
     leaves the assignment only by a new one: the newest still gives it away.)
+With a mixed fleet (issue 16: agents of device classes, profiles at each class's speed):
+13. Within the bound after the last membership change, no shard owns a slot of a class that
+    cannot meet the SLO of one of the shard's models (best batch 0) while an agent of another
+    class that can meet it hosts that model: such a model is served late on that slot.
 """
 
 from __future__ import annotations
@@ -35,8 +39,11 @@ from coordinator.autoscale import choose_slots
 from coordinator.core import RATE_HOLD_EPOCHS, CoordinatorTiming
 from coordinator.slots import keep_hosts
 from load.sim.control_autoscale import ACTUATOR_POLL_NS, PLAN_TIMEOUT_NS
-from schemas.control import AUTOSCALE_KEY, Assignment, AutoscaleStatus, preference_order
+from schemas.control import AUTOSCALE_KEY, Assignment, AutoscaleStatus
+from shard.core.config import CoreConfig
+from shard.core.latency import LatencyModel
 from shard.core.ownership import Holding, hosting_violations
+from shard.core.target_batch import best_batch
 
 if TYPE_CHECKING:
     from load.sim.control import ControlCase, World
@@ -97,6 +104,7 @@ class Checker:
         self.leader: tuple[str, int] | None = None  # the leading coordinator and its tenure at the last sample
         self.leader_changed_ns = 0
         self.drain_bound_ns = drain_bound_ns(case.timing)
+        self.barred = barred_slots(case)  # check 13: (model, slot) pairs the coordinator must not pair
 
     def fail(self, now_ns: int, message: str) -> None:
         if len(self.violations) < 20:
@@ -193,6 +201,12 @@ class Checker:
                 self.fail(now, f"slot {slot} on {shard} (agent {world.agent_of[slot]}) is not live "
                                f"(epoch {assignment.epoch})")
                 return
+        for slot, shard in sorted(assignment.slots.items()):
+            late = sorted(m for m in assignment.models_of(shard) if (m, slot) in self.barred)
+            if late:
+                self.fail(now, f"slot {slot} ({self.case.devices[world.agent_of[slot]]}) on {shard} cannot meet "
+                               f"the SLO of {late}, which a faster class hosts (epoch {assignment.epoch})")
+                return
 
     # ---- 4, 5: claims and cores ----------------------------------------------------------------------
     def claim_granted(self, slot: str, epoch: int, shard: str, now_ns: int = 0) -> None:
@@ -204,6 +218,13 @@ class Checker:
         bad = hosting_violations(holding, world.hosts)
         if bad:
             self.fail(world.sim.now_ns, f"{shard} holds slots that cannot run its models: {bad[:3]}")
+
+    def placeable(self, world: World) -> dict[str, frozenset[str]]:
+        """What each slot may be given: its models, less those its class must not serve (13)."""
+        if not self.barred:
+            return world.hosts
+        return {slot: frozenset(m for m in models if (m, slot) not in self.barred)
+                for slot, models in world.hosts.items()}
 
     # ---- 7-11: autoscaling ----------------------------------------------------------------------
     def autoscale_decided(self, world: World, status: AutoscaleStatus) -> None:
@@ -282,7 +303,7 @@ class Checker:
         if status.starting or status.draining:
             return f"slots still moving ({_phases(status)})"
         if len(status.active) < status.target_slots or (
-                len(status.active) > status.target_slots and _drainable(status, world.hosts)):
+                len(status.active) > status.target_slots and _drainable(status, self.placeable(world))):
             return f"{len(status.active)} active for a target of {status.target_slots}"
         running = {name for name, agent in world.agents.items() if agent.alive}
         serving = {world.agent_of[slot] for slot in status.active}
@@ -293,9 +314,11 @@ class Checker:
 
 def _drainable(status: AutoscaleStatus, hosts: dict[str, frozenset[str]]) -> list[str]:
     """Active slots beyond the target that may still go: more active than the target is
-    converged only when every extra one is the last host of some model (coordinator.slots.keep_hosts)."""
+    converged only when every extra one is the last host of some model (coordinator.slots.keep_hosts).
+    The published lists are in the leader's preference order: the natural one, or in a mixed
+    fleet the faster classes first (seed 192: the slow slot, last host of two models, stays)."""
     active = set(status.active)
-    _start, drain = choose_slots(preference_order(active), status.target_slots, active, set(), set())
+    _start, drain = choose_slots(list(status.active), status.target_slots, active, set(), set())
     return keep_hosts(drain, active, hosts)
 
 
@@ -304,3 +327,24 @@ def _phases(status: AutoscaleStatus | None) -> str:
         return "no decision"
     return (f"target {status.target_slots}, active {status.active}, starting {status.starting}, "
             f"draining {status.draining}, released {status.released}")
+
+
+def barred_slots(case: ControlCase) -> frozenset[tuple[str, str]]:
+    """Check 13's ground truth: (model, slot) where the slot's class meets the model's SLO at no
+    batch while some agent of another class that hosts the model meets it. Judged from the case
+    (the profiles the agents publish), on the shards' default core configuration."""
+    if not case.devices:
+        return frozenset()
+    config = CoreConfig()
+
+    def fits(model: str, device: str) -> bool:
+        settings = next(m for m in case.models if m.name == model)
+        latency = LatencyModel(case.profile(settings, device))
+        return best_batch(latency, int(settings.slo_ms * 1e6), config.resp_ns, config.ctrl_ns, config.data_ns) > 0
+
+    hosted = {(m, case.devices[agent]) for agent, slots in case.slots.items() for models in slots.values()
+              for m in models}
+    feasible = {pair for pair in hosted if fits(*pair)}
+    return frozenset((m, slot) for agent, slots in case.slots.items() for slot, models in slots.items()
+                     for m in models if (m, case.devices[agent]) not in feasible
+                     and any(f_model == m for f_model, _device in feasible))

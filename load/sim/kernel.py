@@ -68,7 +68,7 @@ def simulate(loaded: LoadedWorkload, policy_name: str, options: SimOptions = Sim
     if options.shards <= 1:
         policy = make_policy(policy_name, models, options.core)
         return run_policy(policy, models, slots, schedule, options, loaded.slot_classes)
-    shards = partitioned_shards(models, slots, options, policy_name)
+    shards = partitioned_shards(models, slots, options, policy_name, classes_of_slots(loaded, slots))
     return run_shards(shards, models, schedule, options, loaded.slot_classes)
 
 
@@ -308,7 +308,8 @@ class Kernel:
         busy_ns = self.slots.busy_ns_between(now_ns - self.epoch_ns, now_ns)
         moves, desired = epoch_assignment(self.policies, self.shards, self.owner, self.models,
                                           config=self.options.core, quotas=self.options.quotas,
-                                          shard_rps_max=self.options.shard_rps_max)
+                                          shard_rps_max=self.options.shard_rps_max,
+                                          slot_classes=self.slots.slot_classes)
         self.epochs.append(EpochSample(now_ns, desired, busy_ns / self.epoch_ns, len(self.owner)))
         for slot_id, k in moves.items():
             old = self.owner[slot_id]

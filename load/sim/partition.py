@@ -4,6 +4,8 @@ the rates the shards measure, as the live coordinator does."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 
 from coordinator.epoch import next_assignment
@@ -15,14 +17,17 @@ from shard.core.policy import Policy
 
 
 def partitioned_shards(models: list[ModelConfig], slots: int, options: SimOptions,
-                       policy_name: str) -> list[ShardSpec]:
+                       policy_name: str, slot_classes: list[str] = ()) -> list[ShardSpec]:
     """The first split, from the models' rate hints, as the coordinator makes it with no previous
     one. A model too hot for one shard (`options.shard_rps_max`) is on several, each shard's
-    policy planning for its share of the rate."""
+    policy planning for its share of the rate. `slot_classes`: slot i's class in a mixed fleet
+    (load.workload.classes_of_slots; empty: homogeneous), placed by class as the live
+    coordinator places it (the models carry their class profiles)."""
     hosts = {str(s): frozenset(m.name for m in models) for s in range(slots)}  # simulated slots run every model
     shard_ids = [f"shard-{k}" for k in range(options.shards)]
     assignment = next_assignment(models, {m.name: m.rate_hint_rps for m in models}, shard_ids, hosts, None,
-                                 core=options.core, placement=_placement(options.quotas, options.shard_rps_max))
+                                 core=options.core, placement=_placement(options.quotas, options.shard_rps_max),
+                                 slot_classes=classes_by_slot(slot_classes, range(slots)))
     specs = []
     by_name = {m.name: m for m in models}
     for shard in shard_ids:
@@ -40,6 +45,15 @@ def _placement(quotas: str, shard_rps_max: float) -> PlacementConfig:
     return PlacementConfig(quotas=quotas, shard_rps_max=shard_rps_max)
 
 
+def classes_by_slot(slot_classes: list[str], slots: Iterable[int]) -> dict[str, str] | None:
+    """The coordinator's slot -> class map for the simulated slots (slot i: the pattern's
+    `i % len`, as load.sim.slots.FakeSlots runs it); None for a homogeneous fleet, so that its
+    placement is exactly what it was before classes existed."""
+    if not slot_classes:
+        return None
+    return {str(s): slot_classes[s % len(slot_classes)] for s in slots}
+
+
 def previous_assignment(shards: list[ShardSpec], owner: dict[int, int]) -> Assignment:
     """What the simulated shards hold, as the assignment the coordinator would have written."""
     shard_ids = [f"shard-{k}" for k in range(len(shards))]
@@ -54,9 +68,11 @@ def previous_assignment(shards: list[ShardSpec], owner: dict[int, int]) -> Assig
 
 def epoch_assignment(policies: list[Policy], shards: list[ShardSpec], owner: dict[int, int],
                      models: list[ModelConfig], config: CoreConfig | None = None,
-                     quotas: str = "delay", shard_rps_max: float = 0.0) -> tuple[dict[int, int], int]:
+                     quotas: str = "delay", shard_rps_max: float = 0.0,
+                     slot_classes: list[str] = ()) -> tuple[dict[int, int], int]:
     """Slot moves {slot: new shard index} from the shards' measured rates, and desired slots.
-    Models stay where they are (splits included): only slots move between epochs."""
+    Models stay where they are (splits included): only slots move between epochs. In a mixed
+    fleet (`slot_classes`, as for `partitioned_shards`) slots are weighed and barred by class."""
     config = config or CoreConfig()
     hosts = {str(s): frozenset(m.name for m in models) for s in sorted(owner)}
     measured: dict[str, float] = {}
@@ -66,7 +82,8 @@ def epoch_assignment(policies: list[Policy], shards: list[ShardSpec], owner: dic
     rates = {m.name: measured.get(m.name) or m.rate_hint_rps for m in models}
     shard_ids = [f"shard-{k}" for k in range(len(shards))]
     assignment = next_assignment(models, rates, shard_ids, hosts, previous_assignment(shards, owner), core=config,
-                                 placement=_placement(quotas, shard_rps_max))
+                                 placement=_placement(quotas, shard_rps_max),
+                                 slot_classes=classes_by_slot(slot_classes, sorted(owner)))
     index = {sid: k for k, sid in enumerate(shard_ids)}
     moves = {int(slot): index[s] for slot, s in assignment.slots.items() if index[s] != owner[int(slot)]}
     return moves, assignment.desired_slots

@@ -1,15 +1,19 @@
 """The control plane in virtual time (load/sim/control.py): seeded runs of coordinators, shard
 followers and agents against a simulated KV with injected anomalies, under the checkers of
-load/sim/control_checks.py. More seeds: `symphony sim control --seed 1 --count 5000`."""
+load/sim/control_checks.py; about a third of them with a mixed fleet (issue 16). More seeds:
+`symphony sim control --seed 1 --count 5000`."""
 
 import msgspec
 import pytest
 
 from coordinator import core as coordinator_core
+from coordinator import epoch as coordinator_epoch
 from coordinator.core import CoordinatorCore
 from coordinator.membership import MemberView
 from load.sim import control_actors, control_autoscale
-from load.sim.control import draw_case, run_control_seed
+from load.sim.control import World, draw_case, run_control_seed
+from load.sim.control_checks import barred_slots
+from load.sim.control_kv import S
 from runtime.actuator import actuate
 from shard.core import ownership
 
@@ -135,3 +139,50 @@ def test_check_11_catches_a_drain_that_never_sees_its_slot_quiet(monkeypatch: py
 
     monkeypatch.setattr(coordinator_core, "held_slots", always_held)
     assert caught("still draining")
+
+
+# ---- mixed fleets (issue 16): a third of the seeds, drawn from their own stream ------------------------
+def mixed_seeds(count: int, *, barred: bool = False) -> list[int]:
+    """Seeds below 400 with a mixed fleet (`barred`: where some class must not serve some model
+    that another class hosts, so check 13 has something to judge)."""
+    return [seed for seed in range(400) if (case := draw_case(seed)).devices
+            and (not barred or barred_slots(case))][:count]
+
+
+def test_a_third_of_the_seeds_draw_a_mixed_fleet_and_some_bar_a_class() -> None:
+    assert 20 <= sum(bool(draw_case(seed).devices) for seed in range(100)) <= 50
+    assert len(mixed_seeds(10, barred=True)) == 10  # in the sweep above: seeds 11, 70, 79, 127, ...
+
+
+def test_a_mixed_fleet_reports_its_devices_and_publishes_its_profiles() -> None:
+    """What the coordinator places by: each agent's heartbeat names its class, and every model it
+    hosts has a profile at that class's speed in the state bucket."""
+    case = draw_case(mixed_seeds(1, barred=True)[0])
+    world = World(case)
+    world.sim.run_until(3 * S)
+    members, state = world.kv.buckets["members"].entries, world.kv.buckets["state"].entries
+    by_name = {m.name: m for m in case.models}
+    for agent, slots in case.slots.items():
+        assert members[f"agent.{agent}"].value.device == case.devices[agent]
+        for model in {m for models in slots.values() for m in models}:
+            assert state[f"profiles.{model}.{agent}"].value == case.profile(by_name[model], case.devices[agent])
+    assert len(set(case.devices.values())) >= 2
+
+
+def test_a_homogeneous_seed_publishes_no_profiles() -> None:
+    """Seeds drawn without classes run as they did before the classes existed (byte for byte,
+    checked once over seeds 0-199 against the code before)."""
+    case = draw_case(0)
+    assert not case.devices
+    world = World(case)
+    world.sim.run_until(3 * S)
+    assert not [key for key in world.kv.buckets["state"].entries if key.startswith("profiles.")]
+    assert {beat.value.device for key, beat in world.kv.buckets["members"].entries.items()
+            if key.startswith("agent.")} == {"sim"}
+
+
+def test_check_13_catches_a_coordinator_that_places_models_on_classes_too_slow_for_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coordinator_epoch, "placeable_hosts", lambda hosts, classes, speeds: hosts)
+    assert any("cannot meet the SLO" in violation for seed in mixed_seeds(6, barred=True)
+               for violation in run_control_seed(seed).violations)
