@@ -39,6 +39,7 @@ class ModelState(TimerOwner):
         "order",
         "parked",
         "plan_class",
+        "planned_classes",
         "plans",
         "profile_latency",
         "queue",
@@ -68,6 +69,7 @@ class ModelState(TimerOwner):
         self.class_cost_s: dict[int, float] = {}  # least cost per request on each class
         self.order: list[int] = []
         self.plans: list[tuple[int, int, int, int, int]] = []
+        self.planned_classes = 0  # how many of `order` the candidate was planned on
         self.plan_class = -1
         self.target = self.initial_target
         self.target_rate_rps = -1.0

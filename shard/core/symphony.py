@@ -397,19 +397,25 @@ class SymphonyPolicy:
         queue.update(now_ns, gpu_free_at_ns, target)
         plans: list[tuple[int, int, int, int, int]] = []
         chosen = None
+        planned = 0  # classes of `model.order` planned; the rest only if the candidate must wait
         if queue.batch_size > 0:
             for cls in (model.order if grant_class < 0 else (grant_class,)):
+                planned += 1
                 plan = self._class_plan(model, cls, queue.batch_size, target, now_ns, gpu_free_at_ns)
                 if plan is None:
                     continue
                 plans.append(plan)
-                if chosen is None and (grant_class >= 0 or self._free_in_time(cls, plan[2])):
+                if grant_class >= 0 or self._free_in_time(cls, plan[2]):
                     chosen = plan
+                    break
             if chosen is None and plans:
                 chosen = plans[0]
         model.plans = plans
+        model.planned_classes = planned
         if chosen is None:
-            model.batch_size = queue.batch_size = 0
+            model.batch_size = 0
+            if grant_class >= 0:
+                queue.batch_size = 0
             model.plan_class = -1
             model.exec_at_ns = NEVER_NS
             model.invalid_after_ns = NEVER_BEFORE_NS
@@ -419,7 +425,9 @@ class SymphonyPolicy:
         else:
             cls, batch_size, exec_at, invalid_after, send_latency = chosen
             model.plan_class = cls
-            model.batch_size = queue.batch_size = batch_size
+            model.batch_size = batch_size
+            if grant_class >= 0:
+                queue.batch_size = batch_size  # what the grant takes
             model.exec_at_ns = exec_at
             model.invalid_after_ns = invalid_after
             deadline = queue.deadline_ns
@@ -439,14 +447,17 @@ class SymphonyPolicy:
         exec_ns = latency.exec_ns
         deadline = model.queue.deadline_ns
         data_ns = self._data_ns
-        base_ns = now_ns + self._ctrl_ns
-        start = base_ns + data_ns
-        if start < gpu_free_at_ns:
-            start = gpu_free_at_ns
-        if deadline < start + exec_ns[1]:
-            return None
-        high = queue_batch if queue_batch < latency.batch_size_max else latency.batch_size_max
-        batch_size = largest_meeting(exec_ns, data_ns, deadline, base_ns, gpu_free_at_ns, 1, high)
+        if latency is model.latency:
+            batch_size = queue_batch  # the queue planned on this very latency: its batch meets D
+        else:
+            base_ns = now_ns + self._ctrl_ns
+            start = base_ns + data_ns
+            if start < gpu_free_at_ns:
+                start = gpu_free_at_ns
+            if deadline < start + exec_ns[1]:
+                return None
+            high = queue_batch if queue_batch < latency.batch_size_max else latency.batch_size_max
+            batch_size = largest_meeting(exec_ns, data_ns, deadline, base_ns, gpu_free_at_ns, 1, high)
         send_latency = self._ctrl_ns + data_ns * batch_size
         earliest = now_ns + send_latency
         invalid_after = deadline - exec_ns[batch_size]
@@ -464,6 +475,21 @@ class SymphonyPolicy:
         if exec_at < gpu_free_at_ns:
             exec_at = gpu_free_at_ns
         return cls, batch_size, exec_at, invalid_after, send_latency
+
+    def _all_plans(self, model: ModelState, now_ns: int) -> list[tuple[int, int, int, int, int]]:
+        """The candidate's plan on every class it can run on: those planned with it, and the
+        classes after the one it took, planned now (it waits for a slot of any of them)."""
+        plans = model.plans
+        rest = model.order[model.planned_classes:]
+        if rest:
+            queue = model.queue
+            target = 1 if self._drop_timeout else model.target
+            for cls in rest:
+                plan = self._class_plan(model, cls, queue.batch_size, target, now_ns, NEVER_BEFORE_NS)
+                if plan is not None:
+                    plans.append(plan)
+            model.planned_classes = len(model.order)
+        return plans
 
     def _free_in_time(self, cls: int, exec_at_ns: int) -> bool:
         earliest = self._matcher.earliest_slot(cls)
@@ -549,10 +575,10 @@ class SymphonyPolicy:
             self._arm_slot_timer(now_ns)
         self._arm_model(model)
 
-    def _park(self, model: ModelState, send_latency_ns: int) -> None:
+    def _park(self, model: ModelState, send_latency_ns: int, now_ns: int) -> None:
         model.parked = True
         if self._mixed:
-            self._matcher.park_classes(model.name, [(p[0], p[3], p[4]) for p in model.plans])
+            self._matcher.park_classes(model.name, [(p[0], p[3], p[4]) for p in self._all_plans(model, now_ns)])
         else:
             self._matcher.park(model.name, model.invalid_after_ns, send_latency_ns)
 
@@ -574,7 +600,7 @@ class SymphonyPolicy:
         if slot is not None:
             self._grant(model, slot, now_ns)
             return
-        self._park(model, send_latency)
+        self._park(model, send_latency, now_ns)
         self._arm_slot_timer(now_ns)
 
     def _on_slot_timer(self, now_ns: int) -> None:
