@@ -352,24 +352,8 @@ class SymphonyPolicy:
         model.batch_size = batch_size
         if batch_size > 0:
             deadline = queue.deadline_ns
-            exec_ns = model.exec_ns
-            data_ns = self._data_ns
-            send_latency = self._ctrl_ns + data_ns * batch_size
-            earliest = now_ns + send_latency
-            invalid_after = deadline - exec_ns[batch_size]
-            latest = invalid_after - self._jitter_ns
-            if self._frontrun_mode:
-                condition = deadline - self._jitter_ns - exec_ns[batch_size + 1] - data_ns
-                if (self._early and condition > earliest
-                        and self._dispatch_early(model, batch_size, target, earliest, now_ns)):
-                    condition = earliest  # Symphony+: run now on an idle slot instead of waiting
-            else:
-                condition = self._condition(model, deadline, batch_size, target, earliest, latest)
-            exec_at = condition if condition < latest else latest
-            if exec_at < earliest:
-                exec_at = earliest
-            if exec_at < gpu_free_at_ns:
-                exec_at = gpu_free_at_ns
+            exec_at, invalid_after, send_latency = self._window(
+                model, model.latency, None, deadline, batch_size, target, now_ns, gpu_free_at_ns)
             model.exec_at_ns = exec_at
             model.invalid_after_ns = invalid_after
             # Re-planning at this same instant would change nothing, so these fire no earlier
@@ -458,6 +442,18 @@ class SymphonyPolicy:
                 return None
             high = queue_batch if queue_batch < latency.batch_size_max else latency.batch_size_max
             batch_size = largest_meeting(exec_ns, data_ns, deadline, base_ns, gpu_free_at_ns, 1, high)
+        exec_at, invalid_after, send_latency = self._window(
+            model, latency, cls, deadline, batch_size, target, now_ns, gpu_free_at_ns)
+        return cls, batch_size, exec_at, invalid_after, send_latency
+
+    def _window(self, model: ModelState, latency: LatencyModel, cls: int | None, deadline: int, batch_size: int,
+                target: int, now_ns: int, gpu_free_at_ns: int) -> tuple[int, int, int]:
+        """(exec_at, invalid_after, send latency) of a batch of `batch_size` with head deadline
+        `deadline` on `latency` (class `cls`; None: any slot): the schedulable window, its start
+        by the schedulable condition, clipped to [earliest send, last safe start], no earlier
+        than `gpu_free_at_ns`."""
+        exec_ns = latency.exec_ns
+        data_ns = self._data_ns
         send_latency = self._ctrl_ns + data_ns * batch_size
         earliest = now_ns + send_latency
         invalid_after = deadline - exec_ns[batch_size]
@@ -466,7 +462,7 @@ class SymphonyPolicy:
             condition = deadline - self._jitter_ns - exec_ns[batch_size + 1] - data_ns
             if (self._early and condition > earliest
                     and self._dispatch_early(model, batch_size, target, earliest, now_ns, latency, cls)):
-                condition = earliest
+                condition = earliest  # Symphony+: run now on an idle slot instead of waiting
         else:
             condition = self._condition(model, deadline, batch_size, target, earliest, latest, exec_ns)
         exec_at = condition if condition < latest else latest
@@ -474,7 +470,7 @@ class SymphonyPolicy:
             exec_at = earliest
         if exec_at < gpu_free_at_ns:
             exec_at = gpu_free_at_ns
-        return cls, batch_size, exec_at, invalid_after, send_latency
+        return exec_at, invalid_after, send_latency
 
     def _all_plans(self, model: ModelState, now_ns: int) -> list[tuple[int, int, int, int, int]]:
         """The candidate's plan on every class it can run on: those planned with it, and the
