@@ -98,16 +98,22 @@ class Matcher:
         if earliest is None or earliest[1] > at_ns:
             return None
         free_at = self.free_at_ns
-        slot_class = self.slot_class
-        for _rank, slot in self._by_rank:
+        busy_by = at_ns if busy_by_ns is None else busy_by_ns
+        ranked = self._by_rank if cls is None else self._ranked_of(cls)
+        for _rank, slot in ranked:
             slot_free_at = free_at[slot]
-            if slot_free_at > at_ns or (cls is not None and slot_class[slot] != cls):
+            if slot_free_at > at_ns:
                 continue
             if in_flight is not None and not in_flight.get(slot):
                 return slot  # idle
-            if slot_free_at <= (at_ns if busy_by_ns is None else busy_by_ns):
+            if slot_free_at <= busy_by:
                 return slot
         return earliest[0]  # none with time to spare (or a slot without a rank)
+
+    def _ranked_of(self, cls: int) -> list[tuple[int, int]]:
+        """The slots of class `cls` in preference order (mixed fleets only; a short list)."""
+        slot_class = self.slot_class
+        return [entry for entry in self._by_rank if slot_class[entry[1]] == cls]
 
     def earliest_slot(self, cls: int | None = None) -> tuple[int, int] | None:
         """Rank 0 of the pool (of class `cls`'s pool): (slot, free_at), or None without slots."""

@@ -352,8 +352,25 @@ class SymphonyPolicy:
         model.batch_size = batch_size
         if batch_size > 0:
             deadline = queue.deadline_ns
-            exec_at, invalid_after, send_latency = self._window(
-                model, model.latency, None, deadline, batch_size, target, now_ns, gpu_free_at_ns)
+            # The hot path: `_window`'s arithmetic inline (one method call per arrival is measurable).
+            exec_ns = model.exec_ns
+            data_ns = self._data_ns
+            send_latency = self._ctrl_ns + data_ns * batch_size
+            earliest = now_ns + send_latency
+            invalid_after = deadline - exec_ns[batch_size]
+            latest = invalid_after - self._jitter_ns
+            if self._frontrun_mode:
+                condition = deadline - self._jitter_ns - exec_ns[batch_size + 1] - data_ns
+                if (self._early and condition > earliest
+                        and self._dispatch_early(model, batch_size, target, earliest, now_ns)):
+                    condition = earliest  # Symphony+: run now on an idle slot instead of waiting
+            else:
+                condition = self._condition(model, deadline, batch_size, target, earliest, latest)
+            exec_at = condition if condition < latest else latest
+            if exec_at < earliest:
+                exec_at = earliest
+            if exec_at < gpu_free_at_ns:
+                exec_at = gpu_free_at_ns
             model.exec_at_ns = exec_at
             model.invalid_after_ns = invalid_after
             # Re-planning at this same instant would change nothing, so these fire no earlier
